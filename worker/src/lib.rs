@@ -1,0 +1,9 @@
+//! The Flotilla worker: a node's local container engine.
+//!
+//! - [`image`]: content-addressed image store, layer unpacking, load/save/import, registries
+//! - [`runtime`]: isolation (namespaces, overlayfs rootfs, cgroups, capabilities) and the shim
+//! - [`engine`]: containers, exec, logs and volumes behind the engine API
+//! - [`volume`]: named, anonymous and bind volumes
+#![deny(unsafe_code)]
+
+pub mod image;
