@@ -78,6 +78,11 @@ impl Reference {
             }
             _ => (None, name),
         };
+        if let Some(port) = registry.as_deref().and_then(|r| r.split_once(':')).map(|p| p.1) {
+            if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(err("registry port must be a number"));
+            }
+        }
         if repository.is_empty() {
             return Err(err("empty repository name"));
         }
