@@ -7,3 +7,6 @@
 #![deny(unsafe_code)]
 
 pub mod image;
+pub mod runtime;
+pub mod engine;
+pub mod volume;

@@ -1,1 +1,126 @@
-fn main() {}
+//! `flotilla-worker`: the worker daemon (no subcommand), and the processes it
+//! re-executes itself as: `shim` (one per running container) and
+//! `exec-helper` (one per `exec`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+/// Flotilla worker: a node's container engine and its API socket.
+///
+/// Run without a subcommand to start the daemon. Clients (`flotilla`) find it
+/// with -H or FLOTILLA_HOST. Containers keep running when the daemon stops or
+/// crashes; a restarted daemon adopts them again.
+#[derive(Parser)]
+#[command(name = "flotilla-worker", version)]
+struct Args {
+    /// Socket to serve the engine API on (root-only).
+    #[arg(short = 'H', long = "host", default_value = "unix:///run/flotilla/flotilla.sock", env = "FLOTILLA_HOST")]
+    host: String,
+    /// Directory for images, containers and volumes.
+    #[arg(long = "data-root", default_value = "/var/lib/flotilla")]
+    data_root: PathBuf,
+    /// Log at debug level.
+    #[arg(short = 'D', long)]
+    debug: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// (internal) hold one container: started by the daemon.
+    #[command(hide = true)]
+    Shim { bundle: PathBuf },
+    /// (internal) run a process in a container: started by the daemon.
+    #[command(hide = true)]
+    ExecHelper { request: String },
+}
+
+fn main() {
+    let args = Args::parse();
+    match &args.command {
+        // The shim and the helper must stay single-threaded until they fork:
+        // they run before any runtime or thread is created.
+        Some(Command::Shim { bundle }) => std::process::exit(worker::runtime::shim::main(bundle)),
+        Some(Command::ExecHelper { request }) => std::process::exit(worker::runtime::exec::main(request)),
+        None => {}
+    }
+    let filter = if args.debug { "debug" } else { "info" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG").unwrap_or_else(|_| filter.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("flotilla-worker: failed to start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(serve(args)) {
+        eprintln!("flotilla-worker: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn socket_path(host: &str) -> anyhow::Result<PathBuf> {
+    match host.strip_prefix("unix://") {
+        Some(p) if p.starts_with('/') => Ok(PathBuf::from(p)),
+        _ => bail!("invalid -H {host:?}: use unix:///absolute/path.sock"),
+    }
+}
+
+async fn bind(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    }
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            bail!(
+                "another daemon is already serving {}; stop it or pass a different -H",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path).with_context(|| format!("failed to remove stale socket {}", path.display()))?;
+    }
+    let listener =
+        tokio::net::UnixListener::bind(path).with_context(|| format!("failed to listen on {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("failed to restrict {}", path.display()))?;
+    Ok(listener)
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!("flotilla-worker must run as root (it creates namespaces, mounts and cgroups)");
+    }
+    let socket = socket_path(&args.host)?;
+    let engine = worker::engine::Engine::open(&args.data_root)
+        .with_context(|| format!("failed to open the data root {}", args.data_root.display()))?;
+    for w in engine.warnings() {
+        tracing::error!("{w}");
+    }
+    let listener = bind(&socket).await?;
+    engine.adopt().await;
+    tracing::info!(socket = %socket.display(), data_root = %args.data_root.display(), cgroups = engine.cgroups.describe(), "flotilla-worker ready");
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        tracing::info!("shutting down; containers keep running");
+    };
+    tonic::transport::Server::builder()
+        .add_service(worker::engine::api::EngineService::server(engine))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), shutdown)
+        .await
+        .context("the API server failed")?;
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}

@@ -1,0 +1,147 @@
+//! The connection to the local engine: parses `-H unix://PATH`, dials the
+//! daemon's unix socket with tonic, and turns gRPC statuses into one-line
+//! errors carrying only the daemon's message. It knows nothing of commands.
+
+use agent_common::proto::engine_client::EngineClient;
+use anyhow::{anyhow, Result};
+use std::path::PathBuf;
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint};
+
+/// The daemon socket used when neither `-H` nor `FLOTILLA_HOST` is given.
+pub const DEFAULT_HOST: &str = "unix:///run/flotilla/flotilla.sock";
+
+/// The engine client type every command uses.
+pub type Engine = EngineClient<Channel>;
+
+/// Largest gRPC message accepted from the daemon (inspect of big images, long lists).
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// The socket path in a `unix://PATH` host.
+pub fn socket_path(host: &str) -> Result<PathBuf> {
+    match host.strip_prefix("unix://") {
+        Some(path) if !path.is_empty() => Ok(PathBuf::from(path)),
+        _ => Err(anyhow!(
+            "invalid host {host:?}: use unix:///path/to/flotilla.sock (only unix sockets are supported)"
+        )),
+    }
+}
+
+/// Connects to the daemon at `host`.
+pub async fn connect(host: &str) -> Result<Engine> {
+    let path = socket_path(host)?;
+    let unreachable = || {
+        anyhow!(
+            "Cannot connect to the Flotilla daemon at {host}: is flotilla-worker running? (set -H or FLOTILLA_HOST)"
+        )
+    };
+    // Dial once ourselves first so the error says why (missing socket, permissions).
+    match UnixStream::connect(&path).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(anyhow!(
+                "permission denied while trying to connect to the Flotilla daemon socket at {host}: run as root"
+            ))
+        }
+        Err(_) => return Err(unreachable()),
+    }
+    let connector_path = path.clone();
+    let channel = Endpoint::try_from("http://[::]:50051")?
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = connector_path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .map_err(|_| unreachable())?;
+    Ok(EngineClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE))
+}
+
+/// A daemon error: the gRPC status message only.
+pub fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::Error::new(RpcError(status))
+}
+
+/// A gRPC status kept inside an `anyhow::Error`, so callers can look at its
+/// code (`NotFound`) while its `Display` is the daemon's message alone.
+#[derive(Debug)]
+pub struct RpcError(pub tonic::Status);
+
+impl std::fmt::Display for RpcError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let msg = self.0.message();
+        if msg.is_empty() {
+            match self.0.code() {
+                tonic::Code::Unavailable => {
+                    f.write_str("the Flotilla daemon closed the connection")
+                }
+                code => write!(f, "the daemon answered {code:?} without a message"),
+            }
+        } else {
+            f.write_str(msg)
+        }
+    }
+}
+
+impl std::error::Error for RpcError {}
+
+/// The gRPC code of an error made by [`status_error`], if it is one.
+pub fn rpc_code(err: &anyhow::Error) -> Option<tonic::Code> {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<RpcError>())
+        .map(|e| e.0.code())
+}
+
+/// Extension to turn `Result<T, Status>` into `anyhow::Result<T>`.
+pub trait RpcResult<T> {
+    /// Maps the status to [`status_error`].
+    fn rpc(self) -> Result<T>;
+}
+
+impl<T> RpcResult<T> for std::result::Result<T, tonic::Status> {
+    fn rpc(self) -> Result<T> {
+        self.map_err(status_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_must_be_unix_urls() {
+        assert_eq!(
+            socket_path("unix:///run/x.sock").unwrap(),
+            PathBuf::from("/run/x.sock")
+        );
+        assert!(socket_path("tcp://1.2.3.4:2375").is_err());
+        assert!(socket_path("unix://").is_err());
+        assert!(socket_path("/run/x.sock").is_err());
+    }
+
+    #[test]
+    fn status_errors_show_only_the_message() {
+        let e = status_error(tonic::Status::not_found("No such container: web"));
+        assert_eq!(format!("{e:#}"), "No such container: web");
+        assert_eq!(rpc_code(&e), Some(tonic::Code::NotFound));
+        let other = anyhow!("plain");
+        assert_eq!(rpc_code(&other), None);
+    }
+
+    #[tokio::test]
+    async fn missing_socket_says_how_to_fix_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = format!("unix://{}/none.sock", dir.path().display());
+        let e = connect(&host).await.unwrap_err().to_string();
+        assert!(
+            e.starts_with("Cannot connect to the Flotilla daemon at unix://"),
+            "{e}"
+        );
+        assert!(e.contains("is flotilla-worker running?"), "{e}");
+    }
+}

@@ -1,0 +1,621 @@
+//! Start, stop, kill, pause, remove, wait and rename; the restart policy; and
+//! adopting the containers that kept running while the daemon was down.
+//!
+//! A start writes the bundle (`config.json` + `shim.json`), spawns the shim and
+//! reads its one-line report. From then on a monitor task waits for the shim to
+//! exit — as its parent (`wait`) or, after a daemon restart, through a pidfd —
+//! and records the exit status the shim left in `exit.json`.
+
+use std::fs;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use tokio::io::AsyncBufReadExt;
+
+use super::container::Container;
+use super::create::parse_signal;
+use super::{now_rfc3339, Engine, EngineError, Result};
+use crate::runtime::cgroups::{ContainerCgroup, Limits};
+use crate::runtime::spec::{self, BindMount, NetworkMode, SpecInput};
+use crate::runtime::{ExitRecord, ShimConfig, StartReport};
+
+/// How long a shim may take to report that the container started.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Docker's default stop timeout.
+const DEFAULT_STOP_TIMEOUT: i64 = 10;
+
+const HOSTS: &str = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n";
+
+/// Reads a file of the container's root filesystem from its layers without
+/// mounting it: the upper dir first, then the image layers top-down; a
+/// whiteout hides lower copies.
+pub fn read_rootfs_file(upper: &Path, lowers_top_first: &[PathBuf], rel: &str) -> Option<String> {
+    for dir in std::iter::once(&upper.to_path_buf()).chain(lowers_top_first) {
+        let p = dir.join(rel);
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_char_device() && m.rdev() == 0 => return None,
+            Ok(m) if m.is_file() => return fs::read_to_string(&p).ok(),
+            _ => continue,
+        }
+    }
+    None
+}
+
+fn host_resolv_conf() -> String {
+    let text = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    // Loopback resolvers of the host are unreachable from a container's own
+    // network namespace; Docker filters them out the same way.
+    text.lines()
+        .filter(|l| {
+            let mut w = l.split_whitespace();
+            !(w.next() == Some("nameserver") && w.next().is_some_and(|a| a.starts_with("127.") || a == "::1"))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+impl Engine {
+    /// Starts a container (a no-op if it runs).
+    pub async fn start(self: &Arc<Self>, c: &Arc<Container>) -> Result<()> {
+        let _op = c.op.lock().await;
+        self.start_locked(c).await
+    }
+
+    async fn start_locked(self: &Arc<Self>, c: &Arc<Container>) -> Result<()> {
+        let rec = c.record();
+        if rec.state.running {
+            return Ok(());
+        }
+        if rec.removing {
+            return Err(EngineError::Conflict(format!(
+                "container {} is marked for removal and cannot be started",
+                rec.name
+            )));
+        }
+        let dir = self.container_dir(&c.id);
+        let image = self.images.resolve(&rec.image)?;
+        let mut lowers = self.images.layer_dirs(&image)?;
+        lowers.reverse();
+        let upper = dir.join("upper");
+
+        // Credentials come from the container's own /etc/passwd and /etc/group.
+        let passwd = read_rootfs_file(&upper, &lowers, "etc/passwd");
+        let group = read_rootfs_file(&upper, &lowers, "etc/group");
+        let (uid, gid, groups, home) =
+            crate::runtime::init::resolve_user(&rec.config.user, passwd.as_deref(), group.as_deref()).map_err(
+                |message| EngineError::StartFailed {
+                    exit_code: 126,
+                    message,
+                },
+            )?;
+        let mut env = rec.config.env.clone();
+        if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
+            env.insert(1.min(env.len()), format!("HOSTNAME={}", rec.config.hostname));
+        }
+        if !env.iter().any(|e| e.starts_with("HOME=")) {
+            env.push(format!("HOME={home}"));
+        }
+
+        let network = if rec.host_config.network_mode == "host" {
+            NetworkMode::Host
+        } else {
+            NetworkMode::None
+        };
+        let (hosts, resolv) = match network {
+            NetworkMode::Host => (
+                fs::read_to_string("/etc/hosts").unwrap_or_else(|_| HOSTS.to_string()),
+                fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+            ),
+            NetworkMode::None => (HOSTS.to_string(), host_resolv_conf()),
+        };
+        let etc = [
+            ("hostname", format!("{}\n", rec.config.hostname)),
+            ("hosts", hosts),
+            ("resolv.conf", resolv),
+        ];
+        let mut binds = Vec::new();
+        for (file, content) in etc {
+            let p = dir.join(file);
+            fs::write(&p, content).map_err(EngineError::io("write", &p))?;
+            binds.push(BindMount {
+                source: p,
+                destination: format!("/etc/{file}"),
+                readonly: false,
+            });
+        }
+        for m in &rec.mounts {
+            binds.push(BindMount {
+                source: PathBuf::from(&m.source),
+                destination: m.destination.clone(),
+                readonly: !m.rw,
+            });
+        }
+        let hc = &rec.host_config;
+        let limits = Limits {
+            memory: hc.memory,
+            nano_cpus: hc.nano_cpus,
+            cpu_shares: hc.cpu_shares,
+            pids: hc.pids_limit,
+        };
+        let input = SpecInput {
+            args: std::iter::once(rec.path.clone()).chain(rec.args.clone()).collect(),
+            env,
+            cwd: rec.config.working_dir.clone(),
+            uid,
+            gid,
+            additional_gids: groups,
+            hostname: rec.config.hostname.clone(),
+            network,
+            binds,
+            cap_add: hc.cap_add.clone(),
+            cap_drop: hc.cap_drop.clone(),
+            readonly_rootfs: hc.readonly_rootfs,
+            limits,
+            terminal: false,
+            rootfs: dir.join("rootfs"),
+        };
+        let spec = spec::build(&input).map_err(|e| EngineError::InvalidArgument(e.to_string()))?;
+        spec.save(dir.join("config.json"))
+            .map_err(|e| EngineError::Internal(format!("failed to write config.json: {e}")))?;
+        let cgroup = ContainerCgroup::plan(&self.cgroups, &c.id);
+        let stdin_fifo = rec.config.open_stdin.then(|| dir.join("stdin"));
+        let shim = ShimConfig {
+            id: c.id.clone(),
+            lower_dirs: lowers,
+            upper_dir: upper,
+            work_dir: dir.join("work"),
+            log_path: self.log_path(&c.id),
+            exit_path: dir.join("exit.json"),
+            stdin_fifo: stdin_fifo.clone(),
+            hold_stdin_open: rec.config.open_stdin && !rec.config.stdin_once,
+            init: hc.init,
+            cgroup: cgroup.clone(),
+        };
+        let shim_json = serde_json::to_vec_pretty(&shim).map_err(|e| EngineError::Internal(e.to_string()))?;
+        fs::write(dir.join("shim.json"), shim_json).map_err(EngineError::io("write", dir.join("shim.json")))?;
+        if let Some(fifo) = &stdin_fifo {
+            crate::runtime::make_fifo(fifo).map_err(EngineError::io("create", fifo))?;
+            let sender = tokio::net::unix::pipe::OpenOptions::new()
+                .read_write(true)
+                .open_sender(fifo)
+                .map_err(EngineError::io("open", fifo))?;
+            *c.stdin.lock().await = Some(sender);
+        }
+
+        let mut child = crate::runtime::spawn_shim(&dir).map_err(EngineError::io("start the shim for", &dir))?;
+        let shim_pid = child.id().unwrap_or(0) as i32;
+        let shim_start_time = crate::runtime::process_start_time(shim_pid).unwrap_or(0);
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| EngineError::Internal("shim has no stdout".into()))?;
+        let mut line = String::new();
+        let read = tokio::time::timeout(START_TIMEOUT, tokio::io::BufReader::new(stdout).read_line(&mut line)).await;
+        let report: Option<StartReport> = match read {
+            Ok(Ok(_)) => serde_json::from_str(line.trim()).ok(),
+            _ => None,
+        };
+        match report {
+            Some(StartReport { pid: Some(pid), .. }) => {
+                c.update(&dir, |r| {
+                    r.state.status = "running".into();
+                    r.state.running = true;
+                    r.state.paused = false;
+                    r.state.restarting = false;
+                    r.state.oom_killed = false;
+                    r.state.dead = false;
+                    r.state.pid = pid as i64;
+                    r.state.exit_code = 0;
+                    r.state.error.clear();
+                    r.state.started_at = now_rfc3339();
+                    r.shim_pid = shim_pid;
+                    r.shim_start_time = shim_start_time;
+                    r.cgroup = Some(cgroup);
+                    r.manually_stopped = false;
+                })?;
+                let engine = self.clone();
+                let container = c.clone();
+                tokio::spawn(async move {
+                    let _ = child.wait().await;
+                    engine.handle_exit(&container).await;
+                });
+                Ok(())
+            }
+            other => {
+                let _ = child.wait().await;
+                let failure = other.and_then(|r| r.failure).unwrap_or(crate::runtime::StartFailure {
+                    exit_code: 125,
+                    message: format!(
+                        "the container's shim failed before reporting; see {}",
+                        dir.join("shim.log").display()
+                    ),
+                });
+                c.stdin.lock().await.take();
+                c.update(&dir, |r| {
+                    r.state.exit_code = failure.exit_code as i64;
+                    r.state.error = failure.message.clone();
+                    r.state.restarting = false;
+                    if r.state.status == "restarting" {
+                        r.state.status = "exited".into();
+                        r.state.finished_at = now_rfc3339();
+                    }
+                })?;
+                Err(EngineError::StartFailed {
+                    exit_code: failure.exit_code,
+                    message: failure.message,
+                })
+            }
+        }
+    }
+
+    /// The container's log file (Docker's `<id>-json.log`).
+    pub fn log_path(&self, id: &str) -> PathBuf {
+        self.container_dir(id).join(format!("{id}-json.log"))
+    }
+
+    /// Records how the container ended, then applies the restart policy or `--rm`.
+    ///
+    /// Boxed because it and [`Engine::start`] spawn each other.
+    fn handle_exit<'a>(
+        self: &'a Arc<Self>,
+        c: &'a Arc<Container>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(self.handle_exit_inner(c))
+    }
+
+    async fn handle_exit_inner(self: &Arc<Self>, c: &Arc<Container>) {
+        let dir = self.container_dir(&c.id);
+        let exit: ExitRecord = fs::read(dir.join("exit.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_else(|| ExitRecord {
+                exit_code: 255,
+                oom_killed: false,
+                finished_at: now_rfc3339(),
+                error: "the container's shim ended without recording an exit status".into(),
+            });
+        if let Some(cg) = c.record().cgroup {
+            let _ = cg.remove();
+        }
+        c.stdin.lock().await.take();
+        let _ = c.update(&dir, |r| {
+            r.state.status = "exited".into();
+            r.state.running = false;
+            r.state.paused = false;
+            r.state.restarting = false;
+            r.state.pid = 0;
+            r.state.exit_code = exit.exit_code;
+            r.state.oom_killed = exit.oom_killed;
+            r.state.finished_at = exit.finished_at.clone();
+            r.state.error = exit.error.clone();
+            r.shim_pid = 0;
+        });
+        let rec = c.record();
+        if rec.removing {
+            return;
+        }
+        let policy = &rec.host_config.restart_policy;
+        let restart = !rec.manually_stopped
+            && match policy.name.as_str() {
+                "always" | "unless-stopped" => true,
+                "on-failure" => {
+                    exit.exit_code != 0
+                        && (policy.maximum_retry_count == 0 || rec.restart_count < policy.maximum_retry_count)
+                }
+                _ => false,
+            };
+        if restart {
+            let ran_for = super::container::parse_unix(&exit.finished_at) - super::container::parse_unix(&rec.state.started_at);
+            // Docker's backoff: 100 ms doubling, reset after 10 s of running.
+            let delay_ms = if ran_for >= 10 {
+                100
+            } else {
+                (100u64 << rec.restart_count.clamp(0, 10)).min(60_000)
+            };
+            let _ = c.update(&dir, |r| {
+                r.state.status = "restarting".into();
+                r.state.restarting = true;
+            });
+            let engine = self.clone();
+            let container = c.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                let _op = container.op.lock().await;
+                let rec = container.record();
+                if !rec.state.restarting || rec.manually_stopped || rec.removing {
+                    return;
+                }
+                let _ = container.update(&engine.container_dir(&container.id), |r| r.restart_count += 1);
+                if let Err(e) = engine.start_locked(&container).await {
+                    tracing::warn!(container = %container.id, "restart failed: {e}");
+                }
+            });
+        } else if rec.host_config.auto_remove {
+            if let Err(e) = self.remove(c, true, true).await {
+                tracing::warn!(container = %c.id, "auto-remove failed: {e}");
+            }
+        }
+    }
+
+    /// Waits until the container is not running, at most `timeout`. True if it stopped.
+    pub async fn wait_stopped(&self, c: &Container, timeout: Option<Duration>) -> bool {
+        let mut rx = c.subscribe();
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        loop {
+            if !c.is_running() {
+                return true;
+            }
+            let changed = rx.changed();
+            match deadline {
+                Some(d) => {
+                    if tokio::time::timeout_at(d, changed).await.is_err() {
+                        return !c.is_running();
+                    }
+                }
+                None => {
+                    if changed.await.is_err() {
+                        return !c.is_running();
+                    }
+                }
+            }
+        }
+    }
+
+    fn signal(&self, c: &Container, sig: Signal) -> Result<()> {
+        let pid = c.record().state.pid as i32;
+        if pid <= 0 {
+            return Err(EngineError::Conflict(format!("Container {} is not running", c.id)));
+        }
+        match nix::sys::signal::kill(Pid::from_raw(pid), sig) {
+            Ok(()) | Err(nix::Error::ESRCH) => Ok(()),
+            Err(e) => Err(EngineError::Internal(format!("failed to send {sig} to the container: {e}"))),
+        }
+    }
+
+    fn thaw_if_paused(&self, c: &Container) {
+        let rec = c.record();
+        if rec.state.paused {
+            if let Some(cg) = &rec.cgroup {
+                let _ = cg.set_frozen(false);
+            }
+            let _ = c.update(&self.container_dir(&c.id), |r| {
+                r.state.paused = false;
+                r.state.status = "running".into();
+            });
+        }
+    }
+
+    /// Stops a container: its stop signal, then SIGKILL after the timeout.
+    pub async fn stop(self: &Arc<Self>, c: &Arc<Container>, timeout: Option<i64>) -> Result<()> {
+        let _op = c.op.lock().await;
+        self.stop_locked(c, timeout).await
+    }
+
+    async fn stop_locked(self: &Arc<Self>, c: &Arc<Container>, timeout: Option<i64>) -> Result<()> {
+        let dir = self.container_dir(&c.id);
+        c.update(&dir, |r| {
+            r.manually_stopped = true;
+            if r.state.restarting {
+                r.state.restarting = false;
+                r.state.status = "exited".into();
+            }
+        })?;
+        if !c.is_running() {
+            return Ok(());
+        }
+        let rec = c.record();
+        let sig = match &rec.config.stop_signal {
+            Some(s) => parse_signal(s)?,
+            None => Signal::SIGTERM,
+        };
+        let timeout = timeout.or(rec.config.stop_timeout).unwrap_or(DEFAULT_STOP_TIMEOUT);
+        self.signal(c, sig)?;
+        self.thaw_if_paused(c);
+        let graceful = if timeout < 0 {
+            self.wait_stopped(c, None).await
+        } else {
+            self.wait_stopped(c, Some(Duration::from_secs(timeout as u64))).await
+        };
+        if !graceful {
+            self.signal(c, Signal::SIGKILL)?;
+            if !self.wait_stopped(c, Some(Duration::from_secs(30))).await {
+                return Err(EngineError::Internal(format!(
+                    "container {} did not exit 30 s after SIGKILL",
+                    c.id
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a signal (default SIGKILL).
+    pub async fn kill(self: &Arc<Self>, c: &Arc<Container>, signal: &str) -> Result<()> {
+        let sig = if signal.is_empty() {
+            Signal::SIGKILL
+        } else {
+            parse_signal(signal)?
+        };
+        let _op = c.op.lock().await;
+        if !c.is_running() {
+            return Err(EngineError::Conflict(format!(
+                "Cannot kill container: {}: Container {} is not running",
+                c.name(),
+                c.id
+            )));
+        }
+        c.update(&self.container_dir(&c.id), |r| r.manually_stopped = true)?;
+        self.signal(c, sig)?;
+        if sig == Signal::SIGKILL {
+            self.thaw_if_paused(c);
+        }
+        Ok(())
+    }
+
+    /// Stops (if running) and starts again.
+    pub async fn restart(self: &Arc<Self>, c: &Arc<Container>, timeout: Option<i64>) -> Result<()> {
+        let _op = c.op.lock().await;
+        self.stop_locked(c, timeout).await?;
+        self.start_locked(c).await
+    }
+
+    /// Freezes (`pause`) or thaws (`unpause`) every process of the container.
+    pub async fn set_paused(self: &Arc<Self>, c: &Arc<Container>, paused: bool) -> Result<()> {
+        let _op = c.op.lock().await;
+        let rec = c.record();
+        if !rec.state.running {
+            return Err(EngineError::Conflict(format!("Container {} is not running", c.id)));
+        }
+        if rec.state.paused == paused {
+            return Err(EngineError::Conflict(if paused {
+                format!("Container {} is already paused", c.id)
+            } else {
+                format!("Container {} is not paused", c.id)
+            }));
+        }
+        let cg = rec
+            .cgroup
+            .ok_or_else(|| EngineError::Internal("container has no cgroup".into()))?;
+        cg.set_frozen(paused)
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
+        c.update(&self.container_dir(&c.id), |r| {
+            r.state.paused = paused;
+            r.state.status = if paused { "paused" } else { "running" }.into();
+        })
+    }
+
+    /// Removes a container (killing it first with `force`), and its anonymous
+    /// volumes with `volumes`.
+    pub async fn remove(self: &Arc<Self>, c: &Arc<Container>, force: bool, volumes: bool) -> Result<()> {
+        let _op = c.op.lock().await;
+        let dir = self.container_dir(&c.id);
+        let rec = c.record();
+        if rec.state.running && !force {
+            return Err(EngineError::Conflict(format!(
+                "You cannot remove a {} container {}. Stop the container before attempting removal or force remove",
+                if rec.state.paused { "paused" } else { "running" },
+                c.id
+            )));
+        }
+        c.update(&dir, |r| {
+            r.removing = true;
+            r.state.restarting = false;
+        })?;
+        if c.is_running() {
+            self.signal(c, Signal::SIGKILL)?;
+            self.thaw_if_paused(c);
+            if !self.wait_stopped(c, Some(Duration::from_secs(30))).await {
+                c.update(&dir, |r| r.removing = false)?;
+                return Err(EngineError::Internal(format!(
+                    "container {} did not exit after SIGKILL; not removed",
+                    c.id
+                )));
+            }
+        }
+        self.forget(&c.id);
+        let d = dir.clone();
+        let _ = tokio::task::spawn_blocking(move || fs::remove_dir_all(d)).await;
+        if volumes {
+            for m in rec.mounts.iter().filter(|m| m.anonymous && m.kind == "volume") {
+                if self.container_using_volume(&m.name).is_none() {
+                    let _ = self.volumes.remove(&m.name, true, None);
+                }
+            }
+        }
+        c.mark_removed();
+        tracing::info!(container = %c.id, "removed");
+        Ok(())
+    }
+
+    /// Waits for the container to stop and returns its exit code.
+    pub async fn wait(self: &Arc<Self>, c: &Arc<Container>) -> (i64, String) {
+        let mut rx = c.subscribe();
+        loop {
+            let rec = c.record();
+            if !rec.state.running && !rec.state.restarting {
+                return (rec.state.exit_code, rec.state.error);
+            }
+            if rx.changed().await.is_err() {
+                let rec = c.record();
+                return (rec.state.exit_code, rec.state.error);
+            }
+        }
+    }
+
+    /// Renames a container.
+    pub fn rename(&self, c: &Container, new_name: &str) -> Result<()> {
+        let new_name = new_name.strip_prefix('/').unwrap_or(new_name);
+        if !super::create::valid_name(new_name) {
+            return Err(EngineError::InvalidArgument(format!(
+                "Invalid container name ({new_name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+            )));
+        }
+        if let Some(other) = self.all().into_iter().find(|o| o.name() == new_name) {
+            if other.id != c.id {
+                return Err(EngineError::NameInUse {
+                    name: new_name.to_string(),
+                    id: other.id.clone(),
+                });
+            }
+        }
+        c.update(&self.container_dir(&c.id), |r| r.name = new_name.to_string())
+    }
+
+    /// After a daemon restart: re-attach to the shims of running containers,
+    /// record the exits that happened meanwhile, and start containers whose
+    /// restart policy says so (as Docker does at daemon start).
+    pub async fn adopt(self: &Arc<Self>) {
+        for c in self.all() {
+            let rec = c.record();
+            let was_running = rec.state.running || rec.state.restarting;
+            if !was_running {
+                continue;
+            }
+            let alive = rec.shim_pid > 0
+                && crate::runtime::process_start_time(rec.shim_pid) == Some(rec.shim_start_time)
+                && rec.shim_start_time != 0;
+            let pidfd = if alive {
+                crate::runtime::pidfd_open(rec.shim_pid).ok()
+            } else {
+                None
+            };
+            match pidfd {
+                Some(fd) if rec.state.running => {
+                    if rec.config.open_stdin {
+                        let fifo = self.container_dir(&c.id).join("stdin");
+                        if let Ok(sender) = tokio::net::unix::pipe::OpenOptions::new()
+                            .read_write(true)
+                            .open_sender(&fifo)
+                        {
+                            *c.stdin.lock().await = Some(sender);
+                        }
+                    }
+                    tracing::info!(container = %c.id, "re-attached to running container");
+                    let engine = self.clone();
+                    tokio::spawn(async move {
+                        let _ = crate::runtime::wait_pidfd(fd).await;
+                        engine.handle_exit(&c).await;
+                    });
+                }
+                _ => {
+                    tracing::info!(container = %c.id, "container ended while the daemon was down");
+                    self.handle_exit(&c).await;
+                }
+            }
+        }
+        for c in self.all() {
+            let rec = c.record();
+            let policy = rec.host_config.restart_policy.name.as_str();
+            let wants = policy == "always" || (policy == "unless-stopped" && !rec.manually_stopped);
+            if wants && !rec.state.running && !rec.state.restarting && rec.state.status != "created" {
+                if let Err(e) = self.start(&c).await {
+                    tracing::warn!(container = %c.id, "could not restart at boot: {e}");
+                }
+            }
+        }
+    }
+}

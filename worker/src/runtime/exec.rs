@@ -1,0 +1,150 @@
+//! `flotilla-worker exec-helper`: runs a process inside a running container.
+//! The daemon starts it with the request as JSON in its first argument and
+//! its stdio piped; the helper joins the container's cgroups and namespaces,
+//! forks (a process only enters a PID namespace at fork), and the child takes
+//! the container's credentials and execs. The helper exits with the process's
+//! status, or 126/127 with a message on stderr when the exec failed.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::AsFd;
+
+use nix::sched::CloneFlags;
+use nix::sys::wait::{waitpid, WaitStatus};
+use serde::{Deserialize, Serialize};
+
+use super::cgroups::ContainerCgroup;
+
+/// What to run, and where.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// Host PID of the container's init.
+    pub pid: i32,
+    pub cgroup: ContainerCgroup,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    pub capabilities: Vec<String>,
+}
+
+/// Entry point of the helper. Returns its exit code.
+pub fn main(request_json: &str) -> i32 {
+    let req: ExecRequest = match serde_json::from_str(request_json) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("flotilla exec: invalid request: {e}");
+            return 125;
+        }
+    };
+    match run(&req) {
+        Ok(code) => code,
+        Err((code, message)) => {
+            eprintln!("{message}");
+            code
+        }
+    }
+}
+
+fn run(req: &ExecRequest) -> Result<i32, (i32, String)> {
+    let e125 = |what: &str, e: &dyn std::fmt::Display| (125, format!("{what}: {e}"));
+    // Open every namespace first: after entering the mount namespace,
+    // /proc/PID would name a process of the container's PID namespace.
+    let kinds = [
+        ("ipc", CloneFlags::CLONE_NEWIPC),
+        ("uts", CloneFlags::CLONE_NEWUTS),
+        ("net", CloneFlags::CLONE_NEWNET),
+        ("pid", CloneFlags::CLONE_NEWPID),
+        ("mnt", CloneFlags::CLONE_NEWNS),
+    ];
+    let mut namespaces = Vec::new();
+    for (name, flag) in kinds {
+        let theirs = format!("/proc/{}/ns/{name}", req.pid);
+        let same = std::fs::read_link(&theirs).ok()
+            == std::fs::read_link(format!("/proc/self/ns/{name}")).ok();
+        if same {
+            continue;
+        }
+        let file = File::open(&theirs)
+            .map_err(|e| e125("the container is not running (its namespaces are gone)", &e))?;
+        namespaces.push((file, flag));
+    }
+    req.cgroup
+        .join_self()
+        .map_err(|e| e125("failed to join the container's cgroups", &e))?;
+    for (file, flag) in &namespaces {
+        nix::sched::setns(file.as_fd(), *flag).map_err(|e| e125("failed to enter a namespace", &e))?;
+    }
+    drop(namespaces);
+
+    // SAFETY: the helper is a fresh single-threaded process.
+    match unsafe { nix::unistd::fork() }.map_err(|e| e125("fork", &e))? {
+        nix::unistd::ForkResult::Child => {
+            let (code, message) = exec_child(req);
+            eprintln!("{message}");
+            std::process::exit(code);
+        }
+        nix::unistd::ForkResult::Parent { child } => loop {
+            match waitpid(child, None) {
+                Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+                Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+                Ok(_) | Err(nix::Error::EINTR) => continue,
+                Err(e) => return Err(e125("wait", &e)),
+            }
+        },
+    }
+}
+
+fn exec_child(req: &ExecRequest) -> (i32, String) {
+    use oci_spec::runtime::{Capability, LinuxCapabilitiesBuilder, ProcessBuilder, UserBuilder};
+    use std::str::FromStr;
+    if let Err(e) = nix::unistd::chdir(req.cwd.as_str()) {
+        return (126, format!("failed to change to the working directory {}: {e}", req.cwd));
+    }
+    let Some(arg0) = req.args.first() else {
+        return (125, "no command given to exec".into());
+    };
+    let exe = match super::init::find_executable(arg0, &req.env) {
+        Ok(p) => p,
+        Err(f) => return super::init::failure_parts(f),
+    };
+    let caps: std::collections::HashSet<Capability> = req
+        .capabilities
+        .iter()
+        .filter_map(|c| Capability::from_str(c).ok())
+        .collect();
+    let process = LinuxCapabilitiesBuilder::default()
+        .bounding(caps.clone())
+        .build()
+        .ok()
+        .and_then(|c| {
+            let user = UserBuilder::default()
+                .uid(req.uid)
+                .gid(req.gid)
+                .additional_gids(req.additional_gids.clone())
+                .build()
+                .ok()?;
+            ProcessBuilder::default()
+                .capabilities(c)
+                .user(user)
+                .no_new_privileges(true)
+                .cwd(req.cwd.clone())
+                .build()
+                .ok()
+        });
+    let Some(process) = process else {
+        return (125, "failed to build the process credentials".into());
+    };
+    if let Err(e) = super::drop_privileges(&process) {
+        return (125, format!("failed to set the process credentials: {e}"));
+    }
+    let to_c = |s: &String| CString::new(s.as_bytes()).unwrap_or_default();
+    let c_exe = CString::new(exe.as_os_str().as_encoded_bytes()).unwrap_or_default();
+    let args: Vec<CString> = req.args.iter().map(to_c).collect();
+    let env: Vec<CString> = req.env.iter().map(to_c).collect();
+    super::reset_signals();
+    let err = nix::unistd::execve(&c_exe, &args, &env).unwrap_err();
+    super::init::exec_failure_message(arg0, err)
+}
