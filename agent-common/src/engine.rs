@@ -282,7 +282,10 @@ mod tests {
     fn cmd_is_default_arguments_of_entrypoint() {
         let ep = v(&["ls"]);
         let cmd = v(&["-a"]);
-        assert_eq!(resolve_command(Some(&ep), Some(&cmd), None, None), v(&["ls", "-a"]));
+        assert_eq!(
+            resolve_command(Some(&ep), Some(&cmd), None, None),
+            v(&["ls", "-a"])
+        );
     }
 
     #[test]

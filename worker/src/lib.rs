@@ -6,7 +6,7 @@
 //! - [`volume`]: named, anonymous and bind volumes
 #![deny(unsafe_code)]
 
+pub mod engine;
 pub mod image;
 pub mod runtime;
-pub mod engine;
 pub mod volume;

@@ -16,7 +16,12 @@ use clap::{Parser, Subcommand};
 #[command(name = "flotilla-worker", version)]
 struct Args {
     /// Socket to serve the engine API on (root-only).
-    #[arg(short = 'H', long = "host", default_value = "unix:///run/flotilla/flotilla.sock", env = "FLOTILLA_HOST")]
+    #[arg(
+        short = 'H',
+        long = "host",
+        default_value = "unix:///run/flotilla/flotilla.sock",
+        env = "FLOTILLA_HOST"
+    )]
     host: String,
     /// Directory for images, containers and volumes.
     #[arg(long = "data-root", default_value = "/var/lib/flotilla")]
@@ -44,17 +49,23 @@ fn main() {
         // The shim and the helper must stay single-threaded until they fork:
         // they run before any runtime or thread is created.
         Some(Command::Shim { bundle }) => std::process::exit(worker::runtime::shim::main(bundle)),
-        Some(Command::ExecHelper { request }) => std::process::exit(worker::runtime::exec::main(request)),
+        Some(Command::ExecHelper { request }) => {
+            std::process::exit(worker::runtime::exec::main(request))
+        }
         None => {}
     }
     let filter = if args.debug { "debug" } else { "info" };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG").unwrap_or_else(|_| filter.into()),
+            tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
+                .unwrap_or_else(|_| filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("flotilla-worker: failed to start the async runtime: {e}");
@@ -76,7 +87,8 @@ fn socket_path(host: &str) -> anyhow::Result<PathBuf> {
 
 async fn bind(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("failed to create {}", dir.display()))?;
     }
     if path.exists() {
         if tokio::net::UnixStream::connect(path).await.is_ok() {
@@ -85,10 +97,11 @@ async fn bind(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
                 path.display()
             );
         }
-        std::fs::remove_file(path).with_context(|| format!("failed to remove stale socket {}", path.display()))?;
+        std::fs::remove_file(path)
+            .with_context(|| format!("failed to remove stale socket {}", path.display()))?;
     }
-    let listener =
-        tokio::net::UnixListener::bind(path).with_context(|| format!("failed to listen on {}", path.display()))?;
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("failed to listen on {}", path.display()))?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("failed to restrict {}", path.display()))?;
@@ -109,7 +122,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     engine.adopt().await;
     tracing::info!(socket = %socket.display(), data_root = %args.data_root.display(), cgroups = engine.cgroups.describe(), "flotilla-worker ready");
     let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
@@ -118,7 +132,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     };
     tonic::transport::Server::builder()
         .add_service(worker::engine::api::EngineService::server(engine))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            shutdown,
+        )
         .await
         .context("the API server failed")?;
     let _ = std::fs::remove_file(&socket);

@@ -57,7 +57,10 @@ pub fn to_status(e: EngineError) -> Status {
     }
 }
 
-fn json<T: serde::Serialize>(value: &T, warnings: Vec<String>) -> Result<Response<JsonReply>, Status> {
+fn json<T: serde::Serialize>(
+    value: &T,
+    warnings: Vec<String>,
+) -> Result<Response<JsonReply>, Status> {
     let json = serde_json::to_string(value).map_err(|e| Status::internal(e.to_string()))?;
     Ok(Response::new(JsonReply { json, warnings }))
 }
@@ -175,14 +178,23 @@ impl EngineApi for EngineService {
     async fn stop_container(&self, req: Request<StopRequest>) -> Result<Response<Empty>, Status> {
         let r = req.into_inner();
         let c = self.find(&r.container)?;
-        self.engine.stop(&c, r.timeout_seconds).await.map_err(to_status)?;
+        self.engine
+            .stop(&c, r.timeout_seconds)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(Empty {}))
     }
 
-    async fn restart_container(&self, req: Request<StopRequest>) -> Result<Response<Empty>, Status> {
+    async fn restart_container(
+        &self,
+        req: Request<StopRequest>,
+    ) -> Result<Response<Empty>, Status> {
         let r = req.into_inner();
         let c = self.find(&r.container)?;
-        self.engine.restart(&c, r.timeout_seconds).await.map_err(to_status)?;
+        self.engine
+            .restart(&c, r.timeout_seconds)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(Empty {}))
     }
 
@@ -193,14 +205,23 @@ impl EngineApi for EngineService {
         Ok(Response::new(Empty {}))
     }
 
-    async fn remove_container(&self, req: Request<RemoveContainerRequest>) -> Result<Response<Empty>, Status> {
+    async fn remove_container(
+        &self,
+        req: Request<RemoveContainerRequest>,
+    ) -> Result<Response<Empty>, Status> {
         let r = req.into_inner();
         let c = self.find(&r.container)?;
-        self.engine.remove(&c, r.force, r.volumes).await.map_err(to_status)?;
+        self.engine
+            .remove(&c, r.force, r.volumes)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(Empty {}))
     }
 
-    async fn list_containers(&self, req: Request<ListContainersRequest>) -> Result<Response<JsonReply>, Status> {
+    async fn list_containers(
+        &self,
+        req: Request<ListContainersRequest>,
+    ) -> Result<Response<JsonReply>, Status> {
         let all = req.into_inner().all;
         let mut rows: Vec<_> = self
             .engine
@@ -214,19 +235,28 @@ impl EngineApi for EngineService {
         json(&summaries, self.engine.warnings())
     }
 
-    async fn inspect_container(&self, req: Request<ContainerRef>) -> Result<Response<JsonReply>, Status> {
+    async fn inspect_container(
+        &self,
+        req: Request<ContainerRef>,
+    ) -> Result<Response<JsonReply>, Status> {
         let c = self.find(&req.into_inner().container)?;
         let inspect = c.record().inspect(self.engine.log_path(&c.id));
         json(&inspect, vec![])
     }
 
-    async fn wait_container(&self, req: Request<ContainerRef>) -> Result<Response<WaitReply>, Status> {
+    async fn wait_container(
+        &self,
+        req: Request<ContainerRef>,
+    ) -> Result<Response<WaitReply>, Status> {
         let c = self.find(&req.into_inner().container)?;
         let (status_code, error) = self.engine.wait(&c).await;
         Ok(Response::new(WaitReply { status_code, error }))
     }
 
-    async fn rename_container(&self, req: Request<RenameRequest>) -> Result<Response<Empty>, Status> {
+    async fn rename_container(
+        &self,
+        req: Request<RenameRequest>,
+    ) -> Result<Response<Empty>, Status> {
         let r = req.into_inner();
         let c = self.find(&r.container)?;
         self.engine.rename(&c, &r.new_name).map_err(to_status)?;
@@ -239,14 +269,20 @@ impl EngineApi for EngineService {
         Ok(Response::new(Empty {}))
     }
 
-    async fn unpause_container(&self, req: Request<ContainerRef>) -> Result<Response<Empty>, Status> {
+    async fn unpause_container(
+        &self,
+        req: Request<ContainerRef>,
+    ) -> Result<Response<Empty>, Status> {
         let c = self.find(&req.into_inner().container)?;
         self.engine.set_paused(&c, false).await.map_err(to_status)?;
         Ok(Response::new(Empty {}))
     }
 
     type AttachStream = BoxStream<OutputChunk>;
-    async fn attach(&self, req: Request<Streaming<AttachInput>>) -> Result<Response<Self::AttachStream>, Status> {
+    async fn attach(
+        &self,
+        req: Request<Streaming<AttachInput>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
         let mut input = req.into_inner();
         let first = input
             .message()
@@ -255,7 +291,9 @@ impl EngineApi for EngineService {
                 Some(attach_input::Kind::Start(s)) => Some(s),
                 _ => None,
             })
-            .ok_or_else(|| Status::invalid_argument("the first attach message must name the container"))?;
+            .ok_or_else(|| {
+                Status::invalid_argument("the first attach message must name the container")
+            })?;
         let c = self.find(&first.container)?;
         let engine = self.engine.clone();
         Ok(Response::new(stream_from(move |tx| async move {
@@ -268,7 +306,11 @@ impl EngineApi for EngineService {
         let r = req.into_inner();
         let c = self.find(&r.container)?;
         let engine = self.engine.clone();
-        let (stdout, stderr) = if !r.stdout && !r.stderr { (true, true) } else { (r.stdout, r.stderr) };
+        let (stdout, stderr) = if !r.stdout && !r.stderr {
+            (true, true)
+        } else {
+            (r.stdout, r.stderr)
+        };
         Ok(Response::new(stream_from(move |tx| async move {
             engine.logs(c, r.follow, r.tail, stdout, stderr, tx).await;
             Ok(())
@@ -276,7 +318,10 @@ impl EngineApi for EngineService {
     }
 
     type ExecStream = BoxStream<OutputChunk>;
-    async fn exec(&self, req: Request<Streaming<ExecInput>>) -> Result<Response<Self::ExecStream>, Status> {
+    async fn exec(
+        &self,
+        req: Request<Streaming<ExecInput>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
         let mut input = req.into_inner();
         let start = input
             .message()
@@ -285,7 +330,11 @@ impl EngineApi for EngineService {
                 Some(exec_input::Kind::Start(s)) => Some(s),
                 _ => None,
             })
-            .ok_or_else(|| Status::invalid_argument("the first exec message must name the container and command"))?;
+            .ok_or_else(|| {
+                Status::invalid_argument(
+                    "the first exec message must name the container and command",
+                )
+            })?;
         let c = self.find(&start.container)?;
         let engine = self.engine.clone();
         Ok(Response::new(stream_from(move |tx| async move {
@@ -306,20 +355,26 @@ impl EngineApi for EngineService {
     }
 
     type ExportStream = BoxStream<DataChunk>;
-    async fn export(&self, req: Request<ContainerRef>) -> Result<Response<Self::ExportStream>, Status> {
+    async fn export(
+        &self,
+        req: Request<ContainerRef>,
+    ) -> Result<Response<Self::ExportStream>, Status> {
         let c = self.find(&req.into_inner().container)?;
         let engine = self.engine.clone();
-        Ok(Response::new(stream_from(move |tx: mpsc::Sender<DataChunk>| async move {
-            let (btx, mut brx) = mpsc::channel::<Vec<u8>>(4);
-            let job = tokio::task::spawn_blocking(move || engine.export(&c, btx));
-            while let Some(data) = brx.recv().await {
-                if tx.send(DataChunk { data }).await.is_err() {
-                    break;
+        Ok(Response::new(stream_from(
+            move |tx: mpsc::Sender<DataChunk>| async move {
+                let (btx, mut brx) = mpsc::channel::<Vec<u8>>(4);
+                let job = tokio::task::spawn_blocking(move || engine.export(&c, btx));
+                while let Some(data) = brx.recv().await {
+                    if tx.send(DataChunk { data }).await.is_err() {
+                        break;
+                    }
                 }
-            }
-            drop(brx);
-            job.await.map_err(|e| EngineError::Internal(e.to_string()))?
-        })))
+                drop(brx);
+                job.await
+                    .map_err(|e| EngineError::Internal(e.to_string()))?
+            },
+        )))
     }
 
     async fn commit(&self, req: Request<CommitRequest>) -> Result<Response<ImageIdReply>, Status> {
@@ -349,7 +404,10 @@ impl EngineApi for EngineService {
         json(&report, vec![])
     }
 
-    async fn list_images(&self, _: Request<ListImagesRequest>) -> Result<Response<JsonReply>, Status> {
+    async fn list_images(
+        &self,
+        _: Request<ListImagesRequest>,
+    ) -> Result<Response<JsonReply>, Status> {
         json(&self.engine.images.list(), self.engine.images.load_errors())
     }
 
@@ -380,7 +438,10 @@ impl EngineApi for EngineService {
         Ok(Response::new(Empty {}))
     }
 
-    async fn remove_image(&self, req: Request<RemoveImageRequest>) -> Result<Response<JsonReply>, Status> {
+    async fn remove_image(
+        &self,
+        req: Request<RemoveImageRequest>,
+    ) -> Result<Response<JsonReply>, Status> {
         let r = req.into_inner();
         let lines = self
             .blocking(move |e| {
@@ -391,7 +452,10 @@ impl EngineApi for EngineService {
         json(&lines, vec![])
     }
 
-    async fn prune_images(&self, req: Request<PruneImagesRequest>) -> Result<Response<JsonReply>, Status> {
+    async fn prune_images(
+        &self,
+        req: Request<PruneImagesRequest>,
+    ) -> Result<Response<JsonReply>, Status> {
         let all = req.into_inner().all;
         let report = self
             .blocking(move |e| {
@@ -403,45 +467,55 @@ impl EngineApi for EngineService {
     }
 
     type LoadImagesStream = BoxStream<Progress>;
-    async fn load_images(&self, req: Request<Streaming<DataChunk>>) -> Result<Response<Self::LoadImagesStream>, Status> {
+    async fn load_images(
+        &self,
+        req: Request<Streaming<DataChunk>>,
+    ) -> Result<Response<Self::LoadImagesStream>, Status> {
         let mut input = req.into_inner();
         let engine = self.engine.clone();
-        Ok(Response::new(stream_from(move |tx: mpsc::Sender<Progress>| async move {
-            let (btx, brx) = mpsc::channel::<Vec<u8>>(16);
-            let job = tokio::task::spawn_blocking(move || {
-                engine.images.load(ChannelReader {
-                    rx: brx,
-                    buf: Vec::new(),
-                    pos: 0,
-                })
-            });
-            let mut received: u64 = 0;
-            while let Ok(Some(chunk)) = input.message().await {
-                received += chunk.data.len() as u64;
-                if btx.send(chunk.data).await.is_err() {
-                    break;
-                }
-                let _ = tx.try_send(Progress {
-                    status: "Loading".into(),
-                    current: received,
-                    ..Default::default()
-                });
-            }
-            drop(btx);
-            let lines = job.await.map_err(|e| EngineError::Internal(e.to_string()))??;
-            for line in lines {
-                let _ = tx
-                    .send(Progress {
-                        status: line,
-                        ..Default::default()
+        Ok(Response::new(stream_from(
+            move |tx: mpsc::Sender<Progress>| async move {
+                let (btx, brx) = mpsc::channel::<Vec<u8>>(16);
+                let job = tokio::task::spawn_blocking(move || {
+                    engine.images.load(ChannelReader {
+                        rx: brx,
+                        buf: Vec::new(),
+                        pos: 0,
                     })
-                    .await;
-            }
-            Ok(())
-        })))
+                });
+                let mut received: u64 = 0;
+                while let Ok(Some(chunk)) = input.message().await {
+                    received += chunk.data.len() as u64;
+                    if btx.send(chunk.data).await.is_err() {
+                        break;
+                    }
+                    let _ = tx.try_send(Progress {
+                        status: "Loading".into(),
+                        current: received,
+                        ..Default::default()
+                    });
+                }
+                drop(btx);
+                let lines = job
+                    .await
+                    .map_err(|e| EngineError::Internal(e.to_string()))??;
+                for line in lines {
+                    let _ = tx
+                        .send(Progress {
+                            status: line,
+                            ..Default::default()
+                        })
+                        .await;
+                }
+                Ok(())
+            },
+        )))
     }
 
-    async fn import_image(&self, req: Request<Streaming<ImportInput>>) -> Result<Response<ImageIdReply>, Status> {
+    async fn import_image(
+        &self,
+        req: Request<Streaming<ImportInput>>,
+    ) -> Result<Response<ImageIdReply>, Status> {
         let mut input = req.into_inner();
         let start = input
             .message()
@@ -450,7 +524,9 @@ impl EngineApi for EngineService {
                 Some(import_input::Kind::Start(s)) => Some(s),
                 _ => None,
             })
-            .ok_or_else(|| Status::invalid_argument("the first import message must carry the reference"))?;
+            .ok_or_else(|| {
+                Status::invalid_argument("the first import message must carry the reference")
+            })?;
         let (btx, brx) = mpsc::channel::<Vec<u8>>(16);
         let engine = self.engine.clone();
         let job = tokio::task::spawn_blocking(move || {
@@ -482,51 +558,83 @@ impl EngineApi for EngineService {
     }
 
     type SaveImagesStream = BoxStream<DataChunk>;
-    async fn save_images(&self, req: Request<SaveRequest>) -> Result<Response<Self::SaveImagesStream>, Status> {
+    async fn save_images(
+        &self,
+        req: Request<SaveRequest>,
+    ) -> Result<Response<Self::SaveImagesStream>, Status> {
         let images = req.into_inner().images;
         for i in &images {
-            self.engine.images.resolve(i).map_err(|e| to_status(e.into()))?;
+            self.engine
+                .images
+                .resolve(i)
+                .map_err(|e| to_status(e.into()))?;
         }
         let engine = self.engine.clone();
-        Ok(Response::new(stream_from(move |tx: mpsc::Sender<DataChunk>| async move {
-            let (btx, mut brx) = mpsc::channel::<Vec<u8>>(4);
-            let job = tokio::task::spawn_blocking(move || {
-                let mut w = super::fsview::ChannelWriter::new(btx);
-                engine.images.save(&images, &mut w)?;
-                std::io::Write::flush(&mut w).map_err(EngineError::io("stream", "save"))
-            });
-            while let Some(data) = brx.recv().await {
-                if tx.send(DataChunk { data }).await.is_err() {
-                    break;
+        Ok(Response::new(stream_from(
+            move |tx: mpsc::Sender<DataChunk>| async move {
+                let (btx, mut brx) = mpsc::channel::<Vec<u8>>(4);
+                let job = tokio::task::spawn_blocking(move || {
+                    let mut w = super::fsview::ChannelWriter::new(btx);
+                    engine.images.save(&images, &mut w)?;
+                    std::io::Write::flush(&mut w).map_err(EngineError::io("stream", "save"))
+                });
+                while let Some(data) = brx.recv().await {
+                    if tx.send(DataChunk { data }).await.is_err() {
+                        break;
+                    }
                 }
-            }
-            drop(brx);
-            job.await.map_err(|e| EngineError::Internal(e.to_string()))?
-        })))
+                drop(brx);
+                job.await
+                    .map_err(|e| EngineError::Internal(e.to_string()))?
+            },
+        )))
     }
 
     type PullImageStream = BoxStream<Progress>;
-    async fn pull_image(&self, req: Request<PullRequest>) -> Result<Response<Self::PullImageStream>, Status> {
+    async fn pull_image(
+        &self,
+        req: Request<PullRequest>,
+    ) -> Result<Response<Self::PullImageStream>, Status> {
         let r = req.into_inner();
         let engine = self.engine.clone();
-        Ok(Response::new(stream_from(move |tx| async move { engine.pull(r, tx).await })))
+        Ok(Response::new(stream_from(move |tx| async move {
+            engine.pull(r, tx).await
+        })))
     }
 
     type PushImageStream = BoxStream<Progress>;
-    async fn push_image(&self, req: Request<PushRequest>) -> Result<Response<Self::PushImageStream>, Status> {
+    async fn push_image(
+        &self,
+        req: Request<PushRequest>,
+    ) -> Result<Response<Self::PushImageStream>, Status> {
         let r = req.into_inner();
         let engine = self.engine.clone();
-        Ok(Response::new(stream_from(move |tx| async move { engine.push(r, tx).await })))
+        Ok(Response::new(stream_from(move |tx| async move {
+            engine.push(r, tx).await
+        })))
     }
 
-    async fn check_registry_login(&self, req: Request<RegistryLoginRequest>) -> Result<Response<Empty>, Status> {
-        self.engine.check_login(req.into_inner()).await.map_err(to_status)?;
+    async fn check_registry_login(
+        &self,
+        req: Request<RegistryLoginRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        self.engine
+            .check_login(req.into_inner())
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(Empty {}))
     }
 
-    async fn create_volume(&self, req: Request<CreateVolumeRequest>) -> Result<Response<JsonReply>, Status> {
+    async fn create_volume(
+        &self,
+        req: Request<CreateVolumeRequest>,
+    ) -> Result<Response<JsonReply>, Status> {
         let r = req.into_inner();
-        let name = if r.name.is_empty() { super::random_id() } else { r.name };
+        let name = if r.name.is_empty() {
+            super::random_id()
+        } else {
+            r.name
+        };
         let (info, _) = self
             .engine
             .volumes
@@ -549,7 +657,10 @@ impl EngineApi for EngineService {
         json(&info, vec![])
     }
 
-    async fn remove_volume(&self, req: Request<RemoveVolumeRequest>) -> Result<Response<Empty>, Status> {
+    async fn remove_volume(
+        &self,
+        req: Request<RemoveVolumeRequest>,
+    ) -> Result<Response<Empty>, Status> {
         let r = req.into_inner();
         let used = self.engine.container_using_volume(&r.volume);
         self.engine
@@ -570,4 +681,3 @@ impl EngineApi for EngineService {
         json(&report, vec![])
     }
 }
-

@@ -65,7 +65,8 @@ impl ContainerRecord {
     pub fn save(&self, dir: &Path) -> Result<()> {
         let path = dir.join(RECORD_FILE);
         let tmp = dir.join(".config.v2.json.tmp");
-        let bytes = serde_json::to_vec_pretty(self).map_err(|e| EngineError::Internal(e.to_string()))?;
+        let bytes =
+            serde_json::to_vec_pretty(self).map_err(|e| EngineError::Internal(e.to_string()))?;
         std::fs::write(&tmp, bytes).map_err(EngineError::io("write", &tmp))?;
         std::fs::rename(&tmp, &path).map_err(EngineError::io("write", &path))
     }
@@ -225,7 +226,8 @@ impl Container {
 
     /// Records that the container was removed, and wakes waiters.
     pub fn mark_removed(&self) {
-        self.removed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.removed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.changed.send_modify(|v| *v += 1);
     }
 

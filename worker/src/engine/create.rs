@@ -36,9 +36,17 @@ pub fn valid_name(name: &str) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VolumeSpec {
     /// `/host:/ctr[:ro]`
-    Bind { source: PathBuf, destination: String, readonly: bool },
+    Bind {
+        source: PathBuf,
+        destination: String,
+        readonly: bool,
+    },
     /// `name:/ctr[:ro]`
-    Named { name: String, destination: String, readonly: bool },
+    Named {
+        name: String,
+        destination: String,
+        readonly: bool,
+    },
     /// `/ctr`
     Anonymous { destination: String },
 }
@@ -93,7 +101,9 @@ pub fn parse_volume_spec(spec: &str) -> Result<VolumeSpec> {
                     readonly: ro,
                 })
             } else {
-                Err(bad("the source must be an absolute host path or a volume name"))
+                Err(bad(
+                    "the source must be an absolute host path or a volume name",
+                ))
             }
         }
         _ => Err(bad("too many colons")),
@@ -105,7 +115,8 @@ pub fn parse_signal(s: &str) -> Result<nix::sys::signal::Signal> {
     use std::str::FromStr;
     let t = s.trim();
     if let Ok(n) = t.parse::<i32>() {
-        return nix::sys::signal::Signal::try_from(n).map_err(|_| invalid(format!("invalid signal: {s}")));
+        return nix::sys::signal::Signal::try_from(n)
+            .map_err(|_| invalid(format!("invalid signal: {s}")));
     }
     let upper = t.to_ascii_uppercase();
     let name = if upper.starts_with("SIG") {
@@ -168,7 +179,9 @@ fn validate(req: &CreateContainer) -> Result<()> {
         return Err(invalid("cpu shares must be between 2 and 262144"));
     }
     if hc.pids_limit < -1 {
-        return Err(invalid("pids limit must be -1 (unlimited), 0 (unset) or positive"));
+        return Err(invalid(
+            "pids limit must be -1 (unlimited), 0 (unset) or positive",
+        ));
     }
     capability_set(&hc.cap_add, &hc.cap_drop).map_err(|e| invalid(e.to_string()))?;
     if let Some(sig) = &req.config.stop_signal {
@@ -240,7 +253,10 @@ struct Undo {
 
 impl Engine {
     /// Creates a container; returns its ID and warnings.
-    pub fn create_container(self: &Arc<Self>, req: CreateContainer) -> Result<(String, Vec<String>)> {
+    pub fn create_container(
+        self: &Arc<Self>,
+        req: CreateContainer,
+    ) -> Result<(String, Vec<String>)> {
         validate(&req)?;
         let image = self.images.resolve(&req.config.image)?;
         let mut undo = Undo::default();
@@ -347,7 +363,8 @@ impl Engine {
         // Mounts: binds and named volumes, then --volumes-from, then image VOLUMEs.
         let layer_dirs = self.images.layer_dirs(image)?;
         let mut mounts: Vec<MountPoint> = Vec::new();
-        let taken = |mounts: &Vec<MountPoint>, dest: &str| mounts.iter().any(|m| m.destination == dest);
+        let taken =
+            |mounts: &Vec<MountPoint>, dest: &str| mounts.iter().any(|m| m.destination == dest);
         for b in &hc.binds {
             match parse_volume_spec(b)? {
                 VolumeSpec::Bind {
@@ -356,7 +373,8 @@ impl Engine {
                     readonly,
                 } => {
                     if !source.exists() {
-                        fs::create_dir_all(&source).map_err(EngineError::io("create bind source", &source))?;
+                        fs::create_dir_all(&source)
+                            .map_err(EngineError::io("create bind source", &source))?;
                     }
                     mounts.push(MountPoint {
                         kind: "bind".into(),
@@ -413,7 +431,8 @@ impl Engine {
                 continue;
             }
             let name = random_id();
-            let labels: BTreeMap<String, String> = [(ANONYMOUS_LABEL.to_string(), String::new())].into();
+            let labels: BTreeMap<String, String> =
+                [(ANONYMOUS_LABEL.to_string(), String::new())].into();
             let (info, _) = self.volumes.create(&name, labels, "")?;
             undo.volumes.push(name.clone());
             populate_from_image(&layer_dirs, &dest, Path::new(&info.mountpoint));
@@ -437,7 +456,10 @@ impl Engine {
                 None => self.generate_name(),
             };
             if let Some(other) = self.all().into_iter().find(|c| c.name() == name) {
-                return Err(EngineError::NameInUse { name, id: other.id.clone() });
+                return Err(EngineError::NameInUse {
+                    name,
+                    id: other.id.clone(),
+                });
             }
             let record = ContainerRecord {
                 id: id.clone(),
@@ -472,12 +494,26 @@ impl Engine {
     /// A free `adjective_noun` name, as Docker makes them.
     fn generate_name(&self) -> String {
         const LEFT: [&str; 16] = [
-            "brave", "calm", "eager", "fervent", "gentle", "happy", "jolly", "keen", "lucid", "merry",
-            "nifty", "proud", "quirky", "serene", "tender", "zealous",
+            "brave", "calm", "eager", "fervent", "gentle", "happy", "jolly", "keen", "lucid",
+            "merry", "nifty", "proud", "quirky", "serene", "tender", "zealous",
         ];
         const RIGHT: [&str; 16] = [
-            "albatross", "barque", "caravel", "dinghy", "frigate", "galleon", "junk", "ketch", "lugger",
-            "schooner", "sloop", "tender", "trawler", "wherry", "yawl", "xebec",
+            "albatross",
+            "barque",
+            "caravel",
+            "dinghy",
+            "frigate",
+            "galleon",
+            "junk",
+            "ketch",
+            "lugger",
+            "schooner",
+            "sloop",
+            "tender",
+            "trawler",
+            "wherry",
+            "yawl",
+            "xebec",
         ];
         let taken: Vec<String> = self.all().iter().map(|c| c.name()).collect();
         for attempt in 0..1000u32 {
@@ -516,9 +552,13 @@ fn is_whiteout(meta: &fs::Metadata) -> bool {
 }
 
 fn copy_tree(src: &Path, dest: &Path) {
-    let Ok(entries) = fs::read_dir(src) else { return };
+    let Ok(entries) = fs::read_dir(src) else {
+        return;
+    };
     for e in entries.flatten() {
-        let Ok(meta) = e.path().symlink_metadata() else { continue };
+        let Ok(meta) = e.path().symlink_metadata() else {
+            continue;
+        };
         let target = dest.join(e.file_name());
         if is_whiteout(&meta) {
             let _ = fs::remove_dir_all(&target).or_else(|_| fs::remove_file(&target));
@@ -549,7 +589,9 @@ mod tests {
     fn volume_specs_parse_like_docker() {
         assert_eq!(
             parse_volume_spec("/data").unwrap(),
-            VolumeSpec::Anonymous { destination: "/data".into() }
+            VolumeSpec::Anonymous {
+                destination: "/data".into()
+            }
         );
         assert_eq!(
             parse_volume_spec("vol:/data:ro").unwrap(),
@@ -567,7 +609,14 @@ mod tests {
                 readonly: false
             }
         );
-        for bad in ["data", "vol:data", "/a:/", "vol:/d:xx", "a:b:c:d", "../x:/d"] {
+        for bad in [
+            "data",
+            "vol:data",
+            "/a:/",
+            "vol:/d:xx",
+            "a:b:c:d",
+            "../x:/d",
+        ] {
             assert!(parse_volume_spec(bad).is_err(), "{bad} should be refused");
         }
     }
@@ -593,7 +642,10 @@ mod tests {
         let mut req = CreateContainer::default();
         req.host_config.auto_remove = true;
         req.host_config.restart_policy.name = "always".into();
-        assert!(validate(&req).unwrap_err().to_string().contains("--restart and --rm"));
+        assert!(validate(&req)
+            .unwrap_err()
+            .to_string()
+            .contains("--restart and --rm"));
     }
 
     #[test]

@@ -24,7 +24,10 @@ pub(crate) struct ChannelWriter {
 impl ChannelWriter {
     /// A writer whose chunks arrive on `tx`'s receiver.
     pub(crate) fn new(tx: mpsc::Sender<Vec<u8>>) -> ChannelWriter {
-        ChannelWriter { tx, buf: Vec::new() }
+        ChannelWriter {
+            tx,
+            buf: Vec::new(),
+        }
     }
 }
 
@@ -39,9 +42,9 @@ impl Write for ChannelWriter {
     fn flush(&mut self) -> std::io::Result<()> {
         if !self.buf.is_empty() {
             let chunk = std::mem::take(&mut self.buf);
-            self.tx
-                .blocking_send(chunk)
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))?;
+            self.tx.blocking_send(chunk).map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away")
+            })?;
         }
         Ok(())
     }
@@ -73,7 +76,9 @@ impl MergedView {
             MsFlags::MS_RDONLY,
             Some(data.as_str()),
         )
-        .map_err(|e| EngineError::Internal(format!("failed to mount the container's file system: {e}")))?;
+        .map_err(|e| {
+            EngineError::Internal(format!("failed to mount the container's file system: {e}"))
+        })?;
         Ok(MergedView {
             mountpoint: mountpoint.to_path_buf(),
         })
@@ -110,7 +115,11 @@ impl Engine {
         let rec = c.record();
         let lowers = self.lowers_top_first(&rec.image)?;
         let dir = self.container_dir(&c.id);
-        let view = MergedView::mount(&dir.join("upper"), &lowers, &dir.join(format!("export-{}", super::random_id())))?;
+        let view = MergedView::mount(
+            &dir.join("upper"),
+            &lowers,
+            &dir.join(format!("export-{}", super::random_id())),
+        )?;
         let writer = ChannelWriter {
             tx,
             buf: Vec::new(),
@@ -148,10 +157,20 @@ impl Engine {
             ..RuntimeConfig::default()
         };
         if !cfg.exposed_ports.is_empty() {
-            rc.exposed_ports = Some(cfg.exposed_ports.keys().map(|k| (k.clone(), serde_json::json!({}))).collect());
+            rc.exposed_ports = Some(
+                cfg.exposed_ports
+                    .keys()
+                    .map(|k| (k.clone(), serde_json::json!({})))
+                    .collect(),
+            );
         }
         if !cfg.volumes.is_empty() {
-            rc.volumes = Some(cfg.volumes.keys().map(|k| (k.clone(), serde_json::json!({}))).collect());
+            rc.volumes = Some(
+                cfg.volumes
+                    .keys()
+                    .map(|k| (k.clone(), serde_json::json!({})))
+                    .collect(),
+            );
         }
         if !cfg.labels.is_empty() {
             rc.labels = Some(cfg.labels.clone());
@@ -169,9 +188,14 @@ impl Engine {
         let author = author.to_string();
         let result = tokio::task::spawn_blocking(move || -> Result<String> {
             let parent = engine.images.resolve(&image_id)?;
-            Ok(engine
-                .images
-                .commit(Some(&parent), &upper, rc, reference.as_deref(), &comment, &author)?)
+            Ok(engine.images.commit(
+                Some(&parent),
+                &upper,
+                rc,
+                reference.as_deref(),
+                &comment,
+                &author,
+            )?)
         })
         .await
         .map_err(|e| EngineError::Internal(e.to_string()))
@@ -186,7 +210,10 @@ impl Engine {
     pub fn top(&self, c: &Container) -> Result<TopReply> {
         let rec = c.record();
         if !rec.state.running {
-            return Err(EngineError::Conflict(format!("Container {} is not running", c.id)));
+            return Err(EngineError::Conflict(format!(
+                "Container {} is not running",
+                c.id
+            )));
         }
         let cg = rec
             .cgroup
@@ -203,18 +230,27 @@ impl Engine {
             let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
                 continue;
             };
-            let Some(close) = stat.rfind(')') else { continue };
+            let Some(close) = stat.rfind(')') else {
+                continue;
+            };
             let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
             let ppid = fields.get(1).copied().unwrap_or("0").to_string();
             let cpu_ticks: u64 = fields.get(11).and_then(|s| s.parse().ok()).unwrap_or(0)
                 + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
             let secs = cpu_ticks / ticks;
-            let time = format!("{:02}:{:02}:{:02}", secs / 3600, (secs / 60) % 60, secs % 60);
+            let time = format!(
+                "{:02}:{:02}:{:02}",
+                secs / 3600,
+                (secs / 60) % 60,
+                secs % 60
+            );
             let uid = std::fs::read_to_string(format!("/proc/{pid}/status"))
                 .ok()
                 .and_then(|s| {
-                    s.lines()
-                        .find_map(|l| l.strip_prefix("Uid:").map(|r| r.split_whitespace().next().unwrap_or("0").to_string()))
+                    s.lines().find_map(|l| {
+                        l.strip_prefix("Uid:")
+                            .map(|r| r.split_whitespace().next().unwrap_or("0").to_string())
+                    })
                 })
                 .unwrap_or_else(|| "0".into());
             let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
@@ -229,7 +265,10 @@ impl Engine {
             processes.push(vec![uid, pid.to_string(), ppid, time, cmd]);
         }
         Ok(TopReply {
-            titles: ["UID", "PID", "PPID", "TIME", "CMD"].iter().map(|s| s.to_string()).collect(),
+            titles: ["UID", "PID", "PPID", "TIME", "CMD"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             processes,
         })
     }

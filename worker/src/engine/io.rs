@@ -9,7 +9,9 @@
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use agent_common::proto::{attach_input, exec_input, output_chunk, AttachInput, ExecInput, OutputChunk};
+use agent_common::proto::{
+    attach_input, exec_input, output_chunk, AttachInput, ExecInput, OutputChunk,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tonic::Streaming;
@@ -91,7 +93,10 @@ async fn read_from(path: &std::path::Path, offset: u64) -> Vec<u8> {
     let Ok(mut f) = tokio::fs::File::open(path).await else {
         return Vec::new();
     };
-    if tokio::io::AsyncSeekExt::seek(&mut f, std::io::SeekFrom::Start(offset)).await.is_err() {
+    if tokio::io::AsyncSeekExt::seek(&mut f, std::io::SeekFrom::Start(offset))
+        .await
+        .is_err()
+    {
         return Vec::new();
     }
     let mut buf = Vec::new();
@@ -179,13 +184,17 @@ impl Engine {
         tx: mpsc::Sender<OutputChunk>,
     ) -> Result<()> {
         let path = self.log_path(&c.id);
-        let mut offset = tokio::fs::metadata(&path).await.map(|m| m.len()).unwrap_or(0);
+        let mut offset = tokio::fs::metadata(&path)
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
         if start {
             if let Err(e) = self.start(&c).await {
                 let (code, message) = match e {
                     EngineError::StartFailed { exit_code, message } => (exit_code as i64, message),
                     other => (125, other.to_string()),
                 };
+
                 let _ = tx
                     .send(OutputChunk {
                         exit_code: Some(code),
@@ -273,7 +282,10 @@ impl Engine {
     ) -> Result<()> {
         let rec = c.record();
         if !rec.state.running {
-            return Err(EngineError::Conflict(format!("Container {} is not running", c.id)));
+            return Err(EngineError::Conflict(format!(
+                "Container {} is not running",
+                c.id
+            )));
         }
         if rec.state.paused {
             return Err(EngineError::Conflict(format!(
@@ -282,7 +294,9 @@ impl Engine {
             )));
         }
         if start.cmd.is_empty() {
-            return Err(EngineError::InvalidArgument("no command given to exec".into()));
+            return Err(EngineError::InvalidArgument(
+                "no command given to exec".into(),
+            ));
         }
         let root = format!("/proc/{}/root", rec.state.pid);
         let passwd = std::fs::read_to_string(format!("{root}/etc/passwd")).ok();
@@ -292,11 +306,12 @@ impl Engine {
         } else {
             start.user.clone()
         };
-        let (uid, gid, groups, _home) = crate::runtime::init::resolve_user(&user, passwd.as_deref(), group.as_deref())
-            .map_err(|m| EngineError::StartFailed {
-                exit_code: 126,
-                message: m,
-            })?;
+        let (uid, gid, groups, _home) =
+            crate::runtime::init::resolve_user(&user, passwd.as_deref(), group.as_deref())
+                .map_err(|m| EngineError::StartFailed {
+                    exit_code: 126,
+                    message: m,
+                })?;
         let mut env = super::create::merge_env(&rec.config.env, &start.env);
         if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
             env.push(format!("HOSTNAME={}", rec.config.hostname));
@@ -317,12 +332,15 @@ impl Engine {
             uid,
             gid,
             additional_gids: groups,
-            capabilities: crate::runtime::spec::capability_set(&rec.host_config.cap_add, &rec.host_config.cap_drop)
-                .map_err(|e| EngineError::Internal(e.to_string()))?,
+            capabilities: crate::runtime::spec::capability_set(
+                &rec.host_config.cap_add,
+                &rec.host_config.cap_drop,
+            )
+            .map_err(|e| EngineError::Internal(e.to_string()))?,
         };
-        let json = serde_json::to_string(&request).map_err(|e| EngineError::Internal(e.to_string()))?;
-        let exe = std::env::current_exe().map_err(EngineError::io("find", "/proc/self/exe"))?;
-        let mut child = tokio::process::Command::new(exe)
+        let json =
+            serde_json::to_string(&request).map_err(|e| EngineError::Internal(e.to_string()))?;
+        let mut child = tokio::process::Command::new(crate::runtime::self_exe())
             .arg("exec-helper")
             .arg(json)
             .stdin(if start.stdin {
@@ -351,8 +369,20 @@ impl Engine {
             }
         });
         let readers: Vec<_> = [
-            (child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>), false),
-            (child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>), true),
+            (
+                child
+                    .stdout
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+                false,
+            ),
+            (
+                child
+                    .stderr
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+                true,
+            ),
         ]
         .into_iter()
         .filter_map(|(r, is_err)| r.map(|r| (r, is_err)))

@@ -53,7 +53,9 @@ fn host_resolv_conf() -> String {
     text.lines()
         .filter(|l| {
             let mut w = l.split_whitespace();
-            !(w.next() == Some("nameserver") && w.next().is_some_and(|a| a.starts_with("127.") || a == "::1"))
+            !(w.next() == Some("nameserver")
+                && w.next()
+                    .is_some_and(|a| a.starts_with("127.") || a == "::1"))
         })
         .map(|l| format!("{l}\n"))
         .collect()
@@ -61,9 +63,16 @@ fn host_resolv_conf() -> String {
 
 impl Engine {
     /// Starts a container (a no-op if it runs).
+    /// A container with `--rm` that fails to start is removed, as Docker does.
     pub async fn start(self: &Arc<Self>, c: &Arc<Container>) -> Result<()> {
-        let _op = c.op.lock().await;
-        self.start_locked(c).await
+        let result = {
+            let _op = c.op.lock().await;
+            self.start_locked(c).await
+        };
+        if result.is_err() && c.record().host_config.auto_remove {
+            let _ = self.remove(c, true, true).await;
+        }
+        result
     }
 
     async fn start_locked(self: &Arc<Self>, c: &Arc<Container>) -> Result<()> {
@@ -86,16 +95,21 @@ impl Engine {
         // Credentials come from the container's own /etc/passwd and /etc/group.
         let passwd = read_rootfs_file(&upper, &lowers, "etc/passwd");
         let group = read_rootfs_file(&upper, &lowers, "etc/group");
-        let (uid, gid, groups, home) =
-            crate::runtime::init::resolve_user(&rec.config.user, passwd.as_deref(), group.as_deref()).map_err(
-                |message| EngineError::StartFailed {
-                    exit_code: 126,
-                    message,
-                },
-            )?;
+        let (uid, gid, groups, home) = crate::runtime::init::resolve_user(
+            &rec.config.user,
+            passwd.as_deref(),
+            group.as_deref(),
+        )
+        .map_err(|message| EngineError::StartFailed {
+            exit_code: 126,
+            message,
+        })?;
         let mut env = rec.config.env.clone();
         if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
-            env.insert(1.min(env.len()), format!("HOSTNAME={}", rec.config.hostname));
+            env.insert(
+                1.min(env.len()),
+                format!("HOSTNAME={}", rec.config.hostname),
+            );
         }
         if !env.iter().any(|e| e.starts_with("HOME=")) {
             env.push(format!("HOME={home}"));
@@ -143,7 +157,9 @@ impl Engine {
             pids: hc.pids_limit,
         };
         let input = SpecInput {
-            args: std::iter::once(rec.path.clone()).chain(rec.args.clone()).collect(),
+            args: std::iter::once(rec.path.clone())
+                .chain(rec.args.clone())
+                .collect(),
             env,
             cwd: rec.config.working_dir.clone(),
             uid,
@@ -176,8 +192,10 @@ impl Engine {
             init: hc.init,
             cgroup: cgroup.clone(),
         };
-        let shim_json = serde_json::to_vec_pretty(&shim).map_err(|e| EngineError::Internal(e.to_string()))?;
-        fs::write(dir.join("shim.json"), shim_json).map_err(EngineError::io("write", dir.join("shim.json")))?;
+        let shim_json =
+            serde_json::to_vec_pretty(&shim).map_err(|e| EngineError::Internal(e.to_string()))?;
+        fs::write(dir.join("shim.json"), shim_json)
+            .map_err(EngineError::io("write", dir.join("shim.json")))?;
         if let Some(fifo) = &stdin_fifo {
             crate::runtime::make_fifo(fifo).map_err(EngineError::io("create", fifo))?;
             let sender = tokio::net::unix::pipe::OpenOptions::new()
@@ -187,7 +205,8 @@ impl Engine {
             *c.stdin.lock().await = Some(sender);
         }
 
-        let mut child = crate::runtime::spawn_shim(&dir).map_err(EngineError::io("start the shim for", &dir))?;
+        let mut child = crate::runtime::spawn_shim(&dir)
+            .map_err(EngineError::io("start the shim for", &dir))?;
         let shim_pid = child.id().unwrap_or(0) as i32;
         let shim_start_time = crate::runtime::process_start_time(shim_pid).unwrap_or(0);
         let stdout = child
@@ -195,7 +214,11 @@ impl Engine {
             .take()
             .ok_or_else(|| EngineError::Internal("shim has no stdout".into()))?;
         let mut line = String::new();
-        let read = tokio::time::timeout(START_TIMEOUT, tokio::io::BufReader::new(stdout).read_line(&mut line)).await;
+        let read = tokio::time::timeout(
+            START_TIMEOUT,
+            tokio::io::BufReader::new(stdout).read_line(&mut line),
+        )
+        .await;
         let report: Option<StartReport> = match read {
             Ok(Ok(_)) => serde_json::from_str(line.trim()).ok(),
             _ => None,
@@ -228,13 +251,16 @@ impl Engine {
             }
             other => {
                 let _ = child.wait().await;
-                let failure = other.and_then(|r| r.failure).unwrap_or(crate::runtime::StartFailure {
-                    exit_code: 125,
-                    message: format!(
-                        "the container's shim failed before reporting; see {}",
-                        dir.join("shim.log").display()
-                    ),
-                });
+                let failure =
+                    other
+                        .and_then(|r| r.failure)
+                        .unwrap_or(crate::runtime::StartFailure {
+                            exit_code: 125,
+                            message: format!(
+                                "the container's shim failed before reporting; see {}",
+                                dir.join("shim.log").display()
+                            ),
+                        });
                 c.stdin.lock().await.take();
                 c.update(&dir, |r| {
                     r.state.exit_code = failure.exit_code as i64;
@@ -305,12 +331,14 @@ impl Engine {
                 "always" | "unless-stopped" => true,
                 "on-failure" => {
                     exit.exit_code != 0
-                        && (policy.maximum_retry_count == 0 || rec.restart_count < policy.maximum_retry_count)
+                        && (policy.maximum_retry_count == 0
+                            || rec.restart_count < policy.maximum_retry_count)
                 }
                 _ => false,
             };
         if restart {
-            let ran_for = super::container::parse_unix(&exit.finished_at) - super::container::parse_unix(&rec.state.started_at);
+            let ran_for = super::container::parse_unix(&exit.finished_at)
+                - super::container::parse_unix(&rec.state.started_at);
             // Docker's backoff: 100 ms doubling, reset after 10 s of running.
             let delay_ms = if ran_for >= 10 {
                 100
@@ -330,7 +358,9 @@ impl Engine {
                 if !rec.state.restarting || rec.manually_stopped || rec.removing {
                     return;
                 }
-                let _ = container.update(&engine.container_dir(&container.id), |r| r.restart_count += 1);
+                let _ = container.update(&engine.container_dir(&container.id), |r| {
+                    r.restart_count += 1
+                });
                 if let Err(e) = engine.start_locked(&container).await {
                     tracing::warn!(container = %container.id, "restart failed: {e}");
                 }
@@ -369,11 +399,16 @@ impl Engine {
     fn signal(&self, c: &Container, sig: Signal) -> Result<()> {
         let pid = c.record().state.pid as i32;
         if pid <= 0 {
-            return Err(EngineError::Conflict(format!("Container {} is not running", c.id)));
+            return Err(EngineError::Conflict(format!(
+                "Container {} is not running",
+                c.id
+            )));
         }
         match nix::sys::signal::kill(Pid::from_raw(pid), sig) {
             Ok(()) | Err(nix::Error::ESRCH) => Ok(()),
-            Err(e) => Err(EngineError::Internal(format!("failed to send {sig} to the container: {e}"))),
+            Err(e) => Err(EngineError::Internal(format!(
+                "failed to send {sig} to the container: {e}"
+            ))),
         }
     }
 
@@ -413,13 +448,16 @@ impl Engine {
             Some(s) => parse_signal(s)?,
             None => Signal::SIGTERM,
         };
-        let timeout = timeout.or(rec.config.stop_timeout).unwrap_or(DEFAULT_STOP_TIMEOUT);
+        let timeout = timeout
+            .or(rec.config.stop_timeout)
+            .unwrap_or(DEFAULT_STOP_TIMEOUT);
         self.signal(c, sig)?;
         self.thaw_if_paused(c);
         let graceful = if timeout < 0 {
             self.wait_stopped(c, None).await
         } else {
-            self.wait_stopped(c, Some(Duration::from_secs(timeout as u64))).await
+            self.wait_stopped(c, Some(Duration::from_secs(timeout as u64)))
+                .await
         };
         if !graceful {
             self.signal(c, Signal::SIGKILL)?;
@@ -468,7 +506,10 @@ impl Engine {
         let _op = c.op.lock().await;
         let rec = c.record();
         if !rec.state.running {
-            return Err(EngineError::Conflict(format!("Container {} is not running", c.id)));
+            return Err(EngineError::Conflict(format!(
+                "Container {} is not running",
+                c.id
+            )));
         }
         if rec.state.paused == paused {
             return Err(EngineError::Conflict(if paused {
@@ -490,7 +531,12 @@ impl Engine {
 
     /// Removes a container (killing it first with `force`), and its anonymous
     /// volumes with `volumes`.
-    pub async fn remove(self: &Arc<Self>, c: &Arc<Container>, force: bool, volumes: bool) -> Result<()> {
+    pub async fn remove(
+        self: &Arc<Self>,
+        c: &Arc<Container>,
+        force: bool,
+        volumes: bool,
+    ) -> Result<()> {
         let _op = c.op.lock().await;
         let dir = self.container_dir(&c.id);
         let rec = c.record();
@@ -520,7 +566,11 @@ impl Engine {
         let d = dir.clone();
         let _ = tokio::task::spawn_blocking(move || fs::remove_dir_all(d)).await;
         if volumes {
-            for m in rec.mounts.iter().filter(|m| m.anonymous && m.kind == "volume") {
+            for m in rec
+                .mounts
+                .iter()
+                .filter(|m| m.anonymous && m.kind == "volume")
+            {
                 if self.container_using_volume(&m.name).is_none() {
                     let _ = self.volumes.remove(&m.name, true, None);
                 }
@@ -562,7 +612,9 @@ impl Engine {
                 });
             }
         }
-        c.update(&self.container_dir(&c.id), |r| r.name = new_name.to_string())
+        c.update(&self.container_dir(&c.id), |r| {
+            r.name = new_name.to_string()
+        })
     }
 
     /// After a daemon restart: re-attach to the shims of running containers,
@@ -611,7 +663,8 @@ impl Engine {
             let rec = c.record();
             let policy = rec.host_config.restart_policy.name.as_str();
             let wants = policy == "always" || (policy == "unless-stopped" && !rec.manually_stopped);
-            if wants && !rec.state.running && !rec.state.restarting && rec.state.status != "created" {
+            if wants && !rec.state.running && !rec.state.restarting && rec.state.status != "created"
+            {
                 if let Err(e) = self.start(&c).await {
                     tracing::warn!(container = %c.id, "could not restart at boot: {e}");
                 }

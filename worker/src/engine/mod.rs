@@ -62,9 +62,16 @@ pub enum EngineError {
 }
 
 impl EngineError {
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> EngineError {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> EngineError {
         let path = path.into();
-        move |source| EngineError::Io { action, path, source }
+        move |source| EngineError::Io {
+            action,
+            path,
+            source,
+        }
     }
 }
 
@@ -86,7 +93,8 @@ impl Engine {
     /// Opens the engine's state under `root`, creating it if needed. Corrupt
     /// records are reported in [`Engine::warnings`] and left on disk.
     pub fn open(root: &Path) -> Result<Arc<Engine>> {
-        std::fs::create_dir_all(root.join("containers")).map_err(EngineError::io("create", root))?;
+        std::fs::create_dir_all(root.join("containers"))
+            .map_err(EngineError::io("create", root))?;
         let images = ImageStore::open(&root.join("image"))?;
         let volumes = VolumeStore::open(&root.join("volumes"))?;
         let cgroups = Layout::detect().map_err(|e| EngineError::Internal(e.to_string()))?;
@@ -128,7 +136,11 @@ impl Engine {
 
     /// Problems found while loading state.
     pub fn warnings(&self) -> Vec<String> {
-        let mut w = self.load_warnings.lock().map(|w| w.clone()).unwrap_or_default();
+        let mut w = self
+            .load_warnings
+            .lock()
+            .map(|w| w.clone())
+            .unwrap_or_default();
         w.extend(self.volumes.list().1);
         w
     }
@@ -194,7 +206,12 @@ impl Engine {
     pub fn container_using_volume(&self, name: &str) -> Option<String> {
         self.all()
             .into_iter()
-            .find(|c| c.record().mounts.iter().any(|m| m.kind == "volume" && m.name == name))
+            .find(|c| {
+                c.record()
+                    .mounts
+                    .iter()
+                    .any(|m| m.kind == "volume" && m.name == name)
+            })
             .map(|c| c.id.clone())
     }
 }

@@ -48,7 +48,10 @@ fn apply_one(config: &mut RuntimeConfig, change: &str) -> std::result::Result<()
         }
         "LABEL" => {
             for (k, v) in key_values(rest, false)? {
-                config.labels.get_or_insert_with(Default::default).insert(k, v);
+                config
+                    .labels
+                    .get_or_insert_with(Default::default)
+                    .insert(k, v);
             }
         }
         "WORKDIR" => {
@@ -206,7 +209,10 @@ mod tests {
 
     fn apply(changes: &[&str]) -> Result<RuntimeConfig> {
         let mut c = RuntimeConfig::default();
-        apply_changes(&mut c, &changes.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        apply_changes(
+            &mut c,
+            &changes.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        )?;
         Ok(c)
     }
 
@@ -214,7 +220,10 @@ mod tests {
     fn exec_and_shell_forms() {
         let c = apply(&[r#"CMD ["ls","-l"]"#, "ENTRYPOINT /bin/echo hi there"]).unwrap();
         assert_eq!(c.cmd.unwrap(), vec!["ls", "-l"]);
-        assert_eq!(c.entrypoint.unwrap(), vec!["/bin/sh", "-c", "/bin/echo hi there"]);
+        assert_eq!(
+            c.entrypoint.unwrap(),
+            vec!["/bin/sh", "-c", "/bin/echo hi there"]
+        );
     }
 
     #[test]
@@ -233,7 +242,10 @@ mod tests {
             "STOPSIGNAL SIGQUIT",
         ])
         .unwrap();
-        assert_eq!(c.env.unwrap(), vec!["B=two words", "LEGACY=some value", "A=3"]);
+        assert_eq!(
+            c.env.unwrap(),
+            vec!["B=two words", "LEGACY=some value", "A=3"]
+        );
         let labels = c.labels.unwrap();
         assert_eq!(labels["org.x"], "y z");
         assert_eq!(labels["k"], "v");
@@ -249,7 +261,10 @@ mod tests {
     #[test]
     fn bad_instructions_are_explained() {
         let e = apply(&["RUN echo hi"]).unwrap_err().to_string();
-        assert!(e.contains("RUN") && e.contains("unknown") && e.contains("CMD, ENTRYPOINT"), "{e}");
+        assert!(
+            e.contains("RUN") && e.contains("unknown") && e.contains("CMD, ENTRYPOINT"),
+            "{e}"
+        );
         let e = apply(&["EXPOSE 99999"]).unwrap_err().to_string();
         assert!(e.contains("invalid port"), "{e}");
         let e = apply(&["CMD"]).unwrap_err().to_string();

@@ -21,8 +21,8 @@ use agent_common::engine::Change;
 use nix::errno::Errno;
 use nix::fcntl::{openat, OFlag, AT_FDCWD};
 use nix::sys::stat::{
-    fchmod, fchmodat, fstatat, futimens, makedev, mkdirat, mknodat, utimensat, FchmodatFlags,
-    Mode, SFlag, UtimensatFlags,
+    fchmod, fchmodat, fstatat, futimens, makedev, mkdirat, mknodat, utimensat, FchmodatFlags, Mode,
+    SFlag, UtimensatFlags,
 };
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchown, fchownat, linkat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
@@ -186,7 +186,9 @@ fn open_dir(
     create: bool,
 ) -> std::result::Result<OwnedFd, String> {
     let flags = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC;
-    let mut cur = root.try_clone().map_err(|e| format!("failed to dup: {e}"))?;
+    let mut cur = root
+        .try_clone()
+        .map_err(|e| format!("failed to dup: {e}"))?;
     for (i, c) in comps.iter().enumerate() {
         let shown = || {
             comps[..=i]
@@ -263,7 +265,8 @@ pub fn unpack_layer(reader: impl Read, dest: &Path) -> Result<UnpackedLayer> {
     for (comps, mtime) in dir_times.iter().rev() {
         if let Ok(fd) = open_dir(&root, comps, false) {
             let t = timespec(*mtime);
-            futimens(&fd, &t, &t).map_err(|e| ImageError::io("set times on", dest.join(join(comps)), to_io(e)))?;
+            futimens(&fd, &t, &t)
+                .map_err(|e| ImageError::io("set times on", dest.join(join(comps)), to_io(e)))?;
         }
     }
     let (diff_id, size) = archive
@@ -313,7 +316,8 @@ fn unpack_entry<R: Read>(
             let ext = ext.map_err(|e| unsafe_entry(format!("bad PAX record: {e}")))?;
             let Ok(key) = ext.key() else { continue };
             if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
-                meta.xattrs.push((name.to_string(), ext.value_bytes().to_vec()));
+                meta.xattrs
+                    .push((name.to_string(), ext.value_bytes().to_vec()));
             } else if key == "mtime" {
                 if let Some(secs) = ext
                     .value()
@@ -334,7 +338,9 @@ fn unpack_entry<R: Read>(
             dir_times.push((Vec::new(), meta.mtime));
             return Ok(());
         }
-        return Err(unsafe_entry("only a directory may name the layer root".into()));
+        return Err(unsafe_entry(
+            "only a directory may name the layer root".into(),
+        ));
     };
     let parent = open_dir(root, parents, true).map_err(unsafe_entry)?;
     let full = dest.join(join(&comps));
@@ -346,9 +352,8 @@ fn unpack_entry<R: Read>(
     if let Some(hidden) = name_bytes.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
         if name_bytes == OPAQUE_MARKER.as_bytes() {
             let dir = File::from(parent);
-            dir.set_xattr(OPAQUE_XATTR, b"y").map_err(|e| {
-                ImageError::io("set opaque xattr on", dest.join(join(parents)), e)
-            })?;
+            dir.set_xattr(OPAQUE_XATTR, b"y")
+                .map_err(|e| ImageError::io("set opaque xattr on", dest.join(join(parents)), e))?;
             return Ok(());
         }
         if hidden.is_empty() {
@@ -360,8 +365,14 @@ fn unpack_entry<R: Read>(
         }
         let target = OsStr::from_bytes(hidden);
         clear_slot(&parent, target, false).map_err(unsafe_entry)?;
-        mknodat(&parent, target, SFlag::S_IFCHR, Mode::empty(), makedev(0, 0))
-            .map_err(io_err("create whiteout"))?;
+        mknodat(
+            &parent,
+            target,
+            SFlag::S_IFCHR,
+            Mode::empty(),
+            makedev(0, 0),
+        )
+        .map_err(io_err("create whiteout"))?;
         fchownat(
             &parent,
             target,
@@ -392,14 +403,22 @@ fn unpack_entry<R: Read>(
             let fd = openat(
                 &parent,
                 name,
-                OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_WRONLY
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
                 Mode::from_bits_truncate(0o600),
             )
             .map_err(io_err("create file"))?;
             let mut file = File::from(fd);
             io::copy(entry, &mut file).map_err(|e| ImageError::io("write", full.clone(), e))?;
-            fchown(&file, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))
-                .map_err(io_err("chown"))?;
+            fchown(
+                &file,
+                Some(Uid::from_raw(meta.uid)),
+                Some(Gid::from_raw(meta.gid)),
+            )
+            .map_err(io_err("chown"))?;
             // After chown, which clears setuid bits.
             fchmod(&file, Mode::from_bits_truncate(meta.mode)).map_err(io_err("chmod"))?;
             set_xattrs(&file, &full, &meta.xattrs)?;
@@ -412,10 +431,13 @@ fn unpack_entry<R: Read>(
                 .ok_or_else(|| unsafe_entry("symlink without a target".into()))?
                 .into_owned();
             if target.is_empty() || target.contains(&0) {
-                return Err(unsafe_entry("symlink target is empty or has a NUL byte".into()));
+                return Err(unsafe_entry(
+                    "symlink target is empty or has a NUL byte".into(),
+                ));
             }
             clear_slot(&parent, name, false).map_err(unsafe_entry)?;
-            symlinkat(OsStr::from_bytes(&target), &parent, name).map_err(io_err("create symlink"))?;
+            symlinkat(OsStr::from_bytes(&target), &parent, name)
+                .map_err(io_err("create symlink"))?;
             fchownat(
                 &parent,
                 name,
@@ -449,8 +471,12 @@ fn unpack_entry<R: Read>(
                 ))
             };
             let tparent = open_dir(root, tparents, false).map_err(|_| missing())?;
-            let st = fstatat(&tparent, tname.as_os_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
-                .map_err(|_| missing())?;
+            let st = fstatat(
+                &tparent,
+                tname.as_os_str(),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(|_| missing())?;
             if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFDIR {
                 return Err(unsafe_entry("hardlink to a directory".into()));
             }
@@ -459,15 +485,25 @@ fn unpack_entry<R: Read>(
             }
             clear_slot(&parent, name, false).map_err(unsafe_entry)?;
             // Flags 0: a symlink target is linked itself, never followed.
-            linkat(&tparent, tname.as_os_str(), &parent, name, nix::fcntl::AtFlags::empty())
-                .map_err(io_err("create hardlink"))?;
+            linkat(
+                &tparent,
+                tname.as_os_str(),
+                &parent,
+                name,
+                nix::fcntl::AtFlags::empty(),
+            )
+            .map_err(io_err("create hardlink"))?;
         }
         T::Char | T::Block | T::Fifo => {
             let (sflag, dev) = match kind {
                 T::Char | T::Block => {
                     let major = entry.header().device_major().ok().flatten().unwrap_or(0);
                     let minor = entry.header().device_minor().ok().flatten().unwrap_or(0);
-                    let f = if kind == T::Char { SFlag::S_IFCHR } else { SFlag::S_IFBLK };
+                    let f = if kind == T::Char {
+                        SFlag::S_IFCHR
+                    } else {
+                        SFlag::S_IFBLK
+                    };
                     (f, makedev(u64::from(major), u64::from(minor)))
                 }
                 _ => (SFlag::S_IFIFO, 0),
@@ -509,7 +545,11 @@ fn unpack_entry<R: Read>(
 /// kept when the new entry is a directory too (returns true); an existing
 /// non-directory is removed (a later duplicate wins, as with tar); replacing a
 /// directory by a non-directory is refused.
-fn clear_slot(parent: &OwnedFd, name: &OsStr, new_is_dir: bool) -> std::result::Result<bool, String> {
+fn clear_slot(
+    parent: &OwnedFd,
+    name: &OsStr,
+    new_is_dir: bool,
+) -> std::result::Result<bool, String> {
     match fstatat(parent, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
         Err(Errno::ENOENT) => Ok(false),
         Err(e) => Err(format!("failed to stat existing entry: {e}")),
@@ -531,8 +571,12 @@ fn clear_slot(parent: &OwnedFd, name: &OsStr, new_is_dir: bool) -> std::result::
 
 fn apply_dir_meta(fd: &OwnedFd, path: &Path, meta: &Meta) -> Result<()> {
     let io_err = |action: &'static str| move |e: Errno| ImageError::io(action, path, to_io(e));
-    fchown(fd, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))
-        .map_err(io_err("chown"))?;
+    fchown(
+        fd,
+        Some(Uid::from_raw(meta.uid)),
+        Some(Gid::from_raw(meta.gid)),
+    )
+    .map_err(io_err("chown"))?;
     fchmod(fd, Mode::from_bits_truncate(meta.mode)).map_err(io_err("chmod"))?;
     let file = File::from(fd.try_clone().map_err(|e| ImageError::io("dup", path, e))?);
     set_xattrs(&file, path, &meta.xattrs)
@@ -581,20 +625,33 @@ fn diff_walk(upper: &Path, rel: &Path, lowers: &[PathBuf], out: &mut Vec<Change>
         let path = upper.join(&rel);
         let md = std::fs::symlink_metadata(&path).map_err(|e| ImageError::io("stat", &path, e))?;
         let shown = format!("/{}", rel.display());
-        let in_lower = || lowers.iter().any(|l| l.join(&rel).symlink_metadata().is_ok());
+        let in_lower = || {
+            lowers
+                .iter()
+                .any(|l| l.join(&rel).symlink_metadata().is_ok())
+        };
         let ft = md.file_type();
         if ft.is_char_device() && md.rdev() == 0 {
-            out.push(Change { kind: "D".into(), path: shown });
+            out.push(Change {
+                kind: "D".into(),
+                path: shown,
+            });
             continue;
         }
         if ft.is_dir() {
             let opaque = xattr::get(&path, OPAQUE_XATTR).ok().flatten().as_deref() == Some(b"y");
             let kind = if opaque || in_lower() { "C" } else { "A" };
-            out.push(Change { kind: kind.into(), path: shown });
+            out.push(Change {
+                kind: kind.into(),
+                path: shown,
+            });
             diff_walk(upper, &rel, lowers, out)?;
         } else {
             let kind = if in_lower() { "C" } else { "A" };
-            out.push(Change { kind: kind.into(), path: shown });
+            out.push(Change {
+                kind: kind.into(),
+                path: shown,
+            });
         }
     }
     Ok(())
@@ -614,7 +671,8 @@ pub fn write_upper_as_layer(upper: &Path, writer: impl Write) -> Result<(String,
         .into_inner()
         .map_err(|e| ImageError::io("write layer for", upper, e))?;
     let (mut w, digest, size) = hw.finish();
-    w.flush().map_err(|e| ImageError::io("write layer for", upper, e))?;
+    w.flush()
+        .map_err(|e| ImageError::io("write layer for", upper, e))?;
     Ok((digest, size))
 }
 
@@ -657,7 +715,9 @@ fn write_walk<W: Write>(
         }
         if ft.is_dir() {
             header.set_size(0);
-            builder.append_data(&mut header, &rel, io::empty()).map_err(werr)?;
+            builder
+                .append_data(&mut header, &rel, io::empty())
+                .map_err(werr)?;
             if xattr::get(&path, OPAQUE_XATTR).ok().flatten().as_deref() == Some(b"y") {
                 let mut h = tar::Header::new_gnu();
                 h.set_metadata_in_mode(&md, tar::HeaderMode::Complete);
@@ -670,15 +730,20 @@ fn write_walk<W: Write>(
             }
             write_walk(builder, upper, &rel, links)?;
         } else if ft.is_symlink() {
-            let target = std::fs::read_link(&path).map_err(|e| ImageError::io("read link", &path, e))?;
+            let target =
+                std::fs::read_link(&path).map_err(|e| ImageError::io("read link", &path, e))?;
             header.set_size(0);
-            builder.append_link(&mut header, &rel, target).map_err(werr)?;
+            builder
+                .append_link(&mut header, &rel, target)
+                .map_err(werr)?;
         } else if ft.is_file() {
             if md.nlink() > 1 {
                 if let Some(first) = links.get(&(md.dev(), md.ino())) {
                     header.set_entry_type(tar::EntryType::Link);
                     header.set_size(0);
-                    builder.append_link(&mut header, &rel, first).map_err(werr)?;
+                    builder
+                        .append_link(&mut header, &rel, first)
+                        .map_err(werr)?;
                     continue;
                 }
                 links.insert((md.dev(), md.ino()), rel.clone());
@@ -688,7 +753,9 @@ fn write_walk<W: Write>(
         } else {
             // Devices and fifos: the header carries everything.
             header.set_size(0);
-            builder.append_data(&mut header, &rel, io::empty()).map_err(werr)?;
+            builder
+                .append_data(&mut header, &rel, io::empty())
+                .map_err(werr)?;
         }
     }
     Ok(())
@@ -747,7 +814,14 @@ mod tests {
             }
         }
 
-        fn entry(mut self, kind: tar::EntryType, name: &str, link: &str, data: &[u8], mode: u32) -> Self {
+        fn entry(
+            mut self,
+            kind: tar::EntryType,
+            name: &str,
+            link: &str,
+            data: &[u8],
+            mode: u32,
+        ) -> Self {
             let mut h = tar::Header::new_gnu();
             h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
             h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
@@ -805,29 +879,49 @@ mod tests {
     }
 
     fn assert_outside_untouched(s: &Scratch) {
-        let left: Vec<_> = std::fs::read_dir(&s.outside).unwrap().map(|e| e.unwrap().path()).collect();
-        assert!(left.is_empty(), "something escaped into the sentinel dir: {left:?}");
+        let left: Vec<_> = std::fs::read_dir(&s.outside)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert!(
+            left.is_empty(),
+            "something escaped into the sentinel dir: {left:?}"
+        );
         let top: Vec<_> = std::fs::read_dir(&s.top)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         let mut top = top;
         top.sort();
-        assert!(top.iter().all(|n| n == "dest" || n == "outside"), "unexpected entries next to dest: {top:?}");
+        assert!(
+            top.iter().all(|n| n == "dest" || n == "outside"),
+            "unexpected entries next to dest: {top:?}"
+        );
     }
 
     fn refused(s: &Scratch, tar: Vec<u8>, expect: &str) {
         let err = unpack_layer(&tar[..], &s.dest).expect_err("malicious layer was accepted");
         let msg = err.to_string();
-        assert!(msg.contains(expect), "error {msg:?} should mention {expect:?}");
+        assert!(
+            msg.contains(expect),
+            "error {msg:?} should mention {expect:?}"
+        );
         assert_outside_untouched(s);
     }
 
     #[test]
     fn dotdot_is_refused() {
         let s = scratch();
-        refused(&s, Evil::new().file("../outside/escape", b"x").bytes(), "'..'");
-        refused(&s, Evil::new().file("a/../../outside/escape", b"x").bytes(), "'..'");
+        refused(
+            &s,
+            Evil::new().file("../outside/escape", b"x").bytes(),
+            "'..'",
+        );
+        refused(
+            &s,
+            Evil::new().file("a/../../outside/escape", b"x").bytes(),
+            "'..'",
+        );
     }
 
     #[test]
@@ -850,7 +944,10 @@ mod tests {
     #[test]
     fn write_through_symlink_to_dotdot_is_refused() {
         let s = scratch();
-        let t = Evil::new().symlink("up", "..").file("up/outside/x", b"pwned").bytes();
+        let t = Evil::new()
+            .symlink("up", "..")
+            .file("up/outside/x", b"pwned")
+            .bytes();
         refused(&s, t, "symlink or not a directory");
         let t = Evil::new().symlink("up2", "../..").dir("up2/made").bytes();
         refused(&s, t, "symlink or not a directory");
@@ -871,12 +968,23 @@ mod tests {
     #[test]
     fn hardlinks_outside_the_layer_are_refused() {
         let s = scratch();
-        refused(&s, Evil::new().hardlink("pw", "/etc/passwd").bytes(), "outside the layer");
+        refused(
+            &s,
+            Evil::new().hardlink("pw", "/etc/passwd").bytes(),
+            "outside the layer",
+        );
         std::fs::write(s.top.join("x"), b"secret").unwrap();
         let r = unpack_layer(&Evil::new().hardlink("x2", "../x").bytes()[..], &s.dest).unwrap_err();
         assert!(r.to_string().contains("outside the layer"), "{r}");
         std::fs::remove_file(s.top.join("x")).unwrap();
-        refused(&s, Evil::new().hardlink("early", "later").file("later", b"x").bytes(), "not extracted earlier");
+        refused(
+            &s,
+            Evil::new()
+                .hardlink("early", "later")
+                .file("later", b"x")
+                .bytes(),
+            "not extracted earlier",
+        );
         // A hardlink through a symlinked parent is refused too.
         let t = Evil::new()
             .symlink("d", s.outside.to_str().unwrap())
@@ -904,10 +1012,16 @@ mod tests {
         unpack_layer(&t[..], &s.dest).unwrap();
         assert_outside_untouched(&s);
         assert_eq!(std::fs::read(s.dest.join("dup")).unwrap(), b"inside");
-        assert!(std::fs::symlink_metadata(s.dest.join("dup")).unwrap().is_file());
+        assert!(std::fs::symlink_metadata(s.dest.join("dup"))
+            .unwrap()
+            .is_file());
         assert_eq!(std::fs::read(s.dest.join("hl")).unwrap(), b"also inside");
         let s2 = scratch();
-        refused(&s2, Evil::new().dir("d").file("d", b"x").bytes(), "replace a directory");
+        refused(
+            &s2,
+            Evil::new().dir("d").file("d", b"x").bytes(),
+            "replace a directory",
+        );
     }
 
     #[test]
@@ -922,9 +1036,26 @@ mod tests {
             .entry(tar::EntryType::Regular, "suid", "", b"y", 0o4755)
             .bytes();
         unpack_layer(&t[..], &s.dest).unwrap();
-        assert_eq!(std::fs::metadata(&target).unwrap().permissions().mode() & 0o7777, 0o644);
-        assert_eq!(std::fs::metadata(s.dest.join("suid")).unwrap().permissions().mode() & 0o7777, 0o4755);
-        assert_eq!(std::fs::metadata(s.dest.join("link")).unwrap().permissions().mode() & 0o7777, 0o4755);
+        assert_eq!(
+            std::fs::metadata(&target).unwrap().permissions().mode() & 0o7777,
+            0o644
+        );
+        assert_eq!(
+            std::fs::metadata(s.dest.join("suid"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777,
+            0o4755
+        );
+        assert_eq!(
+            std::fs::metadata(s.dest.join("link"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777,
+            0o4755
+        );
         std::fs::remove_file(&target).unwrap();
     }
 
@@ -939,7 +1070,8 @@ mod tests {
         h.set_gid(1001);
         h.set_mtime(1_234_567);
         h.set_size(0);
-        b.append_pax_extensions([("SCHILY.xattr.user.flotilla", &b"yes"[..])]).unwrap();
+        b.append_pax_extensions([("SCHILY.xattr.user.flotilla", &b"yes"[..])])
+            .unwrap();
         b.append_data(&mut h, "d", io::empty()).unwrap();
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Regular);
@@ -952,12 +1084,17 @@ mod tests {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Symlink);
         h.set_size(0);
-        b.append_link(&mut h, "d/sym", "/etc/does-not-matter").unwrap();
+        b.append_link(&mut h, "d/sym", "/etc/does-not-matter")
+            .unwrap();
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Link);
         h.set_size(0);
         b.append_link(&mut h, "d/hard", "d/file").unwrap();
-        for (name, kind, maj, min) in [("d/null", tar::EntryType::Char, 1, 3), ("d/loop", tar::EntryType::Block, 7, 0), ("d/fifo", tar::EntryType::Fifo, 0, 0)] {
+        for (name, kind, maj, min) in [
+            ("d/null", tar::EntryType::Char, 1, 3),
+            ("d/loop", tar::EntryType::Block, 7, 0),
+            ("d/fifo", tar::EntryType::Fifo, 0, 0),
+        ] {
             let mut h = tar::Header::new_gnu();
             h.set_entry_type(kind);
             h.set_mode(0o666);
@@ -975,7 +1112,8 @@ mod tests {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Regular);
         h.set_size(0);
-        b.append_data(&mut h, "opq/.wh..wh..opq", io::empty()).unwrap();
+        b.append_data(&mut h, "opq/.wh..wh..opq", io::empty())
+            .unwrap();
         let bytes = b.into_inner().unwrap();
 
         let got = unpack_layer(&bytes[..], &s.dest).unwrap();
@@ -983,22 +1121,48 @@ mod tests {
         assert_eq!(got.size, bytes.len() as u64);
         let d = s.dest.join("d");
         let md = std::fs::symlink_metadata(&d).unwrap();
-        assert_eq!((md.mode() & 0o7777, md.uid(), md.gid(), md.mtime()), (0o750, 1000, 1001, 1_234_567));
-        assert_eq!(xattr::get(&d, "user.flotilla").unwrap().as_deref(), Some(&b"yes"[..]));
+        assert_eq!(
+            (md.mode() & 0o7777, md.uid(), md.gid(), md.mtime()),
+            (0o750, 1000, 1001, 1_234_567)
+        );
+        assert_eq!(
+            xattr::get(&d, "user.flotilla").unwrap().as_deref(),
+            Some(&b"yes"[..])
+        );
         let f = std::fs::symlink_metadata(d.join("file")).unwrap();
-        assert_eq!((f.mode() & 0o7777, f.uid(), f.gid(), f.mtime(), f.nlink()), (0o640, 7, 8, 42, 2));
-        assert_eq!(std::fs::read_link(d.join("sym")).unwrap(), Path::new("/etc/does-not-matter"));
-        assert_eq!(std::fs::symlink_metadata(d.join("hard")).unwrap().ino(), f.ino());
+        assert_eq!(
+            (f.mode() & 0o7777, f.uid(), f.gid(), f.mtime(), f.nlink()),
+            (0o640, 7, 8, 42, 2)
+        );
+        assert_eq!(
+            std::fs::read_link(d.join("sym")).unwrap(),
+            Path::new("/etc/does-not-matter")
+        );
+        assert_eq!(
+            std::fs::symlink_metadata(d.join("hard")).unwrap().ino(),
+            f.ino()
+        );
         let null = std::fs::symlink_metadata(d.join("null")).unwrap();
         assert!(null.file_type().is_char_device());
         assert_eq!(null.rdev(), makedev(1, 3));
-        assert!(std::fs::symlink_metadata(d.join("loop")).unwrap().file_type().is_block_device());
-        assert!(std::fs::symlink_metadata(d.join("fifo")).unwrap().file_type().is_fifo());
+        assert!(std::fs::symlink_metadata(d.join("loop"))
+            .unwrap()
+            .file_type()
+            .is_block_device());
+        assert!(std::fs::symlink_metadata(d.join("fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo());
         let wh = std::fs::symlink_metadata(d.join("gone")).unwrap();
         assert!(wh.file_type().is_char_device() && wh.rdev() == 0);
         assert_eq!((wh.uid(), wh.gid()), (33, 34));
         assert!(!d.join(".wh.gone").exists());
-        assert_eq!(xattr::get(s.dest.join("opq"), OPAQUE_XATTR).unwrap().as_deref(), Some(&b"y"[..]));
+        assert_eq!(
+            xattr::get(s.dest.join("opq"), OPAQUE_XATTR)
+                .unwrap()
+                .as_deref(),
+            Some(&b"y"[..])
+        );
         assert!(!s.dest.join("opq/.wh..wh..opq").exists());
 
         // diff_changes and write_upper_as_layer read the same tree back.
@@ -1006,13 +1170,26 @@ mod tests {
         fs_create(&lower.join("d"));
         std::fs::write(lower.join("d/file"), b"old").unwrap();
         let changes = diff_changes(&s.dest, &[lower]).unwrap();
-        let shown: Vec<String> = changes.iter().map(|c| format!("{} {}", c.kind, c.path)).collect();
+        let shown: Vec<String> = changes
+            .iter()
+            .map(|c| format!("{} {}", c.kind, c.path))
+            .collect();
         assert_eq!(
             shown,
-            ["C /d", "C /d/fifo", "C /d/file", "D /d/gone", "A /d/hard", "A /d/loop", "A /d/null", "A /d/sym", "C /opq"]
-                .iter()
-                .map(|s| s.replace("C /d/fifo", "A /d/fifo"))
-                .collect::<Vec<_>>()
+            [
+                "C /d",
+                "C /d/fifo",
+                "C /d/file",
+                "D /d/gone",
+                "A /d/hard",
+                "A /d/loop",
+                "A /d/null",
+                "A /d/sym",
+                "C /opq"
+            ]
+            .iter()
+            .map(|s| s.replace("C /d/fifo", "A /d/fifo"))
+            .collect::<Vec<_>>()
         );
         let mut out = Vec::new();
         let (digest, size) = write_upper_as_layer(&s.dest, &mut out).unwrap();
@@ -1029,9 +1206,17 @@ mod tests {
         // And it unpacks again to the same whiteouts.
         let again = s.top.join("again");
         unpack_layer(&out[..], &again).unwrap();
-        assert!(std::fs::symlink_metadata(again.join("d/gone")).unwrap().file_type().is_char_device());
+        assert!(std::fs::symlink_metadata(again.join("d/gone"))
+            .unwrap()
+            .file_type()
+            .is_char_device());
         assert_eq!(std::fs::read(again.join("d/hard")).unwrap(), b"hello");
-        assert_eq!(xattr::get(again.join("d"), "user.flotilla").unwrap().as_deref(), Some(&b"yes"[..]));
+        assert_eq!(
+            xattr::get(again.join("d"), "user.flotilla")
+                .unwrap()
+                .as_deref(),
+            Some(&b"yes"[..])
+        );
         std::fs::remove_dir_all(&again).unwrap();
         std::fs::remove_dir_all(s.top.join("lower")).unwrap();
         assert_outside_untouched(&s);
@@ -1040,7 +1225,9 @@ mod tests {
     #[test]
     fn garbage_is_a_clear_error() {
         let s = scratch();
-        let err = unpack_layer(&[1u8; 1024][..], &s.dest).unwrap_err().to_string();
+        let err = unpack_layer(&[1u8; 1024][..], &s.dest)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("malformed"), "{err}");
     }
 
@@ -1055,13 +1242,18 @@ mod tests {
             h.set_entry_type(tar::EntryType::Regular);
             h.set_mode(0o644);
             h.set_size(data.len() as u64);
-            b.append_data(&mut h, format!("d{}/f{i}", i % 16), &data[..]).unwrap();
+            b.append_data(&mut h, format!("d{}/f{i}", i % 16), &data[..])
+                .unwrap();
         }
         let bytes = b.into_inner().unwrap();
         let t = std::time::Instant::now();
         let got = unpack_layer(&bytes[..], &s.dest).unwrap();
         let secs = t.elapsed().as_secs_f64();
-        println!("unpack: {} MB in {secs:.3}s = {:.0} MB/s", got.size >> 20, (got.size as f64 / 1e6) / secs);
+        println!(
+            "unpack: {} MB in {secs:.3}s = {:.0} MB/s",
+            got.size >> 20,
+            (got.size as f64 / 1e6) / secs
+        );
         assert_eq!(got.size, bytes.len() as u64);
     }
 }

@@ -141,7 +141,8 @@ impl Source {
 
     /// Reads a blob by digest and verifies it.
     fn read_blob(&self, digest: &str) -> Result<Vec<u8>> {
-        let hex = digest_hex(digest).ok_or_else(|| bad(format!("unsupported digest {digest:?}")))?;
+        let hex =
+            digest_hex(digest).ok_or_else(|| bad(format!("unsupported digest {digest:?}")))?;
         let (data, actual) = self.read(&format!("blobs/sha256/{hex}"))?;
         if actual != digest {
             return Err(ImageError::DigestMismatch {
@@ -242,19 +243,25 @@ impl ImageStore {
     pub fn load_oci_dir(&self, dir: &Path, tag_as: Option<&str>) -> Result<Vec<String>> {
         let source = Source::Dir(dir.to_path_buf());
         if !source.exists("index.json") {
-            return Err(bad(format!("{} has no index.json: not an OCI image layout", dir.display())));
+            return Err(bad(format!(
+                "{} has no index.json: not an OCI image layout",
+                dir.display()
+            )));
         }
         self.load_source(&source, tag_as)
     }
 
     fn spool(&self, reader: impl Read) -> Result<Source> {
         let dir = self.temp_dir("load")?;
-        let (reader, _) = layer::decompressed(reader).map_err(|e| bad(format!("failed to read archive: {e}")))?;
+        let (reader, _) =
+            layer::decompressed(reader).map_err(|e| bad(format!("failed to read archive: {e}")))?;
         let mut archive = tar::Archive::new(reader);
         let mut files = HashMap::new();
         let mut symlinks = HashMap::new();
         let mut hardlinks: Vec<(String, String)> = Vec::new();
-        let entries = archive.entries().map_err(|e| bad(format!("not a tar archive: {e}")))?;
+        let entries = archive
+            .entries()
+            .map_err(|e| bad(format!("not a tar archive: {e}")))?;
         for (n, entry) in entries.enumerate() {
             let mut entry = entry.map_err(|e| bad(format!("malformed tar archive: {e}")))?;
             let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
@@ -268,10 +275,14 @@ impl ImageStore {
             match entry.header().entry_type() {
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
                     let path = dir.path().join(format!("f{n}"));
-                    let mut out = File::create(&path).map_err(|e| ImageError::io("create", &path, e))?;
+                    let mut out =
+                        File::create(&path).map_err(|e| ImageError::io("create", &path, e))?;
                     let mut hr = HashReader::new(&mut entry);
-                    io::copy(&mut hr, &mut out).map_err(|e| bad(format!("failed to read {raw} from the archive: {e}")))?;
-                    let (digest, _) = hr.finish().map_err(|e| bad(format!("failed to read {raw}: {e}")))?;
+                    io::copy(&mut hr, &mut out)
+                        .map_err(|e| bad(format!("failed to read {raw} from the archive: {e}")))?;
+                    let (digest, _) = hr
+                        .finish()
+                        .map_err(|e| bad(format!("failed to read {raw}: {e}")))?;
                     files.insert(name, Spooled { path, digest });
                 }
                 tar::EntryType::Symlink => {
@@ -331,7 +342,10 @@ impl ImageStore {
             // Blob names and legacy `<id>.json` names both carry the digest.
             let name = m.config.rsplit('/').next().unwrap_or_default();
             let named = name.strip_suffix(".json").unwrap_or(name);
-            if named.len() == 64 && named.bytes().all(|b| b.is_ascii_hexdigit()) && format!("sha256:{named}") != id {
+            if named.len() == 64
+                && named.bytes().all(|b| b.is_ascii_hexdigit())
+                && format!("sha256:{named}") != id
+            {
                 return Err(ImageError::DigestMismatch {
                     what: format!("image config {}", m.config),
                     expected: format!("sha256:{named}"),
@@ -352,7 +366,10 @@ impl ImageStore {
                 }
                 let (blob, digest) = src.take(path, tmp)?;
                 let last = path.rsplit('/').next().unwrap_or_default();
-                if path.contains("blobs/sha256/") && last.len() == 64 && format!("sha256:{last}") != digest {
+                if path.contains("blobs/sha256/")
+                    && last.len() == 64
+                    && format!("sha256:{last}") != digest
+                {
                     return Err(ImageError::DigestMismatch {
                         what: format!("layer blob {path}"),
                         expected: format!("sha256:{last}"),
@@ -370,7 +387,8 @@ impl ImageStore {
 
     fn load_oci(&self, src: &Source, tmp: &Path, tag_as: Option<&str>) -> Result<Vec<String>> {
         let (data, _) = src.read("index.json")?;
-        let index: Index = serde_json::from_slice(&data).map_err(|e| bad(format!("index.json is not valid: {e}")))?;
+        let index: Index = serde_json::from_slice(&data)
+            .map_err(|e| bad(format!("index.json is not valid: {e}")))?;
         if index.manifests.is_empty() {
             return Err(bad("index.json lists no manifests"));
         }
@@ -388,13 +406,21 @@ impl ImageStore {
             out.extend(loaded_lines(&id, &tags));
         }
         if out.is_empty() {
-            return Err(bad(format!("no image for linux/{} in the index", host_arch())));
+            return Err(bad(format!(
+                "no image for linux/{} in the index",
+                host_arch()
+            )));
         }
         Ok(out)
     }
 
     /// Follows nested indexes to the manifest for this platform.
-    fn pick_manifest(&self, src: &Source, desc: Descriptor, depth: usize) -> Result<Option<Descriptor>> {
+    fn pick_manifest(
+        &self,
+        src: &Source,
+        desc: Descriptor,
+        depth: usize,
+    ) -> Result<Option<Descriptor>> {
         if depth > 4 {
             return Err(bad("image indexes nested too deep"));
         }
@@ -402,10 +428,13 @@ impl ImageStore {
         let mut body = None;
         if media_type.is_empty() {
             let data = src.read_blob(&desc.digest)?;
-            let v: Value = serde_json::from_slice(&data).map_err(|e| bad(format!("blob {} is not JSON: {e}", desc.digest)))?;
+            let v: Value = serde_json::from_slice(&data)
+                .map_err(|e| bad(format!("blob {} is not JSON: {e}", desc.digest)))?;
             media_type = match v.get("mediaType").and_then(Value::as_str) {
                 Some(m) => m.to_string(),
-                None if v.get("manifests").is_some() => "application/vnd.oci.image.index.v1+json".into(),
+                None if v.get("manifests").is_some() => {
+                    "application/vnd.oci.image.index.v1+json".into()
+                }
                 None => "application/vnd.oci.image.manifest.v1+json".into(),
             };
             body = Some(data);
@@ -417,10 +446,13 @@ impl ImageStore {
             Some(b) => b,
             None => src.read_blob(&desc.digest)?,
         };
-        let index: Index = serde_json::from_slice(&data).map_err(|e| bad(format!("index {} is not valid: {e}", desc.digest)))?;
+        let index: Index = serde_json::from_slice(&data)
+            .map_err(|e| bad(format!("index {} is not valid: {e}", desc.digest)))?;
         let arch = host_arch();
         let matching = |d: &&Descriptor| {
-            d.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == arch)
+            d.platform
+                .as_ref()
+                .is_some_and(|p| p.os == "linux" && p.architecture == arch)
         };
         let chosen = index
             .manifests
@@ -434,11 +466,21 @@ impl ImageStore {
         }
     }
 
-    fn load_oci_manifest(&self, src: &Source, tmp: &Path, desc: &Descriptor, name: Option<&str>) -> Result<String> {
+    fn load_oci_manifest(
+        &self,
+        src: &Source,
+        tmp: &Path,
+        desc: &Descriptor,
+        name: Option<&str>,
+    ) -> Result<String> {
         let data = src.read_blob(&desc.digest)?;
         if let Some(size) = desc.size {
             if size != data.len() as u64 {
-                return Err(bad(format!("manifest {} has {} bytes, descriptor says {size}", desc.digest, data.len())));
+                return Err(bad(format!(
+                    "manifest {} has {} bytes, descriptor says {size}",
+                    desc.digest,
+                    data.len()
+                )));
             }
         }
         let manifest: OciManifest = serde_json::from_slice(&data)
@@ -457,7 +499,8 @@ impl ImageStore {
             if self.has_layer(diff_id) {
                 continue;
             }
-            let hex = digest_hex(&l.digest).ok_or_else(|| bad(format!("unsupported layer digest {:?}", l.digest)))?;
+            let hex = digest_hex(&l.digest)
+                .ok_or_else(|| bad(format!("unsupported layer digest {:?}", l.digest)))?;
             let (blob, digest) = src.take(&format!("blobs/sha256/{hex}"), tmp)?;
             if digest != l.digest {
                 return Err(ImageError::DigestMismatch {
@@ -479,8 +522,8 @@ impl ImageStore {
 
 /// The diff_ids of a config, checked to be sha256 digests.
 fn config_diff_ids(raw: &[u8], what: &str) -> Result<Vec<String>> {
-    let cfg: super::ImageConfig =
-        serde_json::from_slice(raw).map_err(|e| bad(format!("image config {what} is not valid: {e}")))?;
+    let cfg: super::ImageConfig = serde_json::from_slice(raw)
+        .map_err(|e| bad(format!("image config {what} is not valid: {e}")))?;
     for d in &cfg.rootfs.diff_ids {
         if digest_hex(d).is_none() {
             return Err(bad(format!("image config {what} has a bad diff_id {d:?}")));
@@ -503,7 +546,10 @@ fn loaded_lines(id: &str, tags: &[String]) -> Vec<String> {
     }
     tags.iter()
         .map(|t| {
-            let shown = Reference::parse(t).ok().and_then(|r| r.tagged_name()).unwrap_or_else(|| t.clone());
+            let shown = Reference::parse(t)
+                .ok()
+                .and_then(|r| r.tagged_name())
+                .unwrap_or_else(|| t.clone());
             format!("Loaded image: {shown}")
         })
         .collect()

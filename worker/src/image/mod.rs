@@ -47,7 +47,9 @@ pub enum ImageError {
         container: String,
     },
     /// A tagged image that is referenced by several repositories needs `-f`.
-    #[error("unable to delete {id} (must be forced): image is referenced in multiple repositories")]
+    #[error(
+        "unable to delete {id} (must be forced): image is referenced in multiple repositories"
+    )]
     MultipleTags {
         /// The image id.
         id: String,
@@ -120,7 +122,11 @@ impl ImageError {
         matches!(self, ImageError::NotFound(_))
     }
 
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
         ImageError::Io {
             action,
             path: path.into(),
@@ -141,6 +147,12 @@ pub fn sha256_digest(data: &[u8]) -> String {
 /// The hex part of a `sha256:<hex>` digest, checked to be 64 lowercase hex digits.
 pub(crate) fn digest_hex(digest: &str) -> Option<&str> {
     let hex = digest.strip_prefix("sha256:")?;
-    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-        .then_some(hex)
+    (hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    .then_some(hex)
 }
+
+#[cfg(test)]
+mod tests;

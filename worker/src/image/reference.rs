@@ -67,7 +67,9 @@ impl Reference {
                     .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
                 && !tag.starts_with(['.', '-']);
             if !valid {
-                return Err(err("tag must be 1-128 of [A-Za-z0-9_.-], not starting with . or -"));
+                return Err(err(
+                    "tag must be 1-128 of [A-Za-z0-9_.-], not starting with . or -",
+                ));
             }
         }
         let (registry, repository) = match name.split_once('/') {
@@ -78,7 +80,11 @@ impl Reference {
             }
             _ => (None, name),
         };
-        if let Some(port) = registry.as_deref().and_then(|r| r.split_once(':')).map(|p| p.1) {
+        if let Some(port) = registry
+            .as_deref()
+            .and_then(|r| r.split_once(':'))
+            .map(|p| p.1)
+        {
             if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(err("registry port must be a number"));
             }
@@ -163,7 +169,10 @@ mod tests {
     #[test]
     fn localhost_is_a_registry_but_a_plain_path_is_not() {
         assert_eq!(
-            Reference::parse("localhost/app").unwrap().registry.as_deref(),
+            Reference::parse("localhost/app")
+                .unwrap()
+                .registry
+                .as_deref(),
             Some("localhost")
         );
         assert_eq!(Reference::parse("team/app").unwrap().registry, None);
@@ -179,7 +188,16 @@ mod tests {
 
     #[test]
     fn bad_references_are_refused() {
-        for bad in ["", "UPPER", "app:", "app:-x", "app@sha256:12", "/app", "a//b", "app:t/x"] {
+        for bad in [
+            "",
+            "UPPER",
+            "app:",
+            "app:-x",
+            "app@sha256:12",
+            "/app",
+            "a//b",
+            "app:t/x",
+        ] {
             assert!(Reference::parse(bad).is_err(), "{bad:?} should be refused");
         }
     }

@@ -48,7 +48,10 @@ impl ImageStore {
         // Saving by tag saves that tag; by id, all of the image's tags.
         for name in images {
             let img = self.resolve(name)?;
-            let tags = match super::reference::Reference::parse(name).ok().and_then(|r| r.tagged_name()) {
+            let tags = match super::reference::Reference::parse(name)
+                .ok()
+                .and_then(|r| r.tagged_name())
+            {
                 Some(t) if img.repo_tags.contains(&t) => vec![t],
                 _ => img.repo_tags.clone(),
             };
@@ -86,15 +89,18 @@ impl ImageStore {
                     let (reader, _) =
                         layer::decompressed(file).map_err(|e| ImageError::io("read", &blob, e))?;
                     let mut h = header(rec.size, 0o644);
-                    tar.append_data(&mut h, &path, reader.take(rec.size)).map_err(werr)?;
+                    tar.append_data(&mut h, &path, reader.take(rec.size))
+                        .map_err(werr)?;
                 }
-                layer_descs.push(json!({"mediaType": MT_LAYER, "digest": diff_id, "size": rec.size}));
+                layer_descs
+                    .push(json!({"mediaType": MT_LAYER, "digest": diff_id, "size": rec.size}));
                 layer_paths.push(path);
             }
             let config_path = format!("blobs/sha256/{config_hex}");
             if written.insert(config_hex.clone()) {
                 let mut h = header(img.raw_config.len() as u64, 0o644);
-                tar.append_data(&mut h, &config_path, &img.raw_config[..]).map_err(werr)?;
+                tar.append_data(&mut h, &config_path, &img.raw_config[..])
+                    .map_err(werr)?;
             }
             let manifest = enc(
                 "manifest",
@@ -109,11 +115,10 @@ impl ImageStore {
             let mhex = digest_hex(&manifest_digest).unwrap_or_default().to_string();
             if written.insert(mhex.clone()) {
                 let mut h = header(manifest.len() as u64, 0o644);
-                tar.append_data(&mut h, format!("blobs/sha256/{mhex}"), &manifest[..]).map_err(werr)?;
+                tar.append_data(&mut h, format!("blobs/sha256/{mhex}"), &manifest[..])
+                    .map_err(werr)?;
             }
-            let desc = |annotations: Value| {
-                json!({"mediaType": MT_MANIFEST, "digest": manifest_digest, "size": manifest.len(), "annotations": annotations})
-            };
+            let desc = |annotations: Value| json!({"mediaType": MT_MANIFEST, "digest": manifest_digest, "size": manifest.len(), "annotations": annotations});
             if tags.is_empty() {
                 index.push(json!({"mediaType": MT_MANIFEST, "digest": manifest_digest, "size": manifest.len()}));
             }
@@ -124,10 +129,10 @@ impl ImageStore {
                     "org.opencontainers.image.ref.name": tag,
                 })));
                 if let Some(top) = img.config.rootfs.diff_ids.last() {
-                    repositories
-                        .entry(repo.to_string())
-                        .or_default()
-                        .insert(tag.to_string(), digest_hex(top).unwrap_or_default().to_string());
+                    repositories.entry(repo.to_string()).or_default().insert(
+                        tag.to_string(),
+                        digest_hex(top).unwrap_or_default().to_string(),
+                    );
                 }
             }
             manifest_json.push(json!({
@@ -137,7 +142,10 @@ impl ImageStore {
             }));
         }
         let files: [(&str, Vec<u8>); 4] = [
-            ("oci-layout", enc("oci-layout", &json!({"imageLayoutVersion": "1.0.0"}))?),
+            (
+                "oci-layout",
+                enc("oci-layout", &json!({"imageLayoutVersion": "1.0.0"}))?,
+            ),
             (
                 "index.json",
                 enc(
@@ -145,7 +153,10 @@ impl ImageStore {
                     &json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": index}),
                 )?,
             ),
-            ("manifest.json", enc("manifest.json", &Value::Array(manifest_json))?),
+            (
+                "manifest.json",
+                enc("manifest.json", &Value::Array(manifest_json))?,
+            ),
             ("repositories", enc("repositories", &json!(repositories))?),
         ];
         for (name, data) in files {

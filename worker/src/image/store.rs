@@ -250,14 +250,19 @@ impl ImageStore {
                 }
             };
             let Some(hex) = digest_hex(&rec.id) else {
-                st.errors.push(format!("{}: bad image id {:?}", path.display(), rec.id));
+                st.errors
+                    .push(format!("{}: bad image id {:?}", path.display(), rec.id));
                 continue;
             };
             let blob = root.join("blobs/sha256").join(hex);
             let raw = match fs::read(&blob) {
                 Ok(raw) => raw,
                 Err(e) => {
-                    st.errors.push(format!("failed to read config {} of image {}: {e}", blob.display(), rec.id));
+                    st.errors.push(format!(
+                        "failed to read config {} of image {}: {e}",
+                        blob.display(),
+                        rec.id
+                    ));
                     continue;
                 }
             };
@@ -274,7 +279,12 @@ impl ImageStore {
                     continue;
                 }
             };
-            if let Some(missing) = config.rootfs.diff_ids.iter().find(|d| !st.layers.contains_key(*d)) {
+            if let Some(missing) = config
+                .rootfs
+                .diff_ids
+                .iter()
+                .find(|d| !st.layers.contains_key(*d))
+            {
                 st.errors.push(format!(
                     "image {} lacks layer {missing}; remove it and load it again",
                     rec.id
@@ -393,13 +403,17 @@ impl ImageStore {
         if let Some(expected) = expected_diff_id {
             if unpacked.diff_id != expected {
                 return Err(ImageError::DigestMismatch {
-                    what: format!("layer {blob_digest} (uncompressed) against diff_id in the image config"),
+                    what: format!(
+                        "layer {blob_digest} (uncompressed) against diff_id in the image config"
+                    ),
                     expected: expected.to_string(),
                     actual: unpacked.diff_id,
                 });
             }
         }
-        let diff_hex = digest_hex(&unpacked.diff_id).unwrap_or_default().to_string();
+        let diff_hex = digest_hex(&unpacked.diff_id)
+            .unwrap_or_default()
+            .to_string();
         self.commit_blob(blob_tmp, blob_digest)?;
         let mut st = self.lock();
         if st.layers.contains_key(&unpacked.diff_id) {
@@ -431,7 +445,10 @@ impl ImageStore {
             what: "layer record",
             source,
         })?;
-        write_atomic(&self.root.join("layers").join(format!("{diff_hex}.json")), &data)?;
+        write_atomic(
+            &self.root.join("layers").join(format!("{diff_hex}.json")),
+            &data,
+        )?;
         st.layers.insert(rec.diff_id.clone(), rec);
         Ok(unpacked.diff_id)
     }
@@ -440,7 +457,12 @@ impl ImageStore {
     /// blob and the image record, and points `tags` (`name:tag`) at it (a tag
     /// that pointed elsewhere moves; the old image stays, untagged). Returns
     /// the image id.
-    pub fn add_image(&self, raw_config: &[u8], tags: &[String], repo_digests: &[String]) -> Result<String> {
+    pub fn add_image(
+        &self,
+        raw_config: &[u8],
+        tags: &[String],
+        repo_digests: &[String],
+    ) -> Result<String> {
         let config: ImageConfig = serde_json::from_slice(raw_config)
             .map_err(|e| ImageError::BadArchive(format!("image config is not valid JSON: {e}")))?;
         let id = super::sha256_digest(raw_config);
@@ -453,7 +475,12 @@ impl ImageStore {
             write_atomic(&blob, raw_config)?;
         }
         let mut st = self.lock();
-        if let Some(missing) = config.rootfs.diff_ids.iter().find(|d| !st.layers.contains_key(*d)) {
+        if let Some(missing) = config
+            .rootfs
+            .diff_ids
+            .iter()
+            .find(|d| !st.layers.contains_key(*d))
+        {
             return Err(ImageError::BadArchive(format!(
                 "image {id} needs layer {missing}, which is not in the store"
             )));
@@ -556,24 +583,37 @@ impl ImageStore {
             }
             if let Some(d) = &r.digest {
                 let want = format!("{}@{d}", r.name());
-                if let Some((id, _)) = st.images.iter().find(|(_, l)| l.record.repo_digests.contains(&want)) {
+                if let Some((id, _)) = st
+                    .images
+                    .iter()
+                    .find(|(_, l)| l.record.repo_digests.contains(&want))
+                {
                     return Ok((id.clone(), None));
                 }
             }
         }
         if !name_or_id.is_empty() && name_or_id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            if let Ok(found) = self.resolve_prefix(st, name_or_id, name_or_id) {
-                return Ok(found);
+            match self.resolve_prefix(st, name_or_id, name_or_id) {
+                Ok(found) => return Ok(found),
+                Err(ImageError::NotFound(_)) => {}
+                Err(e) => return Err(e),
             }
         }
         let shown = match &parsed {
-            Ok(r) if r.digest.is_none() => r.tagged_name().unwrap_or_else(|| name_or_id.to_string()),
+            Ok(r) if r.digest.is_none() => {
+                r.tagged_name().unwrap_or_else(|| name_or_id.to_string())
+            }
             _ => name_or_id.to_string(),
         };
         Err(ImageError::NotFound(shown))
     }
 
-    fn resolve_prefix(&self, st: &State, hex: &str, shown: &str) -> Result<(String, Option<String>)> {
+    fn resolve_prefix(
+        &self,
+        st: &State,
+        hex: &str,
+        shown: &str,
+    ) -> Result<(String, Option<String>)> {
         let hex = hex.to_ascii_lowercase();
         if hex.is_empty() {
             return Err(ImageError::NotFound(shown.to_string()));
@@ -581,7 +621,10 @@ impl ImageStore {
         let matches: Vec<&String> = st
             .images
             .keys()
-            .filter(|id| id.strip_prefix("sha256:").is_some_and(|h| h.starts_with(&hex)))
+            .filter(|id| {
+                id.strip_prefix("sha256:")
+                    .is_some_and(|h| h.starts_with(&hex))
+            })
             .collect();
         match matches.as_slice() {
             [one] => Ok(((*one).clone(), None)),
@@ -634,7 +677,9 @@ impl ImageStore {
         let st = self.lock();
         let mut rows = Vec::new();
         for id in st.images.keys() {
-            let Some(img) = self.image_of(&st, id) else { continue };
+            let Some(img) = self.image_of(&st, id) else {
+                continue;
+            };
             let created = img.config.created_unix();
             if img.repo_tags.is_empty() {
                 rows.push(ImageSummary {
@@ -762,7 +807,10 @@ impl ImageStore {
                 return Ok(vec![format!("Untagged: {tag}")]);
             }
         } else {
-            let repos: BTreeSet<&str> = tags.iter().map(|t| t.rsplit_once(':').map_or(t.as_str(), |p| p.0)).collect();
+            let repos: BTreeSet<&str> = tags
+                .iter()
+                .map(|t| t.rsplit_once(':').map_or(t.as_str(), |p| p.0))
+                .collect();
             if repos.len() > 1 && !force {
                 return Err(ImageError::MultipleTags { id });
             }
@@ -816,7 +864,9 @@ impl ImageStore {
             if in_use.contains(d) || removed.contains(d) {
                 continue;
             }
-            let Some(rec) = st.layers.get(d).cloned() else { continue };
+            let Some(rec) = st.layers.get(d).cloned() else {
+                continue;
+            };
             // Record first, then data: a crash leaves an orphan dir, never a
             // record pointing at a half-deleted layer.
             let lhex = digest_hex(d).unwrap_or_default();
@@ -847,7 +897,11 @@ impl ImageStore {
 
     /// Removes dangling (untagged) images, or with `all` every image no
     /// container uses. Images a container uses are kept.
-    pub fn prune(&self, all: bool, used_by: &dyn Fn(&str) -> Option<String>) -> Result<PruneReport> {
+    pub fn prune(
+        &self,
+        all: bool,
+        used_by: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<PruneReport> {
         let _gc = self.gc.write().unwrap_or_else(|p| p.into_inner());
         let mut st = self.lock();
         let tagged: BTreeSet<String> = st.tags.values().cloned().collect();
@@ -860,7 +914,12 @@ impl ImageStore {
             .collect();
         let mut report = PruneReport::default();
         for id in candidates {
-            let tags: Vec<String> = st.tags.iter().filter(|(_, v)| **v == id).map(|(k, _)| k.clone()).collect();
+            let tags: Vec<String> = st
+                .tags
+                .iter()
+                .filter(|(_, v)| **v == id)
+                .map(|(k, _)| k.clone())
+                .collect();
             if !tags.is_empty() {
                 let mut new_tags = st.tags.clone();
                 for t in &tags {
@@ -916,7 +975,11 @@ impl ImageStore {
             },
             history: vec![History {
                 created: Some(created),
-                comment: Some(if message.is_empty() { "Imported from -".into() } else { message.to_string() }),
+                comment: Some(if message.is_empty() {
+                    "Imported from -".into()
+                } else {
+                    message.to_string()
+                }),
                 ..History::default()
             }],
             ..ImageConfig::default()
@@ -951,15 +1014,17 @@ impl ImageStore {
         drop(w);
         let diff_id = self.add_layer_locked(&blob, &digest, Some(&digest))?;
         let created = config::now_rfc3339();
-        let mut cfg = parent.map(|p| p.config.clone()).unwrap_or_else(|| ImageConfig {
-            architecture: host_arch().to_string(),
-            os: "linux".into(),
-            rootfs: RootFs {
-                typ: "layers".into(),
-                diff_ids: Vec::new(),
-            },
-            ..ImageConfig::default()
-        });
+        let mut cfg = parent
+            .map(|p| p.config.clone())
+            .unwrap_or_else(|| ImageConfig {
+                architecture: host_arch().to_string(),
+                os: "linux".into(),
+                rootfs: RootFs {
+                    typ: "layers".into(),
+                    diff_ids: Vec::new(),
+                },
+                ..ImageConfig::default()
+            });
         let created_by = runtime_config
             .entrypoint
             .iter()

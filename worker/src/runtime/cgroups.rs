@@ -71,15 +71,18 @@ impl Layout {
             match fstype {
                 "cgroup2" if layout.unified.is_none() => {
                     let root = PathBuf::from(mount_point);
-                    layout.unified_controllers = fs::read_to_string(root.join("cgroup.controllers"))
-                        .map(|s| s.split_whitespace().map(str::to_string).collect())
-                        .unwrap_or_default();
+                    layout.unified_controllers =
+                        fs::read_to_string(root.join("cgroup.controllers"))
+                            .map(|s| s.split_whitespace().map(str::to_string).collect())
+                            .unwrap_or_default();
                     layout.unified = Some(root);
                 }
                 "cgroup" => {
                     for opt in super_opts.split(',') {
                         if CONTROLLERS.contains(&opt) && !layout.v1.iter().any(|(c, _)| c == opt) {
-                            layout.v1.push((opt.to_string(), PathBuf::from(mount_point)));
+                            layout
+                                .v1
+                                .push((opt.to_string(), PathBuf::from(mount_point)));
                         }
                     }
                 }
@@ -178,11 +181,15 @@ impl ContainerCgroup {
             if Self::is_v2(dir) && controller != "freezer" {
                 if let Some(parent) = dir.parent() {
                     let root = parent.parent().unwrap_or(parent);
-                    fs::create_dir_all(parent).map_err(|e| CgroupError::Create(parent.into(), e))?;
+                    fs::create_dir_all(parent)
+                        .map_err(|e| CgroupError::Create(parent.into(), e))?;
                     for level in [root, parent] {
                         // Enabling an already-enabled controller is a no-op; a
                         // failure here shows up as a missing file below.
-                        let _ = fs::write(level.join("cgroup.subtree_control"), format!("+{controller}"));
+                        let _ = fs::write(
+                            level.join("cgroup.subtree_control"),
+                            format!("+{controller}"),
+                        );
                     }
                 }
             }
@@ -194,7 +201,9 @@ impl ContainerCgroup {
     /// Writes limits into existing directories.
     pub fn apply(&self, limits: &Limits) -> Result<()> {
         if limits.memory > 0 {
-            let dir = self.dir("memory").ok_or(CgroupError::Missing("memory", "--memory"))?;
+            let dir = self
+                .dir("memory")
+                .ok_or(CgroupError::Missing("memory", "--memory"))?;
             if Self::is_v2(dir) {
                 write(dir, "memory.max", &limits.memory.to_string())?;
             } else {
@@ -202,14 +211,20 @@ impl ContainerCgroup {
             }
         }
         if limits.nano_cpus > 0 || limits.cpu_shares > 0 {
-            let dir = self.dir("cpu").ok_or(CgroupError::Missing("cpu", "--cpus/--cpu-shares"))?;
+            let dir = self
+                .dir("cpu")
+                .ok_or(CgroupError::Missing("cpu", "--cpus/--cpu-shares"))?;
             let quota = limits.nano_cpus * CPU_PERIOD_US / 1_000_000_000;
             if Self::is_v2(dir) {
                 if limits.nano_cpus > 0 {
                     write(dir, "cpu.max", &format!("{quota} {CPU_PERIOD_US}"))?;
                 }
                 if limits.cpu_shares > 0 {
-                    write(dir, "cpu.weight", &shares_to_weight(limits.cpu_shares).to_string())?;
+                    write(
+                        dir,
+                        "cpu.weight",
+                        &shares_to_weight(limits.cpu_shares).to_string(),
+                    )?;
                 }
             } else {
                 if limits.nano_cpus > 0 {
@@ -222,7 +237,9 @@ impl ContainerCgroup {
             }
         }
         if limits.pids > 0 {
-            let dir = self.dir("pids").ok_or(CgroupError::Missing("pids", "--pids-limit"))?;
+            let dir = self
+                .dir("pids")
+                .ok_or(CgroupError::Missing("pids", "--pids-limit"))?;
             write(dir, "pids.max", &limits.pids.to_string())?;
         }
         Ok(())
@@ -256,11 +273,17 @@ impl ContainerCgroup {
 
     /// Freezes (pause) or thaws (unpause) every process of the container.
     pub fn set_frozen(&self, frozen: bool) -> Result<()> {
-        let dir = self.dir("freezer").ok_or(CgroupError::Missing("freezer", "pause"))?;
+        let dir = self
+            .dir("freezer")
+            .ok_or(CgroupError::Missing("freezer", "pause"))?;
         if Self::is_v2(dir) {
             write(dir, "cgroup.freeze", if frozen { "1" } else { "0" })
         } else {
-            write(dir, "freezer.state", if frozen { "FROZEN" } else { "THAWED" })
+            write(
+                dir,
+                "freezer.state",
+                if frozen { "FROZEN" } else { "THAWED" },
+            )
         }
     }
 
@@ -359,7 +382,10 @@ mod tests {
         })
         .unwrap();
         let read = |p: &str| fs::read_to_string(tmp.path().join(p)).unwrap();
-        assert_eq!(read("memory/flotilla/abc/memory.limit_in_bytes"), "67108864");
+        assert_eq!(
+            read("memory/flotilla/abc/memory.limit_in_bytes"),
+            "67108864"
+        );
         assert_eq!(read("cpu/flotilla/abc/cpu.cfs_quota_us"), "150000");
         assert_eq!(read("cpu/flotilla/abc/cpu.shares"), "512");
         assert_eq!(read("pids/flotilla/abc/pids.max"), "20");

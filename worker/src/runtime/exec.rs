@@ -75,7 +75,8 @@ fn run(req: &ExecRequest) -> Result<i32, (i32, String)> {
         .join_self()
         .map_err(|e| e125("failed to join the container's cgroups", &e))?;
     for (file, flag) in &namespaces {
-        nix::sched::setns(file.as_fd(), *flag).map_err(|e| e125("failed to enter a namespace", &e))?;
+        nix::sched::setns(file.as_fd(), *flag)
+            .map_err(|e| e125("failed to enter a namespace", &e))?;
     }
     drop(namespaces);
 
@@ -99,9 +100,11 @@ fn run(req: &ExecRequest) -> Result<i32, (i32, String)> {
 
 fn exec_child(req: &ExecRequest) -> (i32, String) {
     use oci_spec::runtime::{Capability, LinuxCapabilitiesBuilder, ProcessBuilder, UserBuilder};
-    use std::str::FromStr;
     if let Err(e) = nix::unistd::chdir(req.cwd.as_str()) {
-        return (126, format!("failed to change to the working directory {}: {e}", req.cwd));
+        return (
+            126,
+            format!("failed to change to the working directory {}: {e}", req.cwd),
+        );
     }
     let Some(arg0) = req.args.first() else {
         return (125, "no command given to exec".into());
@@ -113,7 +116,7 @@ fn exec_child(req: &ExecRequest) -> (i32, String) {
     let caps: std::collections::HashSet<Capability> = req
         .capabilities
         .iter()
-        .filter_map(|c| Capability::from_str(c).ok())
+        .filter_map(|c| super::spec::oci_capability(c))
         .collect();
     let process = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())

@@ -94,8 +94,14 @@ fn setup_and_exec(spec: &Spec, cfg: &ShimConfig) -> Result<Never, Failure> {
     };
 
     // 2. mounts
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .map_err(engine("failed to make mounts private"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(engine("failed to make mounts private"))?;
     let root = spec
         .root()
         .as_ref()
@@ -144,7 +150,10 @@ fn setup_and_exec(spec: &Spec, cfg: &ShimConfig) -> Result<Never, Failure> {
         fs::create_dir_all(cwd).map_err(|e| {
             fail(
                 EXIT_NOT_EXECUTABLE,
-                format!("failed to create the working directory {}: {e}", cwd.display()),
+                format!(
+                    "failed to create the working directory {}: {e}",
+                    cwd.display()
+                ),
             )
         })?;
     }
@@ -171,7 +180,10 @@ fn setup_and_exec(spec: &Spec, cfg: &ShimConfig) -> Result<Never, Failure> {
     chdir(cwd.as_path()).map_err(|e| {
         fail(
             EXIT_NOT_EXECUTABLE,
-            format!("failed to change to the working directory {}: {e}", cwd.display()),
+            format!(
+                "failed to change to the working directory {}: {e}",
+                cwd.display()
+            ),
         )
     })?;
     // Look the executable up before dropping privileges, as Docker reports
@@ -212,7 +224,10 @@ pub(super) fn exec_failure_message(arg0: &str, err: nix::Error) -> (i32, String)
         nix::Error::ENOENT => EXIT_NOT_FOUND,
         _ => EXIT_NOT_EXECUTABLE,
     };
-    (code, format!("exec: {arg0:?}: {}", err.desc().to_lowercase()))
+    (
+        code,
+        format!("exec: {arg0:?}: {}", err.desc().to_lowercase()),
+    )
 }
 
 /// Finds `arg0` as execve will need it: as given when it has a `/`, else in
@@ -227,7 +242,10 @@ pub(super) fn find_executable(arg0: &str, env: &[String]) -> Result<PathBuf, Fai
             )
         })?;
         if meta.is_dir() || meta.permissions().mode() & 0o111 == 0 {
-            return Err(fail(EXIT_NOT_EXECUTABLE, format!("exec: {arg0:?}: permission denied")));
+            return Err(fail(
+                EXIT_NOT_EXECUTABLE,
+                format!("exec: {arg0:?}: permission denied"),
+            ));
         }
         return Ok(path);
     }
@@ -246,7 +264,10 @@ pub(super) fn find_executable(arg0: &str, env: &[String]) -> Result<PathBuf, Fai
         }
     }
     if found_not_executable {
-        return Err(fail(EXIT_NOT_EXECUTABLE, format!("exec: {arg0:?}: permission denied")));
+        return Err(fail(
+            EXIT_NOT_EXECUTABLE,
+            format!("exec: {arg0:?}: permission denied"),
+        ));
     }
     Err(fail(
         EXIT_NOT_FOUND,
@@ -271,7 +292,14 @@ fn mount_rootfs(cfg: &ShimConfig, root: &Path) -> Result<(), Failure> {
         cfg.upper_dir.display(),
         cfg.work_dir.display()
     );
-    mount(Some("overlay"), root, Some("overlay"), MsFlags::empty(), Some(data.as_str())).map_err(|e| {
+    mount(
+        Some("overlay"),
+        root,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(data.as_str()),
+    )
+    .map_err(|e| {
         fail(
             EXIT_ENGINE_ERROR,
             format!(
@@ -376,7 +404,12 @@ fn mount_one(root: &Path, m: &oci_spec::runtime::Mount) -> Result<(), Failure> {
                 fs::File::create(&target).map(|_| ())
             }
         }
-        .map_err(|e| fail(EXIT_ENGINE_ERROR, format!("failed to create mount point {dest}: {e}")))?;
+        .map_err(|e| {
+            fail(
+                EXIT_ENGINE_ERROR,
+                format!("failed to create mount point {dest}: {e}"),
+            )
+        })?;
         mount(
             Some(&source),
             &target,
@@ -384,10 +417,19 @@ fn mount_one(root: &Path, m: &oci_spec::runtime::Mount) -> Result<(), Failure> {
             MsFlags::MS_BIND | MsFlags::MS_REC,
             None::<&str>,
         )
-        .map_err(|e| fail(EXIT_ENGINE_ERROR, format!("failed to bind {} on {dest}: {e}", source.display())))?;
+        .map_err(|e| {
+            fail(
+                EXIT_ENGINE_ERROR,
+                format!("failed to bind {} on {dest}: {e}", source.display()),
+            )
+        })?;
         let extra = flags & (MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV);
         if readonly || !extra.is_empty() {
-            let ro = if readonly { MsFlags::MS_RDONLY } else { MsFlags::empty() };
+            let ro = if readonly {
+                MsFlags::MS_RDONLY
+            } else {
+                MsFlags::empty()
+            };
             mount(
                 None::<&str>,
                 &target,
@@ -395,20 +437,37 @@ fn mount_one(root: &Path, m: &oci_spec::runtime::Mount) -> Result<(), Failure> {
                 MsFlags::MS_BIND | MsFlags::MS_REMOUNT | ro | extra,
                 None::<&str>,
             )
-            .map_err(|e| fail(EXIT_ENGINE_ERROR, format!("failed to make {dest} read-only: {e}")))?;
+            .map_err(|e| {
+                fail(
+                    EXIT_ENGINE_ERROR,
+                    format!("failed to make {dest} read-only: {e}"),
+                )
+            })?;
         }
         return Ok(());
     }
-    fs::create_dir_all(&target)
-        .map_err(|e| fail(EXIT_ENGINE_ERROR, format!("failed to create mount point {dest}: {e}")))?;
-    let ro = if readonly { MsFlags::MS_RDONLY } else { MsFlags::empty() };
+    fs::create_dir_all(&target).map_err(|e| {
+        fail(
+            EXIT_ENGINE_ERROR,
+            format!("failed to create mount point {dest}: {e}"),
+        )
+    })?;
+    let ro = if readonly {
+        MsFlags::MS_RDONLY
+    } else {
+        MsFlags::empty()
+    };
     let data = data.join(",");
     let result = mount(
         Some(&source),
         &target,
         Some(typ.as_str()),
         flags | ro,
-        if data.is_empty() { None } else { Some(data.as_str()) },
+        if data.is_empty() {
+            None
+        } else {
+            Some(data.as_str())
+        },
     );
     match result {
         Ok(()) => {}
@@ -464,7 +523,12 @@ fn create_devices(dev: &Path) -> Result<(), Failure> {
             Mode::from_bits_truncate(0o666),
             makedev(major, minor),
         )
-        .map_err(|e| fail(EXIT_ENGINE_ERROR, format!("failed to create /dev/{name}: {e}")))?;
+        .map_err(|e| {
+            fail(
+                EXIT_ENGINE_ERROR,
+                format!("failed to create /dev/{name}: {e}"),
+            )
+        })?;
         // mknod is subject to the umask; set the mode exactly.
         let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o666));
     }
@@ -475,8 +539,12 @@ fn create_devices(dev: &Path) -> Result<(), Failure> {
         ("stderr", "/proc/self/fd/2"),
         ("core", "/proc/kcore"),
     ] {
-        symlink(target, dev.join(link))
-            .map_err(|e| fail(EXIT_ENGINE_ERROR, format!("failed to link /dev/{link}: {e}")))?;
+        symlink(target, dev.join(link)).map_err(|e| {
+            fail(
+                EXIT_ENGINE_ERROR,
+                format!("failed to link /dev/{link}: {e}"),
+            )
+        })?;
     }
     Ok(())
 }
@@ -530,7 +598,12 @@ fn readonly_path(path: &str) -> Result<(), Failure> {
             None::<&str>,
         )
     })
-    .map_err(|e| fail(EXIT_ENGINE_ERROR, format!("failed to make {path} read-only: {e}")))
+    .map_err(|e| {
+        fail(
+            EXIT_ENGINE_ERROR,
+            format!("failed to make {path} read-only: {e}"),
+        )
+    })
 }
 
 /// Resolves `user` (`name`, `uid`, `name:group`, `uid:gid`) against the
@@ -561,8 +634,10 @@ pub fn resolve_user(
     let by_name = passwd_entries.iter().find(|f| f[0] == user_part);
     let (uid, mut gid, name, home) = match (user_part.parse::<u32>(), by_name) {
         (_, Some(f)) => (
-            f[2].parse::<u32>().map_err(|_| format!("invalid uid in passwd entry for {user_part}"))?,
-            f[3].parse::<u32>().map_err(|_| format!("invalid gid in passwd entry for {user_part}"))?,
+            f[2].parse::<u32>()
+                .map_err(|_| format!("invalid uid in passwd entry for {user_part}"))?,
+            f[3].parse::<u32>()
+                .map_err(|_| format!("invalid gid in passwd entry for {user_part}"))?,
             f[0].to_string(),
             f[5].to_string(),
         ),
@@ -588,7 +663,9 @@ pub fn resolve_user(
                 .iter()
                 .find(|f| f[0] == g)
                 .and_then(|f| f[2].parse().ok())
-                .ok_or_else(|| format!("unable to find group {g}: no matching entries in group file"))?,
+                .ok_or_else(|| {
+                    format!("unable to find group {g}: no matching entries in group file")
+                })?,
         };
     }
     let mut extra = Vec::new();
@@ -644,12 +721,20 @@ mod tests {
             resolve_user("app", Some(passwd), Some(group)).unwrap(),
             (1000, 1000, vec![10], "/home/app".to_string())
         );
-        assert_eq!(resolve_user("nobody", Some(passwd), Some(group)).unwrap().0, 65534);
+        assert_eq!(
+            resolve_user("nobody", Some(passwd), Some(group)).unwrap().0,
+            65534
+        );
         assert_eq!(
             resolve_user("1234:5", Some(passwd), Some(group)).unwrap(),
             (1234, 5, vec![], "/".to_string())
         );
-        assert_eq!(resolve_user("app:nogroup", Some(passwd), Some(group)).unwrap().1, 65534);
+        assert_eq!(
+            resolve_user("app:nogroup", Some(passwd), Some(group))
+                .unwrap()
+                .1,
+            65534
+        );
         let err = resolve_user("ghost", Some(passwd), Some(group)).unwrap_err();
         assert!(err.contains("unable to find user ghost"), "{err}");
     }

@@ -145,7 +145,7 @@ fn drop_privileges(process: &oci_spec::runtime::Process) -> Result<(), String> {
         .and_then(|c| c.bounding().as_ref())
         .map(|set| {
             set.iter()
-                .filter_map(|c| Cap::from_str(&c.to_string()).ok())
+                .filter_map(|c| Cap::from_str(&spec::capability_name(c)).ok())
                 .collect()
         })
         .unwrap_or_default();
@@ -162,8 +162,9 @@ fn drop_privileges(process: &oci_spec::runtime::Process) -> Result<(), String> {
     let groups: Vec<u32> = user.additional_gids().clone().unwrap_or_default();
     init::set_ids(user.uid(), user.gid(), &groups).map_err(|e| format!("setting uid/gid: {e}"))?;
     caps::clear(None, CapSet::Ambient).map_err(|e| format!("ambient: {e}"))?;
-    caps::set(None, CapSet::Permitted, &wanted).map_err(|e| format!("permitted: {e}"))?;
+    // Effective must stay a subset of permitted at every step: shrink it first.
     caps::set(None, CapSet::Effective, &wanted).map_err(|e| format!("effective: {e}"))?;
+    caps::set(None, CapSet::Permitted, &wanted).map_err(|e| format!("permitted: {e}"))?;
     caps::set(None, CapSet::Inheritable, &wanted).map_err(|e| format!("inheritable: {e}"))?;
     Ok(())
 }
@@ -208,7 +209,9 @@ fn run_as_init(exe: &CString, args: &[CString], env: &[CString]) {
                 }
                 loop {
                     match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                        Ok(WaitStatus::Exited(pid, code)) if pid == child => std::process::exit(code),
+                        Ok(WaitStatus::Exited(pid, code)) if pid == child => {
+                            std::process::exit(code)
+                        }
                         Ok(WaitStatus::Signaled(pid, s, _)) if pid == child => {
                             std::process::exit(128 + s as i32)
                         }
@@ -225,7 +228,7 @@ fn run_as_init(exe: &CString, args: &[CString], env: &[CString]) {
 /// Spawns `flotilla-worker shim BUNDLE` in its own session, stdout piped (the
 /// start report), stderr appended to `BUNDLE/shim.log`.
 pub fn spawn_shim(bundle: &std::path::Path) -> std::io::Result<tokio::process::Child> {
-    let exe = std::env::current_exe()?;
+    let exe = self_exe();
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -296,4 +299,10 @@ fn reset_signals() {
         let _ = unsafe { nix::sys::signal::signal(s, SigHandler::SigDfl) };
     }
     let _ = SigSet::all().thread_unblock();
+}
+
+/// The running binary, for re-executing it as a shim or helper. `/proc/self/exe`
+/// still works when the file was replaced on disk (an upgrade in place).
+pub fn self_exe() -> PathBuf {
+    PathBuf::from("/proc/self/exe")
 }

@@ -104,14 +104,28 @@ pub fn main(bundle: &Path) -> i32 {
     };
     let spec = match Spec::load(bundle.join("config.json")) {
         Ok(s) => s,
-        Err(e) => return fail(&mut daemon_pipe, 125, format!("failed to read config.json: {e}"), None),
+        Err(e) => {
+            return fail(
+                &mut daemon_pipe,
+                125,
+                format!("failed to read config.json: {e}"),
+                None,
+            )
+        }
     };
     let cfg: ShimConfig = match fs::read(bundle.join("shim.json"))
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
     {
         Ok(c) => c,
-        Err(e) => return fail(&mut daemon_pipe, 125, format!("failed to read shim.json: {e}"), None),
+        Err(e) => {
+            return fail(
+                &mut daemon_pipe,
+                125,
+                format!("failed to read shim.json: {e}"),
+                None,
+            )
+        }
     };
     let exit_path = cfg.exit_path.clone();
     let _ = fs::remove_file(&exit_path);
@@ -174,7 +188,8 @@ fn run(spec: &Spec, cfg: &ShimConfig, daemon_pipe: &mut File) -> Result<(), Star
         };
     }
 
-    let child = super::clone_into_namespaces(flags).map_err(engine_err("failed to create the container's namespaces"))?;
+    let child = super::clone_into_namespaces(flags)
+        .map_err(engine_err("failed to create the container's namespaces"))?;
     let Some(pid) = child else {
         // In the container's init.
         let _ = nix::unistd::dup2_stdin(&stdin);
@@ -190,10 +205,11 @@ fn run(spec: &Spec, cfg: &ShimConfig, daemon_pipe: &mut File) -> Result<(), Star
     let _ = File::from(sync_r).read_to_string(&mut sync_text);
     if !sync_text.trim().is_empty() {
         let _ = waitpid(pid, None);
-        let failure = serde_json::from_str::<StartFailure>(sync_text.trim()).unwrap_or(StartFailure {
-            exit_code: 125,
-            message: sync_text.trim().to_string(),
-        });
+        let failure =
+            serde_json::from_str::<StartFailure>(sync_text.trim()).unwrap_or(StartFailure {
+                exit_code: 125,
+                message: sync_text.trim().to_string(),
+            });
         return Err(failure);
     }
     report(

@@ -113,8 +113,22 @@ pub fn normalize_capability(name: &str) -> Result<String, SpecError> {
     } else {
         format!("CAP_{upper}")
     };
-    Capability::from_str(&full).map_err(|_| SpecError::UnknownCapability(name.to_string()))?;
+    caps::Capability::from_str(&full)
+        .map_err(|_| SpecError::UnknownCapability(name.to_string()))?;
     Ok(full)
+}
+
+/// `CAP_CHOWN` → the OCI spec's capability value.
+pub fn oci_capability(name: &str) -> Option<Capability> {
+    serde_json::from_value(serde_json::Value::String(name.to_string())).ok()
+}
+
+/// The OCI spec's capability value → `CAP_CHOWN`.
+pub fn capability_name(cap: &Capability) -> String {
+    match serde_json::to_value(cap) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => format!("CAP_{cap}"),
+    }
 }
 
 /// The effective capability set: Docker's defaults, plus `--cap-add`, minus
@@ -166,8 +180,8 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
     let b = |e: oci_spec::OciSpecError| SpecError::Build(e.to_string());
     let caps: HashSet<Capability> = capability_set(&input.cap_add, &input.cap_drop)?
         .iter()
-        .filter_map(|c| Capability::from_str(c).ok())
-        .collect();
+        .map(|c| oci_capability(c).ok_or_else(|| SpecError::UnknownCapability(c.clone())))
+        .collect::<Result<_, _>>()?;
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())
@@ -205,10 +219,27 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
             "/dev/pts",
             "devpts",
             "devpts",
-            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
         )?,
-        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?,
-        mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", "ro"],
+        )?,
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        )?,
         mount(
             "/dev/shm",
             "tmpfs",
@@ -247,12 +278,19 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
     let mut resources = LinuxResourcesBuilder::default();
     let limits = &input.limits;
     if limits.memory > 0 {
-        resources = resources.memory(LinuxMemoryBuilder::default().limit(limits.memory).build().map_err(b)?);
+        resources = resources.memory(
+            LinuxMemoryBuilder::default()
+                .limit(limits.memory)
+                .build()
+                .map_err(b)?,
+        );
     }
     if limits.nano_cpus > 0 || limits.cpu_shares > 0 {
         let mut cpu = LinuxCpuBuilder::default();
         if limits.nano_cpus > 0 {
-            cpu = cpu.period(100_000u64).quota(limits.nano_cpus * 100_000 / 1_000_000_000);
+            cpu = cpu
+                .period(100_000u64)
+                .quota(limits.nano_cpus * 100_000 / 1_000_000_000);
         }
         if limits.cpu_shares > 0 {
             cpu = cpu.shares(limits.cpu_shares as u64);
@@ -260,13 +298,28 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
         resources = resources.cpu(cpu.build().map_err(b)?);
     }
     if limits.pids > 0 {
-        resources = resources.pids(LinuxPidsBuilder::default().limit(limits.pids).build().map_err(b)?);
+        resources = resources.pids(
+            LinuxPidsBuilder::default()
+                .limit(limits.pids)
+                .build()
+                .map_err(b)?,
+        );
     }
 
     let linux = LinuxBuilder::default()
         .namespaces(namespaces)
-        .masked_paths(MASKED_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        .readonly_paths(READONLY_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .masked_paths(
+            MASKED_PATHS
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .readonly_paths(
+            READONLY_PATHS
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
         .resources(resources.build().map_err(b)?)
         .build()
         .map_err(b)?;
@@ -339,6 +392,14 @@ mod tests {
     }
 
     #[test]
+    fn capability_names_round_trip_through_the_spec_type() {
+        for name in DEFAULT_CAPABILITIES {
+            let cap = oci_capability(name).unwrap();
+            assert_eq!(capability_name(&cap), name);
+        }
+    }
+
+    #[test]
     fn spec_round_trips_limits() {
         let input = SpecInput {
             args: vec!["/bin/true".into()],
@@ -365,6 +426,9 @@ mod tests {
         let spec = build(&input).unwrap();
         assert_eq!(limits_of(&spec), input.limits);
         assert_eq!(spec.hostname().as_deref(), Some("abc"));
-        assert_eq!(spec.process().as_ref().unwrap().no_new_privileges(), Some(true));
+        assert_eq!(
+            spec.process().as_ref().unwrap().no_new_privileges(),
+            Some(true)
+        );
     }
 }

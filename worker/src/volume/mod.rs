@@ -19,7 +19,9 @@ pub const ANONYMOUS_LABEL: &str = "com.flotilla.volume.anonymous";
 pub enum VolumeError {
     #[error("No such volume: {0}")]
     NotFound(String),
-    #[error("volume {name} is in use by container {container}: remove the container first, or use -f")]
+    #[error(
+        "volume {name} is in use by container {container}: remove the container first, or use -f"
+    )]
     InUse { name: String, container: String },
     #[error("invalid volume name {0:?}: use 2-255 characters [a-zA-Z0-9][a-zA-Z0-9_.-]")]
     InvalidName(String),
@@ -84,7 +86,12 @@ impl VolumeStore {
 
     /// Creates `name` (idempotent: an existing volume is returned as is).
     /// Returns the volume and whether it was created now.
-    pub fn create(&self, name: &str, labels: BTreeMap<String, String>, driver: &str) -> Result<(VolumeInfo, bool)> {
+    pub fn create(
+        &self,
+        name: &str,
+        labels: BTreeMap<String, String>,
+        driver: &str,
+    ) -> Result<(VolumeInfo, bool)> {
         if !driver.is_empty() && driver != "local" {
             return Err(VolumeError::Driver(driver.to_string()));
         }
@@ -192,7 +199,9 @@ pub fn dir_size(path: &Path) -> u64 {
     let mut total = 0;
     let mut stack = vec![path.to_path_buf()];
     while let Some(p) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&p) else { continue };
+        let Ok(entries) = fs::read_dir(&p) else {
+            continue;
+        };
         for e in entries.flatten() {
             match e.file_type() {
                 Ok(t) if t.is_dir() => stack.push(e.path()),
@@ -214,22 +223,34 @@ mod tests {
         let store = VolumeStore::open(tmp.path()).unwrap();
         let (v, created) = store.create("data", BTreeMap::new(), "").unwrap();
         assert!(created);
-        assert_eq!(v.mountpoint, tmp.path().join("data/_data").display().to_string());
+        assert_eq!(
+            v.mountpoint,
+            tmp.path().join("data/_data").display().to_string()
+        );
         let (_, again) = store.create("data", BTreeMap::new(), "local").unwrap();
         assert!(!again);
         fs::write(store.data_path("data").join("f"), "x").unwrap();
         let err = store.remove("data", false, Some("abc".into())).unwrap_err();
         assert!(err.to_string().contains("in use by container abc"), "{err}");
         store.remove("data", false, None).unwrap();
-        assert!(matches!(store.inspect("data"), Err(VolumeError::NotFound(_))));
+        assert!(matches!(
+            store.inspect("data"),
+            Err(VolumeError::NotFound(_))
+        ));
     }
 
     #[test]
     fn bad_names_and_drivers_are_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let store = VolumeStore::open(tmp.path()).unwrap();
-        assert!(matches!(store.create("../x", BTreeMap::new(), ""), Err(VolumeError::InvalidName(_))));
-        assert!(matches!(store.create("ok", BTreeMap::new(), "nfs"), Err(VolumeError::Driver(_))));
+        assert!(matches!(
+            store.create("../x", BTreeMap::new(), ""),
+            Err(VolumeError::InvalidName(_))
+        ));
+        assert!(matches!(
+            store.create("ok", BTreeMap::new(), "nfs"),
+            Err(VolumeError::Driver(_))
+        ));
     }
 
     #[test]
