@@ -14,7 +14,7 @@
 
 use super::layer::{self, HashReader};
 use super::reference::Reference;
-use super::store::{host_arch, ImageStore, TempDir};
+use super::store::{host_arch, ImageStore, LayerPin, TempDir};
 use super::{digest_hex, sha256_digest, ImageError, Result};
 use serde::Deserialize;
 use serde_json::Value;
@@ -316,20 +316,19 @@ impl ImageStore {
 
     fn load_source(&self, src: &Source, tag_as: Option<&str>) -> Result<Vec<String>> {
         let work = self.temp_dir("blobs")?;
-        self.with_gc_shared(|| {
-            if src.exists("manifest.json") {
-                self.load_docker(src, work.path())
-            } else if src.exists("index.json") {
-                self.load_oci(src, work.path(), tag_as)
-            } else {
-                Err(bad(
-                    "neither manifest.json (docker save) nor index.json (OCI layout) found in the archive",
-                ))
-            }
-        })
+        let pin = self.pin_layers();
+        if src.exists("manifest.json") {
+            self.load_docker(src, work.path(), &pin)
+        } else if src.exists("index.json") {
+            self.load_oci(src, work.path(), tag_as, &pin)
+        } else {
+            Err(bad(
+                "neither manifest.json (docker save) nor index.json (OCI layout) found in the archive",
+            ))
+        }
     }
 
-    fn load_docker(&self, src: &Source, tmp: &Path) -> Result<Vec<String>> {
+    fn load_docker(&self, src: &Source, tmp: &Path, pin: &LayerPin<'_>) -> Result<Vec<String>> {
         let (data, _) = src.read("manifest.json")?;
         let manifests: Vec<DockerManifest> = serde_json::from_slice(&data)
             .map_err(|e| bad(format!("manifest.json is not valid: {e}")))?;
@@ -376,7 +375,7 @@ impl ImageStore {
                         actual: digest,
                     });
                 }
-                self.add_layer_in_gc(&blob, &digest, Some(diff_id))?;
+                self.add_layer(pin, &blob, &digest, Some(diff_id))?;
             }
             let tags = m.repo_tags.unwrap_or_default();
             let id = self.add_image(&raw, &tags, &[])?;
@@ -385,7 +384,13 @@ impl ImageStore {
         Ok(out)
     }
 
-    fn load_oci(&self, src: &Source, tmp: &Path, tag_as: Option<&str>) -> Result<Vec<String>> {
+    fn load_oci(
+        &self,
+        src: &Source,
+        tmp: &Path,
+        tag_as: Option<&str>,
+        pin: &LayerPin<'_>,
+    ) -> Result<Vec<String>> {
         let (data, _) = src.read("index.json")?;
         let index: Index = serde_json::from_slice(&data)
             .map_err(|e| bad(format!("index.json is not valid: {e}")))?;
@@ -401,7 +406,7 @@ impl ImageStore {
             let Some(manifest_desc) = self.pick_manifest(src, desc, 0)? else {
                 continue;
             };
-            let id = self.load_oci_manifest(src, tmp, &manifest_desc, name.as_deref())?;
+            let id = self.load_oci_manifest(src, tmp, &manifest_desc, name.as_deref(), pin)?;
             let tags: Vec<String> = name.into_iter().collect();
             out.extend(loaded_lines(&id, &tags));
         }
@@ -472,6 +477,7 @@ impl ImageStore {
         tmp: &Path,
         desc: &Descriptor,
         name: Option<&str>,
+        pin: &LayerPin<'_>,
     ) -> Result<String> {
         let data = src.read_blob(&desc.digest)?;
         if let Some(size) = desc.size {
@@ -509,7 +515,7 @@ impl ImageStore {
                     actual: digest,
                 });
             }
-            self.add_layer_in_gc(&blob, &digest, Some(diff_id))?;
+            self.add_layer(pin, &blob, &digest, Some(diff_id))?;
         }
         let tags: Vec<String> = name.map(str::to_string).into_iter().collect();
         let repo_digests = match name.and_then(|n| Reference::parse(n).ok()) {

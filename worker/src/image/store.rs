@@ -118,13 +118,18 @@ pub struct ImageStore {
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// A directory under the store's `tmp/`, removed on drop unless kept.
-pub(crate) struct TempDir {
+/// Proof that layer deletion is held off; see [`ImageStore::pin_layers`].
+pub struct LayerPin<'a>(#[allow(dead_code)] std::sync::RwLockReadGuard<'a, ()>);
+
+/// A directory under the store's `tmp/` (same filesystem as the store, so
+/// files in it can be renamed into place), removed with its contents on drop.
+pub struct TempDir {
     path: PathBuf,
 }
 
 impl TempDir {
-    pub(crate) fn path(&self) -> &Path {
+    /// Where the directory is.
+    pub fn path(&self) -> &Path {
         &self.path
     }
 }
@@ -341,7 +346,7 @@ impl ImageStore {
     }
 
     /// A fresh directory under `<root>/tmp`, removed when dropped.
-    pub(crate) fn temp_dir(&self, what: &str) -> Result<TempDir> {
+    pub fn temp_dir(&self, what: &str) -> Result<TempDir> {
         let path = self.root.join("tmp").join(format!(
             "{what}-{}-{}",
             std::process::id(),
@@ -367,18 +372,26 @@ impl ImageStore {
         self.lock().layers.contains_key(diff_id)
     }
 
-    /// Adds a layer from a blob file already in the store's `tmp/` (moved,
-    /// not copied) whose sha256 is `blob_digest` (the caller verified it).
-    /// The blob may be plain, gzip or zstd. The uncompressed stream must hash
-    /// to `expected_diff_id` when given. Unpacks into `tmp/` and renames into
-    /// `l/` only once complete. Returns the diff_id.
+    /// Keeps layers from being deleted (by `remove`/`prune`) while the pin
+    /// lives. Hold one from the first [`ImageStore::add_layer`] of an image
+    /// until its [`ImageStore::add_image`], so no layer vanishes in between.
+    pub fn pin_layers(&self) -> LayerPin<'_> {
+        LayerPin(self.gc.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Adds a layer from a blob file already in the store's `tmp/` (see
+    /// [`ImageStore::temp_dir`]; it is moved, not copied) whose sha256 is
+    /// `blob_digest` (the caller verified it). The blob may be plain, gzip or
+    /// zstd. The uncompressed stream must hash to `expected_diff_id` when
+    /// given. Unpacks into `tmp/` and renames into `l/` only once complete.
+    /// Returns the diff_id.
     pub fn add_layer(
         &self,
+        _pin: &LayerPin<'_>,
         blob_tmp: &Path,
         blob_digest: &str,
         expected_diff_id: Option<&str>,
     ) -> Result<String> {
-        let _gc = self.gc.read().unwrap_or_else(|p| p.into_inner());
         self.add_layer_locked(blob_tmp, blob_digest, expected_diff_id)
     }
 
@@ -853,6 +866,19 @@ impl ImageStore {
         };
         let _ = fs::remove_file(self.root.join("blobs/sha256").join(&hex));
         out.push(format!("Deleted: {id}"));
+        let (lines, reclaimed) = self.delete_unused_layers(st, &gone.config.rootfs.diff_ids)?;
+        out.extend(lines);
+        Ok((out, reclaimed))
+    }
+
+    /// Deletes those of `candidates` no image references. Returns lines and
+    /// bytes reclaimed.
+    fn delete_unused_layers(
+        &self,
+        st: &mut State,
+        candidates: &[String],
+    ) -> Result<(Vec<String>, u64)> {
+        let mut out = Vec::new();
         let in_use: BTreeSet<&String> = st
             .images
             .values()
@@ -860,7 +886,7 @@ impl ImageStore {
             .collect();
         let mut reclaimed = 0;
         let mut removed = Vec::new();
-        for d in &gone.config.rootfs.diff_ids {
+        for d in candidates {
             if in_use.contains(d) || removed.contains(d) {
                 continue;
             }
@@ -932,6 +958,11 @@ impl ImageStore {
             report.deleted.extend(lines);
             report.space_reclaimed += bytes;
         }
+        // Layers no image references (left by a load that failed half way).
+        let all_layers: Vec<String> = st.layers.keys().cloned().collect();
+        let (lines, bytes) = self.delete_unused_layers(&mut st, &all_layers)?;
+        report.deleted.extend(lines);
+        report.space_reclaimed += bytes;
         Ok(report)
     }
 
@@ -949,7 +980,7 @@ impl ImageStore {
         let tag = reference.map(normalize_tag).transpose()?;
         let mut rc = RuntimeConfig::default();
         super::changes::apply_changes(&mut rc, changes)?;
-        let _gc = self.gc.read().unwrap_or_else(|p| p.into_inner());
+        let _pin = self.pin_layers();
         let work = self.temp_dir("import")?;
         let blob = work.path().join("blob");
         // One pass: decompress, keep the plain tar as the blob, hash it.
@@ -1004,7 +1035,7 @@ impl ImageStore {
         author: &str,
     ) -> Result<String> {
         let tag = reference.map(normalize_tag).transpose()?;
-        let _gc = self.gc.read().unwrap_or_else(|p| p.into_inner());
+        let _pin = self.pin_layers();
         let work = self.temp_dir("commit")?;
         let blob = work.path().join("blob");
         let file = File::create(&blob).map_err(io_err("create", &blob))?;
@@ -1052,22 +1083,6 @@ impl ImageStore {
             source,
         })?;
         self.add_image(&raw, tag.as_slice(), &[])
-    }
-
-    /// Runs `f` while holding off layer deletion (used by load).
-    pub(crate) fn with_gc_shared<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        let _gc = self.gc.read().unwrap_or_else(|p| p.into_inner());
-        f()
-    }
-
-    /// Like [`ImageStore::add_layer`] for callers already holding the gc lock.
-    pub(crate) fn add_layer_in_gc(
-        &self,
-        blob_tmp: &Path,
-        blob_digest: &str,
-        expected_diff_id: Option<&str>,
-    ) -> Result<String> {
-        self.add_layer_locked(blob_tmp, blob_digest, expected_diff_id)
     }
 }
 

@@ -276,6 +276,18 @@ fn docker25_layout_loads_and_digest_mismatches_are_refused() {
         "temp files cleaned"
     );
 
+    // A failure at the second layer leaves the first one orphaned; prune
+    // sweeps it.
+    let half = config(&[d1.clone(), format!("sha256:{}", "0".repeat(64))], &["sh"]);
+    let err = s2
+        .load(&docker25_archive(&[l1.clone(), whiteout_layer()], &half, "half:1")[..])
+        .unwrap_err();
+    assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
+    assert_eq!(std::fs::read_dir(s2.layers_root()).unwrap().count(), 1);
+    let report = s2.prune(false, &|_: &str| None).unwrap();
+    assert_eq!(report.deleted, vec![format!("Deleted: {d1}")]);
+    assert_eq!(std::fs::read_dir(s2.layers_root()).unwrap().count(), 0);
+
     // A blob whose name is not its digest.
     let mut arch = tar::Builder::new(Vec::new());
     let fake = format!("blobs/sha256/{}", "1".repeat(64));
