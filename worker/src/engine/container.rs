@@ -43,6 +43,8 @@ pub struct ContainerRecord {
     pub shim_pid: i32,
     pub shim_start_time: u64,
     pub cgroup: Option<ContainerCgroup>,
+    /// The running container's terminal on the host (`/dev/pts/N`), with `-t`.
+    pub tty_path: Option<String>,
     /// Set by `stop`/`kill`: the restart policy must not bring it back.
     pub manually_stopped: bool,
     /// Set while `rm` runs, so that a concurrent exit does not auto-restart.

@@ -211,6 +211,7 @@ impl Engine {
         }
 
         let stdin_once = c.record().config.stdin_once;
+        let tty_path = c.record().tty_path;
         let stdin = c.stdin.clone();
         let pump = tokio::spawn(async move {
             while let Ok(Some(msg)) = input.message().await {
@@ -225,6 +226,15 @@ impl Engine {
                     }
                     Some(attach_input::Kind::StdinEof(true)) if want_stdin && stdin_once => {
                         stdin.lock().await.take();
+                    }
+                    Some(attach_input::Kind::Resize(size)) => {
+                        if let Some(path) = &tty_path {
+                            let _ = crate::runtime::set_winsize(
+                                std::path::Path::new(path),
+                                size.rows.min(u16::MAX as u32) as u16,
+                                size.cols.min(u16::MAX as u32) as u16,
+                            );
+                        }
                     }
                     _ => {}
                 }
@@ -332,6 +342,7 @@ impl Engine {
             uid,
             gid,
             additional_gids: groups,
+            tty: start.tty,
             capabilities: crate::runtime::spec::capability_set(
                 &rec.host_config.cap_add,
                 &rec.host_config.cap_drop,
@@ -340,9 +351,12 @@ impl Engine {
         };
         let json =
             serde_json::to_string(&request).map_err(|e| EngineError::Internal(e.to_string()))?;
-        let mut child = tokio::process::Command::new(crate::runtime::self_exe())
-            .arg("exec-helper")
-            .arg(json)
+        let mut cmd = tokio::process::Command::new(crate::runtime::self_exe());
+        cmd.arg("exec-helper").arg(json);
+        if start.tty {
+            return self.exec_tty(cmd, input, tx).await;
+        }
+        let mut child = cmd
             .stdin(if start.stdin {
                 std::process::Stdio::piped()
             } else {
@@ -386,27 +400,7 @@ impl Engine {
         ]
         .into_iter()
         .filter_map(|(r, is_err)| r.map(|r| (r, is_err)))
-        .map(|(mut r, is_err)| {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 32 * 1024];
-                loop {
-                    match r.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            let line = LogLine {
-                                stderr: is_err,
-                                time_nanos: 0,
-                                data: buf[..n].to_vec(),
-                            };
-                            if tx.send(line.chunk()).await.is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
-            })
-        })
+        .map(|(r, is_err)| tokio::spawn(copy_output(r, is_err, tx.clone())))
         .collect();
         let status = child.wait().await;
         for r in readers {
@@ -421,6 +415,106 @@ impl Engine {
             })
             .await;
         Ok(())
+    }
+}
+
+impl Engine {
+    /// `exec -t`: the helper allocates the terminal inside the container and
+    /// relays it; its stdin takes frames (see `runtime::exec`), its stdout is
+    /// the terminal's output.
+    async fn exec_tty(
+        &self,
+        mut cmd: tokio::process::Command,
+        mut input: Streaming<ExecInput>,
+        tx: mpsc::Sender<OutputChunk>,
+    ) -> Result<()> {
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(EngineError::io("start", "exec helper"))?;
+        let mut helper_in = child.stdin.take();
+        let pump = tokio::spawn(async move {
+            while let Ok(Some(msg)) = input.message().await {
+                let frame = match msg.kind {
+                    Some(exec_input::Kind::Stdin(data)) => {
+                        let mut f = vec![0u8];
+                        f.extend_from_slice(&(data.len() as u32).to_be_bytes());
+                        f.extend_from_slice(&data);
+                        f
+                    }
+                    Some(exec_input::Kind::Resize(size)) => {
+                        let mut f = vec![1u8];
+                        f.extend_from_slice(&(size.rows.min(u16::MAX as u32) as u16).to_be_bytes());
+                        f.extend_from_slice(&(size.cols.min(u16::MAX as u32) as u16).to_be_bytes());
+                        f
+                    }
+                    _ => continue,
+                };
+                let Some(w) = helper_in.as_mut() else { break };
+                if w.write_all(&frame).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let readers: Vec<_> = [
+            (
+                child
+                    .stdout
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+                false,
+            ),
+            (
+                child
+                    .stderr
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+                true,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(r, is_err)| r.map(|r| (r, is_err)))
+        .map(|(r, is_err)| tokio::spawn(copy_output(r, is_err, tx.clone())))
+        .collect();
+        let status = child.wait().await;
+        for r in readers {
+            let _ = r.await;
+        }
+        pump.abort();
+        let code = status.ok().and_then(|s| s.code()).unwrap_or(125) as i64;
+        let _ = tx
+            .send(OutputChunk {
+                exit_code: Some(code),
+                ..Default::default()
+            })
+            .await;
+        Ok(())
+    }
+}
+
+/// Streams a process's output as chunks until end of file.
+async fn copy_output(
+    mut r: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    is_err: bool,
+    tx: mpsc::Sender<OutputChunk>,
+) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let line = LogLine {
+                    stderr: is_err,
+                    time_nanos: 0,
+                    data: buf[..n].to_vec(),
+                };
+                if tx.send(line.chunk()).await.is_err() {
+                    break;
+                }
+            }
+        }
     }
 }
 

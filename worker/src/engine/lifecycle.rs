@@ -172,7 +172,7 @@ impl Engine {
             cap_drop: hc.cap_drop.clone(),
             readonly_rootfs: hc.readonly_rootfs,
             limits,
-            terminal: false,
+            terminal: rec.config.tty,
             rootfs: dir.join("rootfs"),
         };
         let spec = spec::build(&input).map_err(|e| EngineError::InvalidArgument(e.to_string()))?;
@@ -224,7 +224,11 @@ impl Engine {
             _ => None,
         };
         match report {
-            Some(StartReport { pid: Some(pid), .. }) => {
+            Some(StartReport {
+                pid: Some(pid),
+                tty_path,
+                ..
+            }) => {
                 c.update(&dir, |r| {
                     r.state.status = "running".into();
                     r.state.running = true;
@@ -239,6 +243,7 @@ impl Engine {
                     r.shim_pid = shim_pid;
                     r.shim_start_time = shim_start_time;
                     r.cgroup = Some(cgroup);
+                    r.tty_path = tty_path.map(|n| format!("/proc/{pid}/root{n}"));
                     r.manually_stopped = false;
                 })?;
                 let engine = self.clone();

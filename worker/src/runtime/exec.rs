@@ -4,6 +4,12 @@
 //! forks (a process only enters a PID namespace at fork), and the child takes
 //! the container's credentials and execs. The helper exits with the process's
 //! status, or 126/127 with a message on stderr when the exec failed.
+//!
+//! With a terminal (`exec -t`) the child allocates it from the container's
+//! devpts and passes the master side back; the helper then relays: its stdout
+//! carries the terminal's output, and its stdin carries frames from the
+//! daemon — `[0][len: u32 BE][bytes]` for input, `[1][rows: u16][cols: u16]`
+//! for a resize.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -28,6 +34,9 @@ pub struct ExecRequest {
     pub gid: u32,
     pub additional_gids: Vec<u32>,
     pub capabilities: Vec<String>,
+    /// Stdio is a terminal: make it the controlling terminal of a new session.
+    #[serde(default)]
+    pub tty: bool,
 }
 
 /// Entry point of the helper. Returns its exit code.
@@ -80,26 +89,131 @@ fn run(req: &ExecRequest) -> Result<i32, (i32, String)> {
     }
     drop(namespaces);
 
+    let (console_parent, console_child) = if req.tty {
+        let (a, b) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Stream,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| e125("socketpair", &e))?;
+        (Some(a), Some(b))
+    } else {
+        (None, None)
+    };
     // SAFETY: the helper is a fresh single-threaded process.
     match unsafe { nix::unistd::fork() }.map_err(|e| e125("fork", &e))? {
         nix::unistd::ForkResult::Child => {
-            let (code, message) = exec_child(req);
+            drop(console_parent);
+            let (code, message) = exec_child(req, console_child);
             eprintln!("{message}");
             std::process::exit(code);
         }
-        nix::unistd::ForkResult::Parent { child } => loop {
-            match waitpid(child, None) {
-                Ok(WaitStatus::Exited(_, code)) => return Ok(code),
-                Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
-                Ok(_) | Err(nix::Error::EINTR) => continue,
-                Err(e) => return Err(e125("wait", &e)),
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(console_child);
+            if let Some((master, _)) = console_parent.as_ref().and_then(super::recv_fd) {
+                relay_terminal(master);
             }
-        },
+            wait_child(child)
+        }
     }
 }
 
-fn exec_child(req: &ExecRequest) -> (i32, String) {
+/// Copies the terminal's output to stdout, and stdin frames into it. One
+/// poll loop, no threads: a process that has entered another PID namespace
+/// cannot create threads (clone with CLONE_THREAD fails with EINVAL).
+fn relay_terminal(master: std::os::fd::OwnedFd) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::io::{Read, Write};
+    use std::os::fd::{AsFd, AsRawFd};
+    let stdin = std::io::stdin();
+    let mut term = File::from(master);
+    let mut out = std::io::stdout().lock();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut stdin_open = true;
+    let mut buf = [0u8; 32 * 1024];
+    loop {
+        let stdin_fd = stdin.as_fd();
+        let mut fds = vec![PollFd::new(term.as_fd(), PollFlags::POLLIN)];
+        if stdin_open {
+            fds.push(PollFd::new(stdin_fd, PollFlags::POLLIN));
+        }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::Error::EINTR) => continue,
+            Err(_) => return,
+        }
+        let term_ready = fds[0].revents().unwrap_or(PollFlags::empty());
+        let stdin_ready = fds.get(1).and_then(|f| f.revents()).unwrap_or(PollFlags::empty());
+        drop(fds);
+        if term_ready.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+            // Ends with EIO once every process holding the terminal has exited.
+            match term.read(&mut buf) {
+                Ok(n) if n > 0 => {
+                    if out.write_all(&buf[..n]).and_then(|_| out.flush()).is_err() {
+                        return;
+                    }
+                }
+                _ => return,
+            }
+        }
+        if stdin_ready.intersects(PollFlags::POLLIN | PollFlags::POLLHUP) {
+            match stdin.lock().read(&mut buf) {
+                Ok(n) if n > 0 => pending.extend_from_slice(&buf[..n]),
+                _ => stdin_open = false,
+            }
+            // Apply every complete frame.
+            loop {
+                match pending.first() {
+                    Some(0) if pending.len() >= 5 => {
+                        let len = u32::from_be_bytes([pending[1], pending[2], pending[3], pending[4]]) as usize;
+                        if pending.len() < 5 + len {
+                            break;
+                        }
+                        let _ = term.write_all(&pending[5..5 + len]);
+                        pending.drain(..5 + len);
+                    }
+                    Some(1) if pending.len() >= 5 => {
+                        let rows = u16::from_be_bytes([pending[1], pending[2]]);
+                        let cols = u16::from_be_bytes([pending[3], pending[4]]);
+                        let _ = super::set_winsize_fd(term.as_raw_fd(), rows, cols);
+                        pending.drain(..5);
+                    }
+                    Some(0 | 1) | None => break,
+                    Some(_) => {
+                        pending.clear();
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn wait_child(child: nix::unistd::Pid) -> Result<i32, (i32, String)> {
+    loop {
+        match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+            Ok(_) | Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err((125, format!("wait: {e}"))),
+        }
+    }
+}
+
+fn exec_child(req: &ExecRequest, console: Option<std::os::fd::OwnedFd>) -> (i32, String) {
     use oci_spec::runtime::{Capability, LinuxCapabilitiesBuilder, ProcessBuilder, UserBuilder};
+    if let Some(sock) = console {
+        let _ = nix::unistd::setsid();
+        match super::open_console() {
+            Ok((master, name)) => {
+                if let Err(e) = super::send_fd(&sock, &master, &name) {
+                    return (125, format!("failed to hand over the terminal: {e}"));
+                }
+            }
+            Err(e) => return (125, format!("failed to allocate a terminal: {e}")),
+        }
+    }
     if let Err(e) = nix::unistd::chdir(req.cwd.as_str()) {
         return (
             126,

@@ -59,8 +59,13 @@ fn engine<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> Failure + '_ {
 }
 
 /// Runs in the cloned child. Never returns: it execs or exits.
-pub(super) fn container_main(spec: &Spec, cfg: &ShimConfig, sync: OwnedFd) -> ! {
-    let failure = match setup_and_exec(spec, cfg) {
+pub(super) fn container_main(
+    spec: &Spec,
+    cfg: &ShimConfig,
+    sync: OwnedFd,
+    console: Option<OwnedFd>,
+) -> ! {
+    let failure = match setup_and_exec(spec, cfg, console) {
         Ok(never) => match never {},
         Err(f) => f,
     };
@@ -80,7 +85,11 @@ pub(super) fn container_main(spec: &Spec, cfg: &ShimConfig, sync: OwnedFd) -> ! 
 
 enum Never {}
 
-fn setup_and_exec(spec: &Spec, cfg: &ShimConfig) -> Result<Never, Failure> {
+fn setup_and_exec(
+    spec: &Spec,
+    cfg: &ShimConfig,
+    console: Option<OwnedFd>,
+) -> Result<Never, Failure> {
     cfg.cgroup
         .join_self()
         .map_err(engine("failed to join the container's cgroups"))?;
@@ -122,6 +131,15 @@ fn setup_and_exec(spec: &Spec, cfg: &ShimConfig) -> Result<Never, Failure> {
     pivot_root(".", ".").map_err(engine("failed to pivot_root into the rootfs"))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(engine("failed to detach the old root"))?;
     chdir("/").map_err(engine("failed to chdir to /"))?;
+
+    // The terminal comes from the container's own devpts (as runc's console
+    // socket does), so `tty` inside names it; the master goes to the shim.
+    if let Some(sock) = console {
+        let (master, name) =
+            super::open_console().map_err(engine("failed to allocate the container's terminal"))?;
+        super::send_fd(&sock, &master, &name)
+            .map_err(engine("failed to hand the terminal to the shim"))?;
+    }
 
     // 4. identity and hardening of the view
     if has_ns(LinuxNamespaceType::Uts) {

@@ -24,6 +24,7 @@ pub mod shim;
 pub mod spec;
 
 use std::ffi::CString;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
@@ -73,6 +74,9 @@ pub struct StartReport {
     /// Host PID of the container's init, when it started.
     pub pid: Option<i32>,
     pub failure: Option<StartFailure>,
+    /// The container's terminal (`/dev/pts/N` on the host) with `-t`.
+    #[serde(default)]
+    pub tty_path: Option<String>,
 }
 
 /// How a container ended (`exit.json`).
@@ -305,4 +309,106 @@ fn reset_signals() {
 /// still works when the file was replaced on disk (an upgrade in place).
 pub fn self_exe() -> PathBuf {
     PathBuf::from("/proc/self/exe")
+}
+
+/// Makes the terminal on stdin the calling process's controlling terminal
+/// (after `setsid`), as a shell with job control expects.
+fn take_controlling_terminal() -> std::io::Result<()> {
+    // SAFETY: TIOCSCTTY takes an int argument and touches no memory of ours.
+    if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sets the window size of the terminal at `path` (a `/dev/pts/N`).
+pub fn set_winsize(path: &std::path::Path, rows: u16, cols: u16) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+        .open(path)?;
+    set_winsize_fd(file.as_raw_fd(), rows, cols)
+}
+
+/// Sets the window size of a terminal given by fd.
+pub fn set_winsize_fd(fd: std::os::fd::RawFd, rows: u16, cols: u16) -> std::io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize struct we own for the call's duration.
+    if unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Allocates a terminal from the `/dev/ptmx` of the current mount namespace
+/// (the container's own devpts, so `tty` and `ttyname` work inside), makes
+/// its slave side stdin/stdout/stderr and the controlling terminal, and
+/// returns the master side and the slave's name (`/dev/pts/N`).
+fn open_console() -> nix::Result<(std::os::fd::OwnedFd, String)> {
+    use nix::fcntl::OFlag;
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
+    nix::pty::grantpt(&master)?;
+    nix::pty::unlockpt(&master)?;
+    let name = nix::pty::ptsname_r(&master)?;
+    let slave = nix::fcntl::open(
+        name.as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    nix::unistd::dup2_stdin(&slave)?;
+    nix::unistd::dup2_stdout(&slave)?;
+    nix::unistd::dup2_stderr(&slave)?;
+    drop(slave);
+    take_controlling_terminal()
+        .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    Ok((master.into(), name))
+}
+
+/// Sends `fd` and a short text over a unix socket (SCM_RIGHTS).
+fn send_fd(sock: &std::os::fd::OwnedFd, fd: &std::os::fd::OwnedFd, text: &str) -> nix::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let fds = [fd.as_raw_fd()];
+    let iov = [std::io::IoSlice::new(text.as_bytes())];
+    sendmsg::<()>(
+        sock.as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )?;
+    Ok(())
+}
+
+/// Receives what [`send_fd`] sent; `None` when the peer closed without sending.
+fn recv_fd(sock: &std::os::fd::OwnedFd) -> Option<(std::os::fd::OwnedFd, String)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut buf = [0u8; 256];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let (n, fd) = {
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .ok()?;
+        let fd = msg.cmsgs().ok()?.find_map(|c| match c {
+            ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+            _ => None,
+        })?;
+        (msg.bytes, fd)
+    };
+    // SAFETY: the kernel installed this fd in our table for us (SCM_RIGHTS).
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    Some((owned, String::from_utf8_lossy(&buf[..n]).into_owned()))
 }

@@ -94,6 +94,7 @@ pub fn main(bundle: &Path) -> i32 {
             out,
             &StartReport {
                 pid: None,
+                tty_path: None,
                 failure: Some(StartFailure {
                     exit_code: code,
                     message,
@@ -153,19 +154,44 @@ fn run(spec: &Spec, cfg: &ShimConfig, daemon_pipe: &mut File) -> Result<(), Star
             message: e.to_string(),
         })?;
 
+    let terminal = spec.process().as_ref().and_then(|p| p.terminal()) == Some(true);
+    // Output: two pipes; or, with a terminal, a socket over which the
+    // container's init sends the master side of the terminal it allocates.
     let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(engine_err("pipe"))?;
     let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(engine_err("pipe"))?;
+    let (console_parent, console_child) = if terminal {
+        let (a, b) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Stream,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(engine_err("socketpair"))?;
+        (Some(a), Some(b))
+    } else {
+        (None, None)
+    };
     let (sync_r, sync_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(engine_err("pipe"))?;
-    let stdin: OwnedFd = match &cfg.stdin_fifo {
+    let fifo_reader = match &cfg.stdin_fifo {
         // The daemon holds the FIFO open for writing, so this does not block.
-        Some(fifo) => File::open(fifo),
-        None => File::open("/dev/null"),
-    }
-    .map_err(|e| StartFailure {
-        exit_code: 125,
-        message: format!("failed to open the container's stdin: {e}"),
-    })?
-    .into();
+        Some(fifo) => Some(File::open(fifo).map_err(|e| StartFailure {
+            exit_code: 125,
+            message: format!("failed to open the container's stdin: {e}"),
+        })?),
+        None => None,
+    };
+    let stdin: OwnedFd = match (&fifo_reader, terminal) {
+        (Some(f), false) => f.try_clone().map(OwnedFd::from).map_err(|e| StartFailure {
+            exit_code: 125,
+            message: format!("failed to open the container's stdin: {e}"),
+        })?,
+        _ => File::open("/dev/null")
+            .map(OwnedFd::from)
+            .map_err(|e| StartFailure {
+                exit_code: 125,
+                message: format!("failed to open /dev/null: {e}"),
+            })?,
+    };
     let _stdin_holder = match (&cfg.stdin_fifo, cfg.hold_stdin_open) {
         (Some(fifo), true) => OpenOptions::new().write(true).open(fifo).ok(),
         _ => None,
@@ -195,10 +221,24 @@ fn run(spec: &Spec, cfg: &ShimConfig, daemon_pipe: &mut File) -> Result<(), Star
         let _ = nix::unistd::dup2_stdin(&stdin);
         let _ = nix::unistd::dup2_stdout(&out_w);
         let _ = nix::unistd::dup2_stderr(&err_w);
-        drop((out_r, err_r, sync_r, out_w, err_w, stdin));
-        init::container_main(spec, cfg, sync_w);
+        drop((
+            out_r,
+            err_r,
+            sync_r,
+            out_w,
+            err_w,
+            stdin,
+            fifo_reader,
+            console_parent,
+        ));
+        init::container_main(spec, cfg, sync_w, console_child);
     };
-    drop((out_w, err_w, sync_w, stdin));
+    drop((out_w, err_w, sync_w, stdin, console_child));
+    // With a terminal, the output is read from its master side instead.
+    let (out_r, err_r, tty_path) = match console_parent.as_ref().and_then(super::recv_fd) {
+        Some((master, name)) => (master, None, Some(name)),
+        None => (out_r, Some(err_r), None),
+    };
 
     // The sync pipe closes on a successful exec; anything written is a failure.
     let mut sync_text = String::new();
@@ -217,6 +257,7 @@ fn run(spec: &Spec, cfg: &ShimConfig, daemon_pipe: &mut File) -> Result<(), Star
         &StartReport {
             pid: Some(pid.as_raw()),
             failure: None,
+            tty_path,
         },
     );
     // Close our end so the daemon sees end-of-file after the report.
@@ -230,8 +271,18 @@ fn run(spec: &Spec, cfg: &ShimConfig, daemon_pipe: &mut File) -> Result<(), Star
         .open(&cfg.log_path)
         .map(|file| Arc::new(Mutex::new(LogWriter { file })))
         .ok();
-    let copiers: Vec<_> = [(out_r, STDOUT), (err_r, STDERR)]
-        .into_iter()
+    // With a terminal, stdin from the FIFO is copied into the terminal; the
+    // thread is not joined (it may block on a FIFO held open for reuse).
+    if let (true, Some(mut fifo)) = (terminal, fifo_reader) {
+        if let Ok(master) = out_r.try_clone() {
+            std::thread::spawn(move || {
+                let mut master = File::from(master);
+                let _ = std::io::copy(&mut fifo, &mut master);
+            });
+        }
+    }
+    let copiers: Vec<_> = std::iter::once((out_r, STDOUT))
+        .chain(err_r.map(|fd| (fd, STDERR)))
         .map(|(fd, stream)| {
             let log = log.clone();
             std::thread::spawn(move || {
