@@ -144,7 +144,10 @@ fn relay_terminal(master: std::os::fd::OwnedFd) {
             Err(_) => return,
         }
         let term_ready = fds[0].revents().unwrap_or(PollFlags::empty());
-        let stdin_ready = fds.get(1).and_then(|f| f.revents()).unwrap_or(PollFlags::empty());
+        let stdin_ready = fds
+            .get(1)
+            .and_then(|f| f.revents())
+            .unwrap_or(PollFlags::empty());
         drop(fds);
         if term_ready.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
             // Ends with EIO once every process holding the terminal has exited.
@@ -166,7 +169,9 @@ fn relay_terminal(master: std::os::fd::OwnedFd) {
             loop {
                 match pending.first() {
                     Some(0) if pending.len() >= 5 => {
-                        let len = u32::from_be_bytes([pending[1], pending[2], pending[3], pending[4]]) as usize;
+                        let len =
+                            u32::from_be_bytes([pending[1], pending[2], pending[3], pending[4]])
+                                as usize;
                         if pending.len() < 5 + len {
                             break;
                         }

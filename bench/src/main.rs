@@ -1,0 +1,344 @@
+//! `flotilla-bench`: benchmarks that print numbers, each run side by side with
+//! its peer in the same command. Build with `--release`; run as root.
+//!
+//! `flotilla-bench start-latency [-n N]`: wall time of
+//! `flotilla run --rm busybox /bin/true` from a cached image, of `runc run`
+//! and `crun run` on an equivalent bundle (same busybox root, new pid, mount,
+//! ipc, uts and network namespaces), and of create+start+wait through the
+//! engine API alone. Prints medians and ratios.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agent_common::proto::engine_client::EngineClient;
+use agent_common::proto::{ContainerRef, CreateContainerRequest, RemoveContainerRequest};
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "flotilla-bench",
+    about = "Flotilla benchmarks (run as root, built with --release)"
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Container start latency: flotilla run --rm vs runc run vs crun run, and the API alone.
+    StartLatency {
+        /// Runs per contender (at least 20 for a stable median).
+        #[arg(short = 'n', long, default_value_t = 30)]
+        runs: usize,
+        /// Directory with the flotilla and flotilla-worker binaries.
+        #[arg(long, default_value = "target/release")]
+        bin_dir: PathBuf,
+    },
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// A busybox root filesystem (as the Quickstart builds it).
+fn make_rootfs(dir: &Path) -> Result<()> {
+    let status = Command::new("scripts/make-busybox-image.sh")
+        .arg(dir.join("busybox.tar"))
+        .status()
+        .context("run scripts/make-busybox-image.sh (from the repository root)")?;
+    if !status.success() {
+        bail!("make-busybox-image.sh failed");
+    }
+    std::fs::create_dir_all(dir.join("bundle/rootfs"))?;
+    let status = Command::new("tar")
+        .arg("-xf")
+        .arg(dir.join("busybox.tar"))
+        .arg("-C")
+        .arg(dir.join("bundle/rootfs"))
+        .status()?;
+    if !status.success() {
+        bail!("failed to unpack the busybox rootfs");
+    }
+    Ok(())
+}
+
+/// An OCI bundle for runc/crun: `runc spec` with /bin/true and no terminal.
+fn make_bundle(bundle: &Path) -> Result<()> {
+    let _ = std::fs::remove_file(bundle.join("config.json"));
+    let status = Command::new("runc")
+        .arg("spec")
+        .current_dir(bundle)
+        .status()
+        .context("runc spec")?;
+    if !status.success() {
+        bail!("runc spec failed");
+    }
+    let path = bundle.join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    spec["process"]["args"] = serde_json::json!(["/bin/true"]);
+    spec["process"]["terminal"] = serde_json::json!(false);
+    std::fs::write(&path, serde_json::to_vec_pretty(&spec)?)?;
+    Ok(())
+}
+
+fn time_command(mut cmd: Command) -> Result<Duration> {
+    let start = Instant::now();
+    let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output()?;
+    let elapsed = start.elapsed();
+    if !out.status.success() {
+        bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(elapsed)
+}
+
+struct Daemon {
+    child: std::process::Child,
+    socket: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_daemon(bin_dir: &Path, dir: &Path) -> Result<Daemon> {
+    let socket = dir.join("flotilla.sock");
+    let child = Command::new(bin_dir.join("flotilla-worker"))
+        .arg("-H")
+        .arg(format!("unix://{}", socket.display()))
+        .arg("--data-root")
+        .arg(dir.join("root"))
+        .stderr(std::fs::File::create(dir.join("daemon.log"))?)
+        .spawn()
+        .context("start flotilla-worker (build with cargo build --release first)")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        if Instant::now() > deadline {
+            bail!(
+                "flotilla-worker did not create its socket; see {}",
+                dir.join("daemon.log").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(Daemon { child, socket })
+}
+
+async fn connect(socket: &Path) -> Result<EngineClient<tonic::transport::Channel>> {
+    let socket = socket.to_path_buf();
+    let channel = tonic::transport::Endpoint::try_from("http://[::]:50051")?
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await?;
+    Ok(EngineClient::new(channel))
+}
+
+async fn api_run(client: &mut EngineClient<tonic::transport::Channel>) -> Result<Duration> {
+    let spec =
+        serde_json::json!({"Config": {"Image": "busybox", "Cmd": ["/bin/true"]}, "HostConfig": {}});
+    let start = Instant::now();
+    let id = client
+        .create_container(CreateContainerRequest {
+            spec_json: spec.to_string(),
+        })
+        .await?
+        .into_inner()
+        .id;
+    client
+        .start_container(ContainerRef {
+            container: id.clone(),
+        })
+        .await?;
+    let code = client
+        .wait_container(ContainerRef {
+            container: id.clone(),
+        })
+        .await?
+        .into_inner()
+        .status_code;
+    let elapsed = start.elapsed();
+    client
+        .remove_container(RemoveContainerRequest {
+            container: id,
+            force: true,
+            volumes: true,
+        })
+        .await?;
+    if code != 0 {
+        bail!("container exited {code}");
+    }
+    Ok(elapsed)
+}
+
+fn start_latency(runs: usize, bin_dir: &Path) -> Result<()> {
+    let tmp = tempfile::Builder::new()
+        .prefix("flotilla-bench-")
+        .tempdir()?;
+    let dir = tmp.path();
+    make_rootfs(dir)?;
+    make_bundle(&dir.join("bundle"))?;
+    let daemon = start_daemon(bin_dir, dir)?;
+    let host = format!("unix://{}", daemon.socket.display());
+    let cli = |args: &[&str]| {
+        let mut c = Command::new(bin_dir.join("flotilla"));
+        c.arg("-H").arg(&host).args(args);
+        c
+    };
+    let out = cli(&[
+        "import",
+        &dir.join("busybox.tar").display().to_string(),
+        "busybox:latest",
+    ])
+    .output()?;
+    if !out.status.success() {
+        bail!("import failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    let mut results: Vec<(&str, Result<Duration>)> = Vec::new();
+    let results_ref = &mut results;
+    // Interleave the contenders so that drift on the machine hits all alike.
+    let mut flotilla = Vec::new();
+    let mut runc = Vec::new();
+    let mut crun = Vec::new();
+    let mut crun_error = None;
+    let mut runc_error = None;
+    for i in 0..runs + 2 {
+        let f = time_command(cli(&["run", "--rm", "busybox", "/bin/true"]))?;
+        let mut r = Command::new("runc");
+        r.args(["run", "--bundle"])
+            .arg(dir.join("bundle"))
+            .arg(format!("bench-runc-{i}"));
+        let r = time_command(r);
+        let mut c = Command::new("crun");
+        c.args(["run", "--bundle"])
+            .arg(dir.join("bundle"))
+            .arg(format!("bench-crun-{i}"));
+        let c = time_command(c);
+        if i < 2 {
+            continue; // warm-up
+        }
+        flotilla.push(f);
+        match r {
+            Ok(d) => runc.push(d),
+            Err(e) => runc_error = Some(e.to_string()),
+        }
+        match c {
+            Ok(d) => crun.push(d),
+            Err(e) => crun_error = Some(e.to_string()),
+        }
+    }
+    let mut crun_note = "";
+    if crun.is_empty() && crun_error.as_deref().is_some_and(|e| e.contains("hybrid")) {
+        // crun 1.8 refuses hybrid cgroup hosts. In a private mount namespace
+        // without the cgroup2 mount it sees a plain v1 host and uses cgroupfs,
+        // like runc and Flotilla here. Timed inside that namespace with bash's
+        // $EPOCHREALTIME around each `crun run` (no extra process per sample).
+        crun_note = " [own mount ns without the cgroup2 mount]";
+        match crun_in_v1_namespace(&dir.join("bundle"), runs + 2) {
+            Ok(mut v) => {
+                crun = v.split_off(2.min(v.len()));
+            }
+            Err(e) => crun_error = Some(e.to_string()),
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let api: Result<Duration> = rt.block_on(async {
+        let mut client = connect(&daemon.socket).await?;
+        let _ = api_run(&mut client).await?;
+        let mut v = Vec::new();
+        for _ in 0..runs {
+            v.push(api_run(&mut client).await?);
+        }
+        Ok(median(v))
+    });
+    let fm = median(flotilla);
+    results_ref.push(("flotilla run --rm busybox /bin/true", Ok(fm)));
+    results_ref.push((
+        "runc run (same rootfs, same namespaces)",
+        if runc.is_empty() {
+            Err(anyhow::anyhow!(runc_error.unwrap_or_default()))
+        } else {
+            Ok(median(runc))
+        },
+    ));
+    let crun_label = format!("crun run (same bundle){crun_note}");
+    results_ref.push((
+        crun_label.as_str(),
+        if crun.is_empty() {
+            Err(anyhow::anyhow!(crun_error.unwrap_or_default()))
+        } else {
+            Ok(median(crun))
+        },
+    ));
+    results_ref.push(("engine API: create+start+wait (+rm, untimed)", api));
+    println!(
+        "start latency, median of {runs} runs after 2 warm-ups ({} CPUs)",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    for (name, r) in &results {
+        match r {
+            Ok(d) => println!(
+                "  {name:<48} {:>8.2} ms   flotilla/this = {:.2}",
+                ms(*d),
+                ms(fm) / ms(*d)
+            ),
+            Err(e) => println!(
+                "  {name:<48}   failed: {}",
+                e.to_string().lines().next().unwrap_or("")
+            ),
+        }
+    }
+    Ok(())
+}
+
+fn crun_in_v1_namespace(bundle: &Path, runs: usize) -> Result<Vec<Duration>> {
+    let script = format!(
+        "umount /sys/fs/cgroup/unified || exit 9; for i in $(seq 1 {runs}); do s=$EPOCHREALTIME; \
+         crun run -b {} bench-crun-ns-$i >/dev/null || exit 1; e=$EPOCHREALTIME; echo \"$s $e\"; done",
+        bundle.display()
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "bash", "-c", &script])
+        .output()
+        .context("unshare")?;
+    if !out.status.success() {
+        bail!(
+            "crun in a private mount namespace failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut v = Vec::new();
+    for line in text.lines() {
+        let mut parts = line.split_whitespace().map(|p| p.parse::<f64>());
+        if let (Some(Ok(a)), Some(Ok(b))) = (parts.next(), parts.next()) {
+            v.push(Duration::from_secs_f64((b - a).max(0.0)));
+        }
+    }
+    Ok(v)
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    match args.command {
+        Cmd::StartLatency { runs, bin_dir } => start_latency(runs.max(1), &bin_dir),
+    }
+}
