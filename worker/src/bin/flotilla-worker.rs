@@ -26,6 +26,10 @@ struct Args {
     /// Directory for images, containers and volumes.
     #[arg(long = "data-root", default_value = "/var/lib/flotilla")]
     data_root: PathBuf,
+    /// Containers to keep prepared in advance (namespaces and cgroups made
+    /// ahead of time, which takes most of a start); 0 disables.
+    #[arg(long = "sandbox-pool", default_value_t = 2, value_parser = clap::value_parser!(u16).range(0..=64))]
+    sandbox_pool: u16,
     /// Log at debug level.
     #[arg(short = 'D', long)]
     debug: bool,
@@ -37,7 +41,7 @@ struct Args {
 enum Command {
     /// (internal) hold one container: started by the daemon.
     #[command(hide = true)]
-    Shim { bundle: PathBuf },
+    Shim { sandbox: String },
     /// (internal) run a process in a container: started by the daemon.
     #[command(hide = true)]
     ExecHelper { request: String },
@@ -48,7 +52,7 @@ fn main() {
     match &args.command {
         // The shim and the helper must stay single-threaded until they fork:
         // they run before any runtime or thread is created.
-        Some(Command::Shim { bundle }) => std::process::exit(worker::runtime::shim::main(bundle)),
+        Some(Command::Shim { sandbox }) => std::process::exit(worker::runtime::shim::main(sandbox)),
         Some(Command::ExecHelper { request }) => {
             std::process::exit(worker::runtime::exec::main(request))
         }
@@ -113,13 +117,14 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         bail!("flotilla-worker must run as root (it creates namespaces, mounts and cgroups)");
     }
     let socket = socket_path(&args.host)?;
-    let engine = worker::engine::Engine::open(&args.data_root)
+    let engine = worker::engine::Engine::open(&args.data_root, args.sandbox_pool as usize)
         .with_context(|| format!("failed to open the data root {}", args.data_root.display()))?;
     for w in engine.warnings() {
         tracing::error!("{w}");
     }
     let listener = bind(&socket).await?;
     engine.adopt().await;
+    engine.pool.refill();
     tracing::info!(socket = %socket.display(), data_root = %args.data_root.display(), cgroups = engine.cgroups.describe(), "flotilla-worker ready");
     let shutdown = async {
         let mut term =

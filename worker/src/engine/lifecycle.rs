@@ -15,17 +15,14 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use tokio::io::AsyncBufReadExt;
 
 use super::container::Container;
 use super::create::parse_signal;
 use super::{now_rfc3339, Engine, EngineError, Result};
-use crate::runtime::cgroups::{ContainerCgroup, Limits};
+use crate::runtime::cgroups::Limits;
 use crate::runtime::spec::{self, BindMount, NetworkMode, SpecInput};
 use crate::runtime::{ExitRecord, ShimConfig, StartReport};
 
-/// How long a shim may take to report that the container started.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Docker's default stop timeout.
 const DEFAULT_STOP_TIMEOUT: i64 = 10;
 
@@ -178,7 +175,8 @@ impl Engine {
         let spec = spec::build(&input).map_err(|e| EngineError::InvalidArgument(e.to_string()))?;
         spec.save(dir.join("config.json"))
             .map_err(|e| EngineError::Internal(format!("failed to write config.json: {e}")))?;
-        let cgroup = ContainerCgroup::plan(&self.cgroups, &c.id);
+        let mut sandbox = self.pool.take(network == NetworkMode::None).await?;
+        let cgroup = sandbox.cgroup.clone();
         let stdin_fifo = rec.config.open_stdin.then(|| dir.join("stdin"));
         let shim = ShimConfig {
             id: c.id.clone(),
@@ -205,24 +203,9 @@ impl Engine {
             *c.stdin.lock().await = Some(sender);
         }
 
-        let mut child = crate::runtime::spawn_shim(&dir)
-            .map_err(EngineError::io("start the shim for", &dir))?;
-        let shim_pid = child.id().unwrap_or(0) as i32;
-        let shim_start_time = crate::runtime::process_start_time(shim_pid).unwrap_or(0);
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| EngineError::Internal("shim has no stdout".into()))?;
-        let mut line = String::new();
-        let read = tokio::time::timeout(
-            START_TIMEOUT,
-            tokio::io::BufReader::new(stdout).read_line(&mut line),
-        )
-        .await;
-        let report: Option<StartReport> = match read {
-            Ok(Ok(_)) => serde_json::from_str(line.trim()).ok(),
-            _ => None,
-        };
+        let report = sandbox.go(&dir).await;
+        let (shim_pid, shim_start_time) = (sandbox.shim_pid, sandbox.shim_start_time);
+        let mut child = sandbox.child;
         match report {
             Some(StartReport {
                 pid: Some(pid),

@@ -20,6 +20,7 @@ pub mod distribution;
 pub mod fsview;
 pub mod io;
 pub mod lifecycle;
+pub mod pool;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -84,15 +85,18 @@ pub struct Engine {
     pub images: ImageStore,
     pub volumes: VolumeStore,
     pub cgroups: Layout,
+    /// Shims with namespaces and cgroups made in advance.
+    pub pool: Arc<pool::SandboxPool>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     /// Problems found while loading state (corrupt files), shown by `version` and `ps`.
     load_warnings: Mutex<Vec<String>>,
 }
 
 impl Engine {
-    /// Opens the engine's state under `root`, creating it if needed. Corrupt
-    /// records are reported in [`Engine::warnings`] and left on disk.
-    pub fn open(root: &Path) -> Result<Arc<Engine>> {
+    /// Opens the engine's state under `root`, creating it if needed, keeping
+    /// `sandbox_pool` sandboxes ready. Corrupt records are reported in
+    /// [`Engine::warnings`] and left on disk.
+    pub fn open(root: &Path, sandbox_pool: usize) -> Result<Arc<Engine>> {
         std::fs::create_dir_all(root.join("containers"))
             .map_err(EngineError::io("create", root))?;
         let images = ImageStore::open(&root.join("image"))?;
@@ -123,6 +127,7 @@ impl Engine {
             root: root.to_path_buf(),
             images,
             volumes,
+            pool: pool::SandboxPool::new(cgroups.clone(), sandbox_pool),
             cgroups,
             containers: Mutex::new(containers),
             load_warnings: Mutex::new(warnings),

@@ -2,13 +2,14 @@
 //! cloned into new namespaces, from the first instruction to `execve` of the
 //! user's process. Order matters and follows runc/youki:
 //!
-//! 1. join the container's cgroups (so every later allocation is charged), `setsid`;
+//! 1. (done by the shim's sandbox phase: join the cgroups, bring up loopback)
+//!    `setsid`;
 //! 2. make every mount private, assemble the overlayfs rootfs, mount the spec's
 //!    mounts (proc, a minimal /dev with its device nodes, devpts, shm, mqueue,
 //!    read-only sysfs, binds), each destination resolved *inside* the rootfs so a
 //!    symlink in an image cannot redirect a mount onto the host;
 //! 3. `pivot_root` and detach the old root;
-//! 4. hostname, loopback up, masked and read-only paths, read-only rootfs;
+//! 4. hostname, masked and read-only paths, read-only rootfs;
 //! 5. working directory, then credentials: bounding set, `no_new_privs`,
 //!    groups/gid/uid, capabilities;
 //! 6. find the executable (exit 127 if missing, 126 if not executable) and exec,
@@ -90,9 +91,6 @@ fn setup_and_exec(
     cfg: &ShimConfig,
     console: Option<OwnedFd>,
 ) -> Result<Never, Failure> {
-    cfg.cgroup
-        .join_self()
-        .map_err(engine("failed to join the container's cgroups"))?;
     nix::unistd::setsid().map_err(engine("failed to start a session"))?;
 
     let linux = spec.linux().as_ref();
@@ -146,9 +144,6 @@ fn setup_and_exec(
         if let Some(h) = spec.hostname() {
             sethostname(h).map_err(engine("failed to set the hostname"))?;
         }
-    }
-    if has_ns(LinuxNamespaceType::Network) {
-        super::loopback_up().map_err(engine("failed to bring up the loopback interface"))?;
     }
     if let Some(linux) = linux {
         for p in linux.masked_paths().as_deref().unwrap_or_default() {

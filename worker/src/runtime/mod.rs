@@ -229,20 +229,15 @@ fn run_as_init(exe: &CString, args: &[CString], env: &[CString]) {
     }
 }
 
-/// Spawns `flotilla-worker shim BUNDLE` in its own session, stdout piped (the
-/// start report), stderr appended to `BUNDLE/shim.log`.
-pub fn spawn_shim(bundle: &std::path::Path) -> std::io::Result<tokio::process::Child> {
-    let exe = self_exe();
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(bundle.join("shim.log"))?;
-    let mut cmd = tokio::process::Command::new(exe);
+/// Spawns `flotilla-worker shim SANDBOX-JSON` in its own session, stdin and
+/// stdout piped (bundle in, reports out); stderr is the daemon's.
+pub fn spawn_shim(request: &shim::SandboxRequest) -> std::io::Result<tokio::process::Child> {
+    let json = serde_json::to_string(request).map_err(std::io::Error::other)?;
+    let mut cmd = tokio::process::Command::new(self_exe());
     cmd.arg("shim")
-        .arg(bundle)
-        .stdin(std::process::Stdio::null())
+        .arg(json)
+        .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
-        .stderr(log)
         .kill_on_drop(false);
     // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
     unsafe {

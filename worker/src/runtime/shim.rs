@@ -1,29 +1,64 @@
-//! The shim: `flotilla-worker shim BUNDLE`. One per running container; it is
-//! the container init's parent, outlives the daemon, writes the container's
-//! output to its log and records how it ended.
+//! The shim: `flotilla-worker shim SANDBOX-JSON`. One per container; it is the
+//! container init's parent, outlives the daemon, writes the container's output
+//! to its log and records how it ended.
 //!
-//! It stays single-threaded until the container is cloned; only then does it
-//! start the threads that copy output into the log.
+//! A shim works in two phases, so that the slow kernel work happens before a
+//! container is asked for (the daemon keeps a few shims ready, see
+//! `engine::pool`):
+//!
+//! 1. **Sandbox**: create the cgroup directories, clone the child into new
+//!    PID, mount, IPC (and network + UTS) namespaces, let the child join the
+//!    cgroups and bring up loopback, then report `SandboxReady` on stdout.
+//!    Joining a cgroup and creating a network namespace both wait for RCU
+//!    grace periods (milliseconds each); here they are off the start path.
+//! 2. **Go**: read a bundle directory from stdin, apply the resource limits,
+//!    hand the bundle to the child (which mounts the rootfs and execs), report
+//!    `StartReport`, then copy output into the log until the container exits
+//!    and write `exit.json`. If stdin closes before a bundle arrives (the
+//!    daemon stopped), the sandbox is torn down.
+//!
+//! The shim stays single-threaded until the container has been started; only
+//! then does it start the threads that copy output into the log.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::os::fd::OwnedFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use nix::fcntl::OFlag;
+use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitStatus};
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use oci_spec::runtime::Spec;
+use serde::{Deserialize, Serialize};
 
+use super::cgroups::{ContainerCgroup, Limits};
 use super::{init, ExitRecord, ShimConfig, StartFailure, StartReport};
 
 /// Stream names as Docker's json-file log has them.
 const STDOUT: &str = "stdout";
 const STDERR: &str = "stderr";
 
+/// What a sandbox is made of (the shim's command-line argument, as JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxRequest {
+    /// The cgroups the container will live in.
+    pub cgroup: ContainerCgroup,
+    /// New network and UTS namespaces (`--network none`), or the host's.
+    pub own_network: bool,
+}
+
+/// The shim's first line: the sandbox is ready, or why not.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SandboxReady {
+    /// Host PID of the waiting child (the container's future init).
+    pub pid: Option<i32>,
+    pub error: Option<String>,
+}
+
 /// One entry of the container log (Docker's json-file format).
-#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct LogEntry {
     pub log: String,
     pub stream: String,
@@ -40,7 +75,7 @@ impl LogWriter {
         let entry = LogEntry {
             log: String::from_utf8_lossy(data).into_owned(),
             stream: stream.to_string(),
-            time: humantime::format_rfc3339_nanos(SystemTime::now()).to_string(),
+            time: now(),
         };
         if let Ok(mut line) = serde_json::to_vec(&entry) {
             line.push(b'\n');
@@ -50,8 +85,8 @@ impl LogWriter {
     }
 }
 
-fn report(out: &mut File, r: &StartReport) {
-    let _ = writeln!(out, "{}", serde_json::to_string(r).unwrap_or_default());
+fn send_line<T: Serialize>(out: &mut File, value: &T) {
+    let _ = writeln!(out, "{}", serde_json::to_string(value).unwrap_or_default());
     let _ = out.flush();
 }
 
@@ -68,8 +103,49 @@ fn now() -> String {
     humantime::format_rfc3339_nanos(SystemTime::now()).to_string()
 }
 
+fn engine_err(what: &str) -> impl FnOnce(nix::Error) -> StartFailure + '_ {
+    move |e| StartFailure {
+        exit_code: 125,
+        message: format!("{what}: {e}"),
+    }
+}
+
+/// Reads a bundle's `config.json` and `shim.json`.
+fn load_bundle(bundle: &Path) -> Result<(Spec, ShimConfig), StartFailure> {
+    let spec = Spec::load(bundle.join("config.json")).map_err(|e| StartFailure {
+        exit_code: 125,
+        message: format!("failed to read {}/config.json: {e}", bundle.display()),
+    })?;
+    let cfg: ShimConfig = fs::read(bundle.join("shim.json"))
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        .map_err(|e| StartFailure {
+            exit_code: 125,
+            message: format!("failed to read {}/shim.json: {e}", bundle.display()),
+        })?;
+    Ok((spec, cfg))
+}
+
+/// The file ends the child holds while it waits for a bundle.
+struct ChildEnds {
+    out_w: OwnedFd,
+    err_w: OwnedFd,
+    sync_w: OwnedFd,
+    go_r: OwnedFd,
+    console: OwnedFd,
+}
+
+/// The parent's ends.
+struct ParentEnds {
+    out_r: OwnedFd,
+    err_r: OwnedFd,
+    sync_r: OwnedFd,
+    go_w: OwnedFd,
+    console: OwnedFd,
+}
+
 /// Entry point of the shim process. Returns the shim's own exit code.
-pub fn main(bundle: &Path) -> i32 {
+pub fn main(request_json: &str) -> i32 {
     // stdout is the pipe to the daemon; take it so nothing else writes there.
     let mut daemon_pipe = match nix::unistd::dup(std::io::stdout()) {
         Ok(fd) => File::from(fd),
@@ -78,171 +154,246 @@ pub fn main(bundle: &Path) -> i32 {
     if let Ok(null) = File::options().write(true).open("/dev/null") {
         let _ = nix::unistd::dup2_stdout(&null);
     }
-    let fail = |out: &mut File, code: i32, message: String, exit_path: Option<&Path>| {
-        if let Some(p) = exit_path {
-            write_exit(
-                p,
-                &ExitRecord {
-                    exit_code: code as i64,
-                    oom_killed: false,
-                    finished_at: now(),
-                    error: message.clone(),
-                },
-            );
-        }
-        report(
+    let not_ready = |out: &mut File, error: String| {
+        send_line(
             out,
-            &StartReport {
+            &SandboxReady {
                 pid: None,
-                tty_path: None,
-                failure: Some(StartFailure {
-                    exit_code: code,
-                    message,
-                }),
+                error: Some(error),
             },
         );
         1
     };
-    let spec = match Spec::load(bundle.join("config.json")) {
-        Ok(s) => s,
-        Err(e) => {
-            return fail(
-                &mut daemon_pipe,
-                125,
-                format!("failed to read config.json: {e}"),
-                None,
-            )
-        }
+    let req: SandboxRequest = match serde_json::from_str(request_json) {
+        Ok(r) => r,
+        Err(e) => return not_ready(&mut daemon_pipe, format!("invalid sandbox request: {e}")),
     };
-    let cfg: ShimConfig = match fs::read(bundle.join("shim.json"))
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-    {
-        Ok(c) => c,
-        Err(e) => {
-            return fail(
-                &mut daemon_pipe,
-                125,
-                format!("failed to read shim.json: {e}"),
-                None,
-            )
-        }
-    };
-    let exit_path = cfg.exit_path.clone();
-    let _ = fs::remove_file(&exit_path);
-    match run(&spec, &cfg, &mut daemon_pipe) {
-        Ok(()) => 0,
+    let (pid, ends) = match prepare(&req) {
+        Ok(x) => x,
         Err(f) => {
-            let _ = cfg.cgroup.remove();
-            fail(&mut daemon_pipe, f.exit_code, f.message, Some(&exit_path))
+            let _ = req.cgroup.remove();
+            return not_ready(&mut daemon_pipe, f.message);
         }
+    };
+    send_line(
+        &mut daemon_pipe,
+        &SandboxReady {
+            pid: Some(pid.as_raw()),
+            error: None,
+        },
+    );
+
+    // Phase 2: wait for a bundle.
+    let mut line = String::new();
+    let got = std::io::stdin().lock().read_line(&mut line).unwrap_or(0);
+    let bundle = PathBuf::from(line.trim());
+    if got == 0 || line.trim().is_empty() {
+        // The daemon went away or dropped the sandbox: tear it down.
+        let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+        let _ = waitpid(pid, None);
+        let _ = req.cgroup.remove();
+        return 0;
+    }
+    let fail_start = |out: &mut File, f: StartFailure, exit_path: Option<&Path>| {
+        let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+        let _ = waitpid(pid, None);
+        let _ = req.cgroup.remove();
+        if let Some(p) = exit_path {
+            write_exit(
+                p,
+                &ExitRecord {
+                    exit_code: f.exit_code as i64,
+                    oom_killed: false,
+                    finished_at: now(),
+                    error: f.message.clone(),
+                },
+            );
+        }
+        send_line(
+            out,
+            &StartReport {
+                pid: None,
+                tty_path: None,
+                failure: Some(f),
+            },
+        );
+        1
+    };
+    let (spec, cfg) = match load_bundle(&bundle) {
+        Ok(x) => x,
+        Err(f) => return fail_start(&mut daemon_pipe, f, None),
+    };
+    let _ = fs::remove_file(&cfg.exit_path);
+    match run(&spec, &cfg, &req, pid, ends, &bundle, &mut daemon_pipe) {
+        Ok(()) => 0,
+        Err(f) => fail_start(&mut daemon_pipe, f, Some(&cfg.exit_path)),
     }
 }
 
-fn engine_err(what: &str) -> impl FnOnce(nix::Error) -> StartFailure + '_ {
-    move |e| StartFailure {
-        exit_code: 125,
-        message: format!("{what}: {e}"),
-    }
-}
-
-fn run(spec: &Spec, cfg: &ShimConfig, daemon_pipe: &mut File) -> Result<(), StartFailure> {
-    cfg.cgroup
-        .create(&super::spec::limits_of(spec))
+/// Phase 1: cgroups, pipes, and the child in its namespaces, waiting.
+fn prepare(req: &SandboxRequest) -> Result<(nix::unistd::Pid, ParentEnds), StartFailure> {
+    req.cgroup
+        .create(&Limits::default())
         .map_err(|e| StartFailure {
             exit_code: 125,
             message: e.to_string(),
         })?;
-
-    let terminal = spec.process().as_ref().and_then(|p| p.terminal()) == Some(true);
-    // Output: two pipes; or, with a terminal, a socket over which the
-    // container's init sends the master side of the terminal it allocates.
     let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(engine_err("pipe"))?;
     let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(engine_err("pipe"))?;
-    let (console_parent, console_child) = if terminal {
-        let (a, b) = nix::sys::socket::socketpair(
-            nix::sys::socket::AddressFamily::Unix,
-            nix::sys::socket::SockType::Stream,
-            None,
-            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(engine_err("socketpair"))?;
-        (Some(a), Some(b))
-    } else {
-        (None, None)
-    };
     let (sync_r, sync_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(engine_err("pipe"))?;
-    let fifo_reader = match &cfg.stdin_fifo {
+    let (go_r, go_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(engine_err("pipe"))?;
+    // With a terminal, the container's init sends the master side of the
+    // terminal it allocates over this socket.
+    let (console_parent, console_child) = nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::Stream,
+        None,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(engine_err("socketpair"))?;
+    let mut flags = libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWIPC;
+    if req.own_network {
+        flags |= libc::CLONE_NEWNET | libc::CLONE_NEWUTS;
+    }
+    let child = super::clone_into_namespaces(flags)
+        .map_err(engine_err("failed to create the container's namespaces"))?;
+    let parent = ParentEnds {
+        out_r,
+        err_r,
+        sync_r,
+        go_w,
+        console: console_parent,
+    };
+    let ends = ChildEnds {
+        out_w,
+        err_w,
+        sync_w,
+        go_r,
+        console: console_child,
+    };
+    let Some(pid) = child else {
+        drop(parent);
+        child_main(req, ends);
+    };
+    drop(ends);
+    Ok((pid, parent))
+}
+
+/// The child: join the cgroups, wait for the bundle, then become the container.
+fn child_main(req: &SandboxRequest, ends: ChildEnds) -> ! {
+    let report = |sync: OwnedFd, code: i32, message: String| -> ! {
+        let mut f = File::from(sync);
+        let _ = writeln!(
+            f,
+            "{}",
+            serde_json::to_string(&StartFailure {
+                exit_code: code,
+                message
+            })
+            .unwrap_or_default()
+        );
+        std::process::exit(code);
+    };
+    let _ = nix::unistd::dup2_stdout(&ends.out_w);
+    let _ = nix::unistd::dup2_stderr(&ends.err_w);
+    if let Ok(null) = File::open("/dev/null") {
+        let _ = nix::unistd::dup2_stdin(&null);
+    }
+    drop((ends.out_w, ends.err_w));
+    if let Err(e) = req.cgroup.join_self() {
+        report(
+            ends.sync_w,
+            125,
+            format!("failed to join the container's cgroups: {e}"),
+        );
+    }
+    if req.own_network {
+        if let Err(e) = super::loopback_up() {
+            report(
+                ends.sync_w,
+                125,
+                format!("failed to bring up the loopback interface: {e}"),
+            );
+        }
+    }
+    let mut bundle = String::new();
+    let _ = File::from(ends.go_r).read_to_string(&mut bundle);
+    if bundle.trim().is_empty() {
+        std::process::exit(0);
+    }
+    let (spec, cfg) = match load_bundle(Path::new(bundle.trim())) {
+        Ok(x) => x,
+        Err(f) => report(ends.sync_w, f.exit_code, f.message),
+    };
+    let terminal = spec.process().as_ref().and_then(|p| p.terminal()) == Some(true);
+    if let (Some(fifo), false) = (&cfg.stdin_fifo, terminal) {
         // The daemon holds the FIFO open for writing, so this does not block.
-        Some(fifo) => Some(File::open(fifo).map_err(|e| StartFailure {
+        match File::open(fifo) {
+            Ok(f) => {
+                let _ = nix::unistd::dup2_stdin(&f);
+            }
+            Err(e) => report(
+                ends.sync_w,
+                125,
+                format!("failed to open the container's stdin: {e}"),
+            ),
+        }
+    }
+    let console = terminal.then_some(ends.console);
+    init::container_main(&spec, &cfg, ends.sync_w, console);
+}
+
+/// Phase 2: limits, go, report, then log output until the container exits.
+fn run(
+    spec: &Spec,
+    cfg: &ShimConfig,
+    req: &SandboxRequest,
+    pid: nix::unistd::Pid,
+    ends: ParentEnds,
+    bundle: &Path,
+    daemon_pipe: &mut File,
+) -> Result<(), StartFailure> {
+    req.cgroup
+        .apply(&super::spec::limits_of(spec))
+        .map_err(|e| StartFailure {
+            exit_code: 125,
+            message: e.to_string(),
+        })?;
+    let terminal = spec.process().as_ref().and_then(|p| p.terminal()) == Some(true);
+    let fifo_reader = match (&cfg.stdin_fifo, terminal) {
+        (Some(fifo), true) => Some(File::open(fifo).map_err(|e| StartFailure {
             exit_code: 125,
             message: format!("failed to open the container's stdin: {e}"),
         })?),
-        None => None,
-    };
-    let stdin: OwnedFd = match (&fifo_reader, terminal) {
-        (Some(f), false) => f.try_clone().map(OwnedFd::from).map_err(|e| StartFailure {
-            exit_code: 125,
-            message: format!("failed to open the container's stdin: {e}"),
-        })?,
-        _ => File::open("/dev/null")
-            .map(OwnedFd::from)
-            .map_err(|e| StartFailure {
-                exit_code: 125,
-                message: format!("failed to open /dev/null: {e}"),
-            })?,
+        _ => None,
     };
     let _stdin_holder = match (&cfg.stdin_fifo, cfg.hold_stdin_open) {
         (Some(fifo), true) => OpenOptions::new().write(true).open(fifo).ok(),
         _ => None,
     };
-
-    let ns = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().clone())
-        .unwrap_or_default();
-    let mut flags = 0;
-    for n in &ns {
-        flags |= match n.typ() {
-            LinuxNamespaceType::Pid => libc::CLONE_NEWPID,
-            LinuxNamespaceType::Mount => libc::CLONE_NEWNS,
-            LinuxNamespaceType::Ipc => libc::CLONE_NEWIPC,
-            LinuxNamespaceType::Uts => libc::CLONE_NEWUTS,
-            LinuxNamespaceType::Network => libc::CLONE_NEWNET,
-            _ => 0,
-        };
+    {
+        let mut go = File::from(ends.go_w);
+        go.write_all(bundle.as_os_str().as_encoded_bytes())
+            .map_err(|e| StartFailure {
+                exit_code: 125,
+                message: format!("failed to hand the bundle to the container: {e}"),
+            })?;
     }
-
-    let child = super::clone_into_namespaces(flags)
-        .map_err(engine_err("failed to create the container's namespaces"))?;
-    let Some(pid) = child else {
-        // In the container's init.
-        let _ = nix::unistd::dup2_stdin(&stdin);
-        let _ = nix::unistd::dup2_stdout(&out_w);
-        let _ = nix::unistd::dup2_stderr(&err_w);
-        drop((
-            out_r,
-            err_r,
-            sync_r,
-            out_w,
-            err_w,
-            stdin,
-            fifo_reader,
-            console_parent,
-        ));
-        init::container_main(spec, cfg, sync_w, console_child);
-    };
-    drop((out_w, err_w, sync_w, stdin, console_child));
     // With a terminal, the output is read from its master side instead.
-    let (out_r, err_r, tty_path) = match console_parent.as_ref().and_then(super::recv_fd) {
+    let console = if terminal {
+        super::recv_fd(&ends.console)
+    } else {
+        None
+    };
+    drop(ends.console);
+    let (out_r, err_r, tty_path) = match console {
         Some((master, name)) => (master, None, Some(name)),
-        None => (out_r, Some(err_r), None),
+        None => (ends.out_r, Some(ends.err_r), None),
     };
 
     // The sync pipe closes on a successful exec; anything written is a failure.
     let mut sync_text = String::new();
-    let _ = File::from(sync_r).read_to_string(&mut sync_text);
+    let _ = File::from(ends.sync_r).read_to_string(&mut sync_text);
     if !sync_text.trim().is_empty() {
         let _ = waitpid(pid, None);
         let failure =
@@ -252,7 +403,7 @@ fn run(spec: &Spec, cfg: &ShimConfig, daemon_pipe: &mut File) -> Result<(), Star
             });
         return Err(failure);
     }
-    report(
+    send_line(
         daemon_pipe,
         &StartReport {
             pid: Some(pid.as_raw()),
@@ -273,7 +424,7 @@ fn run(spec: &Spec, cfg: &ShimConfig, daemon_pipe: &mut File) -> Result<(), Star
         .ok();
     // With a terminal, stdin from the FIFO is copied into the terminal; the
     // thread is not joined (it may block on a FIFO held open for reuse).
-    if let (true, Some(mut fifo)) = (terminal, fifo_reader) {
+    if let Some(mut fifo) = fifo_reader {
         if let Ok(master) = out_r.try_clone() {
             std::thread::spawn(move || {
                 let mut master = File::from(master);
@@ -318,8 +469,8 @@ fn run(spec: &Spec, cfg: &ShimConfig, daemon_pipe: &mut File) -> Result<(), Star
     for c in copiers {
         let _ = c.join();
     }
-    let oom_killed = cfg.cgroup.oom_killed();
-    let _ = cfg.cgroup.remove();
+    let oom_killed = req.cgroup.oom_killed();
+    let _ = req.cgroup.remove();
     write_exit(
         &cfg.exit_path,
         &ExitRecord {
