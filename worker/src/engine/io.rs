@@ -90,17 +90,17 @@ pub fn parse_log(bytes: &[u8], split_lines: bool) -> (Vec<LogLine>, usize) {
 }
 
 async fn read_from(path: &std::path::Path, offset: u64) -> Vec<u8> {
-    let Ok(mut f) = tokio::fs::File::open(path).await else {
+    // Local files, read at most a few times per follower tick: plain
+    // blocking reads are cheaper here than hops through the blocking pool.
+    use std::io::{Read, Seek};
+    let Ok(mut f) = std::fs::File::open(path) else {
         return Vec::new();
     };
-    if tokio::io::AsyncSeekExt::seek(&mut f, std::io::SeekFrom::Start(offset))
-        .await
-        .is_err()
-    {
+    if f.seek(std::io::SeekFrom::Start(offset)).is_err() {
         return Vec::new();
     }
     let mut buf = Vec::new();
-    let _ = f.read_to_end(&mut buf).await;
+    let _ = f.read_to_end(&mut buf);
     buf
 }
 

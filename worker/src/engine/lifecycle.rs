@@ -73,6 +73,7 @@ impl Engine {
     }
 
     async fn start_locked(self: &Arc<Self>, c: &Arc<Container>) -> Result<()> {
+        let t0 = std::time::Instant::now();
         let rec = c.record();
         if rec.state.running {
             return Ok(());
@@ -203,9 +204,10 @@ impl Engine {
             *c.stdin.lock().await = Some(sender);
         }
 
+        let t1 = t0.elapsed();
         let report = sandbox.go(&dir).await;
+        tracing::debug!(container = %c.id, prepare_us = t1.as_micros() as u64, go_us = (t0.elapsed() - t1).as_micros() as u64, "started");
         let (shim_pid, shim_start_time) = (sandbox.shim_pid, sandbox.shim_start_time);
-        let mut child = sandbox.child;
         match report {
             Some(StartReport {
                 pid: Some(pid),
@@ -232,13 +234,19 @@ impl Engine {
                 let engine = self.clone();
                 let container = c.clone();
                 tokio::spawn(async move {
-                    let _ = child.wait().await;
+                    sandbox.wait_exit_recorded().await;
+                    tracing::debug!(container = %container.id, "exit recorded");
+                    // Reap the shim whenever it finishes its teardown.
+                    let mut shim = sandbox.child;
+                    tokio::spawn(async move {
+                        let _ = shim.wait().await;
+                    });
                     engine.handle_exit(&container).await;
                 });
                 Ok(())
             }
             other => {
-                let _ = child.wait().await;
+                let _ = sandbox.child.wait().await;
                 let failure =
                     other
                         .and_then(|r| r.failure)
@@ -284,18 +292,24 @@ impl Engine {
 
     async fn handle_exit_inner(self: &Arc<Self>, c: &Arc<Container>) {
         let dir = self.container_dir(&c.id);
-        let exit: ExitRecord = fs::read(dir.join("exit.json"))
+        let recorded: Option<ExitRecord> = fs::read(dir.join("exit.json"))
             .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_else(|| ExitRecord {
-                exit_code: 255,
-                oom_killed: false,
-                finished_at: now_rfc3339(),
-                error: "the container's shim ended without recording an exit status".into(),
-            });
-        if let Some(cg) = c.record().cgroup {
-            let _ = cg.remove();
-        }
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let exit = match recorded {
+            Some(e) => e,
+            None => {
+                // The shim died without its own cleanup: remove the cgroups here.
+                if let Some(cg) = c.record().cgroup {
+                    let _ = tokio::task::spawn_blocking(move || cg.remove()).await;
+                }
+                ExitRecord {
+                    exit_code: 255,
+                    oom_killed: false,
+                    finished_at: now_rfc3339(),
+                    error: "the container's shim ended without recording an exit status".into(),
+                }
+            }
+        };
         c.stdin.lock().await.take();
         let _ = c.update(&dir, |r| {
             r.state.status = "exited".into();

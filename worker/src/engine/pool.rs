@@ -90,6 +90,19 @@ impl Sandbox {
         }
     }
 
+    /// Waits until the shim has recorded the container's exit: it closes its
+    /// report pipe then (before its own slower teardown), or dies.
+    pub async fn wait_exit_recorded(&mut self) {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match self.stdout.read_line(&mut line).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    }
+
     /// Hands the bundle at `dir` to the shim and returns its start report
     /// (`None` if the shim died without one).
     pub async fn go(&mut self, dir: &std::path::Path) -> Option<StartReport> {

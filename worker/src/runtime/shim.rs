@@ -24,7 +24,6 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use nix::fcntl::OFlag;
@@ -142,6 +141,10 @@ struct ParentEnds {
     sync_r: OwnedFd,
     go_w: OwnedFd,
     console: OwnedFd,
+    /// The child's mount namespace, held so that the container's exit does
+    /// not have to tear it down (an RCU grace period inside `exit()`): the
+    /// shim records the exit status first and releases the namespace after.
+    mount_ns: Option<File>,
 }
 
 /// Entry point of the shim process. Returns the shim's own exit code.
@@ -263,6 +266,7 @@ fn prepare(req: &SandboxRequest) -> Result<(nix::unistd::Pid, ParentEnds), Start
         sync_r,
         go_w,
         console: console_parent,
+        mount_ns: None,
     };
     let ends = ChildEnds {
         out_w,
@@ -276,6 +280,8 @@ fn prepare(req: &SandboxRequest) -> Result<(nix::unistd::Pid, ParentEnds), Start
         child_main(req, ends);
     };
     drop(ends);
+    let mut parent = parent;
+    parent.mount_ns = File::open(format!("/proc/{}/ns/mnt", pid.as_raw())).ok();
     Ok((pid, parent))
 }
 
@@ -343,6 +349,77 @@ fn child_main(req: &SandboxRequest, ends: ChildEnds) -> ! {
     init::container_main(&spec, &cfg, ends.sync_w, console);
 }
 
+/// Copies the container's output into the log until every writer is gone
+/// (the container's processes all ended), and, with a terminal, stdin from the
+/// FIFO into it. One poll loop: the shim stays single-threaded, so its exit
+/// never waits on the cgroup thread-group lock that a concurrent sandbox
+/// preparation may hold for a whole RCU grace period.
+fn pump_output(
+    out_r: OwnedFd,
+    err_r: Option<OwnedFd>,
+    fifo: Option<File>,
+    log: &mut Option<LogWriter>,
+) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut sources: Vec<(File, &str)> = std::iter::once((File::from(out_r), STDOUT))
+        .chain(err_r.map(|fd| (File::from(fd), STDERR)))
+        .collect();
+    let mut fifo = fifo;
+    let mut buf = vec![0u8; 32 * 1024];
+    while !sources.is_empty() {
+        let mut fds: Vec<PollFd> = sources
+            .iter()
+            .map(|(f, _)| PollFd::new(f.as_fd(), PollFlags::POLLIN))
+            .collect();
+        if let Some(f) = &fifo {
+            fds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::Error::EINTR) => continue,
+            Err(_) => break,
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| {
+                f.revents().is_some_and(|r| {
+                    r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
+                })
+            })
+            .collect();
+        drop(fds);
+        if fifo.is_some() && ready.get(sources.len()).copied().unwrap_or(false) {
+            let n = fifo.as_mut().map_or(0, |f| f.read(&mut buf).unwrap_or(0));
+            if n == 0 {
+                fifo = None;
+            } else if let Some((term, _)) = sources.first_mut() {
+                let _ = term.write_all(&buf[..n]);
+            }
+        }
+        let mut closed = Vec::new();
+        for (i, (src, stream)) in sources.iter_mut().enumerate() {
+            if !ready[i] {
+                continue;
+            }
+            match src.read(&mut buf) {
+                Ok(0) => closed.push(i),
+                Ok(n) => {
+                    if let Some(log) = log.as_mut() {
+                        log.write(stream, &buf[..n]);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // A terminal's master side reports EIO once its last user is gone.
+                Err(_) => closed.push(i),
+            }
+        }
+        for i in closed.into_iter().rev() {
+            sources.remove(i);
+        }
+    }
+}
+
 /// Phase 2: limits, go, report, then log output until the container exits.
 fn run(
     spec: &Spec,
@@ -359,6 +436,7 @@ fn run(
             exit_code: 125,
             message: e.to_string(),
         })?;
+    let ends_mount_ns = ends.mount_ns;
     let terminal = spec.process().as_ref().and_then(|p| p.terminal()) == Some(true);
     let fifo_reader = match (&cfg.stdin_fifo, terminal) {
         (Some(fifo), true) => Some(File::open(fifo).map_err(|e| StartFailure {
@@ -411,52 +489,14 @@ fn run(
             tty_path,
         },
     );
-    // Close our end so the daemon sees end-of-file after the report.
-    if let Ok(null) = File::options().write(true).open("/dev/null") {
-        *daemon_pipe = null;
-    }
 
-    let log = OpenOptions::new()
+    let mut log = OpenOptions::new()
         .create(true)
         .append(true)
         .open(&cfg.log_path)
-        .map(|file| Arc::new(Mutex::new(LogWriter { file })))
+        .map(|file| LogWriter { file })
         .ok();
-    // With a terminal, stdin from the FIFO is copied into the terminal; the
-    // thread is not joined (it may block on a FIFO held open for reuse).
-    if let Some(mut fifo) = fifo_reader {
-        if let Ok(master) = out_r.try_clone() {
-            std::thread::spawn(move || {
-                let mut master = File::from(master);
-                let _ = std::io::copy(&mut fifo, &mut master);
-            });
-        }
-    }
-    let copiers: Vec<_> = std::iter::once((out_r, STDOUT))
-        .chain(err_r.map(|fd| (fd, STDERR)))
-        .map(|(fd, stream)| {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                let mut src = File::from(fd);
-                let mut buf = vec![0u8; 32 * 1024];
-                loop {
-                    match src.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => {
-                            if let Some(log) = &log {
-                                if let Ok(mut w) = log.lock() {
-                                    w.write(stream, &buf[..n]);
-                                }
-                            }
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                        Err(_) => break,
-                    }
-                }
-            })
-        })
-        .collect();
-
+    pump_output(out_r, err_r, fifo_reader, &mut log);
     let exit_code = loop {
         match waitpid(pid, None) {
             Ok(WaitStatus::Exited(_, code)) => break code as i64,
@@ -466,11 +506,7 @@ fn run(
             Err(_) => break 255,
         }
     };
-    for c in copiers {
-        let _ = c.join();
-    }
     let oom_killed = req.cgroup.oom_killed();
-    let _ = req.cgroup.remove();
     write_exit(
         &cfg.exit_path,
         &ExitRecord {
@@ -480,5 +516,12 @@ fn run(
             error: String::new(),
         },
     );
+    // End of file on the report pipe tells the daemon the exit is recorded;
+    // the slow teardown (mount namespace, cgroups) happens after.
+    if let Ok(null) = File::options().write(true).open("/dev/null") {
+        *daemon_pipe = null;
+    }
+    drop(ends_mount_ns);
+    let _ = req.cgroup.remove();
     Ok(())
 }
