@@ -104,6 +104,16 @@ async fn read_from(path: &std::path::Path, offset: u64) -> Vec<u8> {
     buf
 }
 
+/// Reads an open file from `offset` to its end.
+fn read_open(file: &mut std::fs::File, offset: u64) -> Vec<u8> {
+    use std::io::{Read, Seek};
+    let mut buf = Vec::new();
+    if file.seek(std::io::SeekFrom::Start(offset)).is_ok() {
+        let _ = file.read_to_end(&mut buf);
+    }
+    buf
+}
+
 /// Sends chunks; false when the client went away.
 async fn send(tx: &mpsc::Sender<OutputChunk>, chunk: OutputChunk) -> bool {
     tx.send(chunk).await.is_ok()
@@ -183,11 +193,16 @@ impl Engine {
         mut input: Streaming<AttachInput>,
         tx: mpsc::Sender<OutputChunk>,
     ) -> Result<()> {
+        // Keep the log open from here on: with `--rm` the container's
+        // directory (and the log's name) may be gone before the last read.
         let path = self.log_path(&c.id);
-        let mut offset = tokio::fs::metadata(&path)
-            .await
-            .map(|m| m.len())
-            .unwrap_or(0);
+        let mut log = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(EngineError::io("open", &path))?;
+        let mut offset = log.metadata().map(|m| m.len()).unwrap_or(0);
         if start {
             if let Err(e) = self.start(&c).await {
                 let (code, message) = match e {
@@ -244,7 +259,7 @@ impl Engine {
         let mut rx = c.subscribe();
         loop {
             let running = c.is_running();
-            let bytes = read_from(&path, offset).await;
+            let bytes = read_open(&mut log, offset);
             let (lines, consumed) = parse_log(&bytes, false);
             offset += consumed as u64;
             for l in lines {

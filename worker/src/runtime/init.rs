@@ -66,7 +66,8 @@ pub(super) fn container_main(
     sync: OwnedFd,
     console: Option<OwnedFd>,
 ) -> ! {
-    let failure = match setup_and_exec(spec, cfg, console) {
+    let sync_fd = std::os::fd::AsRawFd::as_raw_fd(&sync);
+    let failure = match setup_and_exec(spec, cfg, console, sync_fd) {
         Ok(never) => match never {},
         Err(f) => f,
     };
@@ -90,6 +91,7 @@ fn setup_and_exec(
     spec: &Spec,
     cfg: &ShimConfig,
     console: Option<OwnedFd>,
+    sync_fd: std::os::fd::RawFd,
 ) -> Result<Never, Failure> {
     nix::unistd::setsid().map_err(engine("failed to start a session"))?;
 
@@ -219,7 +221,7 @@ fn setup_and_exec(
         .map_err(engine("invalid environment variable"))?;
     super::reset_signals();
     if cfg.init {
-        super::run_as_init(&c_exe, &c_args, &c_env);
+        super::run_as_init(&c_exe, &c_args, &c_env, sync_fd);
     }
     let err = nix::unistd::execve(&c_exe, &c_args, &c_env).unwrap_err();
     Err(exec_failure(arg0, err))

@@ -178,7 +178,10 @@ extern "C" fn forward_marker(_: libc::c_int) {}
 /// `--init`: stay PID 1, run the command as a child, forward signals to it,
 /// reap every zombie, and exit with the command's status. Only returns if the
 /// fork failed (the caller then reports an engine error through exec).
-fn run_as_init(exe: &CString, args: &[CString], env: &[CString]) {
+///
+/// `sync_fd` is the start-report pipe: the command's exec closes its copy;
+/// the init closes its own right after the fork, so the shim sees the start.
+fn run_as_init(exe: &CString, args: &[CString], env: &[CString], sync_fd: std::os::fd::RawFd) {
     let forwarded: Vec<Signal> = Signal::iterator()
         .filter(|s| !matches!(s, Signal::SIGKILL | Signal::SIGSTOP | Signal::SIGCHLD))
         .collect();
@@ -204,6 +207,11 @@ fn run_as_init(exe: &CString, args: &[CString], env: &[CString]) {
             std::process::exit(failure.0);
         }
         Ok(nix::unistd::ForkResult::Parent { child }) => {
+            // SAFETY: the init owns no other handle to this fd; closing our copy
+            // only ends our reference to the pipe.
+            unsafe {
+                libc::close(sync_fd);
+            }
             let _ = nix::sys::prctl::set_name(c"init");
             loop {
                 let Ok(sig) = all.wait() else { continue };
