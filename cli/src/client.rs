@@ -90,6 +90,21 @@ impl std::fmt::Display for RpcError {
 
 impl std::error::Error for RpcError {}
 
+/// Docker's exit code of a failed container start (125/126/127), which the
+/// daemon sends in the `x-flotilla-exit-code` metadata entry.
+pub fn start_failure_code(err: &anyhow::Error) -> Option<i32> {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<RpcError>())
+        .and_then(|e| {
+            e.0.metadata()
+                .get("x-flotilla-exit-code")?
+                .to_str()
+                .ok()?
+                .parse()
+                .ok()
+        })
+}
+
 /// The gRPC code of an error made by [`status_error`], if it is one.
 pub fn rpc_code(err: &anyhow::Error) -> Option<tonic::Code> {
     err.chain()

@@ -780,7 +780,11 @@ fn main() {
         Ok(code) => code,
         Err(e) => {
             eprintln!("Error: {e:#}");
-            fail_code
+            // `run -d` of a missing command exits 127 like Docker's.
+            match client::start_failure_code(&e) {
+                Some(code) if fail_code == 125 => code,
+                _ => fail_code,
+            }
         }
     };
     // Exit without waiting for a blocked stdin reader thread.
