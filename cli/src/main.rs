@@ -758,7 +758,28 @@ fn main() {
                 ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => 1,
                 _ => 125,
             };
-            let _ = e.print();
+            if code == 0 {
+                let _ = e.print();
+            } else {
+                // One line, as Docker's: what was wrong and where to look.
+                let text = e.render().to_string();
+                let first = text.lines().next().unwrap_or("invalid arguments");
+                let first = first.strip_prefix("error: ").unwrap_or(first);
+                let args: Vec<String> = std::env::args().skip(1).collect();
+                let verb = args
+                    .iter()
+                    .take_while(|a| !a.starts_with('-'))
+                    .take(2)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let help = if verb.is_empty() {
+                    "flotilla --help".to_string()
+                } else {
+                    format!("flotilla {verb} --help")
+                };
+                eprintln!("Error: {first} (see '{help}')");
+            }
             std::process::exit(code);
         }
     };

@@ -104,13 +104,11 @@ impl Registry {
             }
             Ok(n)
         };
-        if !options.ca_file.is_empty() {
-            if add_pem(Path::new(&options.ca_file))? == 0 {
-                return Err(reg_err(format!(
-                    "no certificate found in {}",
-                    options.ca_file
-                )));
-            }
+        if !options.ca_file.is_empty() && add_pem(Path::new(&options.ca_file))? == 0 {
+            return Err(reg_err(format!(
+                "no certificate found in {}",
+                options.ca_file
+            )));
         }
         let system = Path::new("/etc/ssl/certs/ca-certificates.crt");
         if system.exists() {

@@ -101,13 +101,29 @@ impl Engine {
     }
 
     /// `diff`: what the container added (A), changed (C) and deleted (D).
+    ///
+    /// The engine's own mount points (`/etc/hosts`, `/etc/hostname`,
+    /// `/etc/resolv.conf`, `/proc`, `/sys`, `/dev`, volume destinations) are
+    /// left out, as Docker keeps them in a hidden init layer; so are
+    /// directories that only changed because such a mount point was created.
     pub fn diff(&self, c: &Container) -> Result<Vec<Change>> {
         let rec = c.record();
         let lowers = self.lowers_top_first(&rec.image)?;
-        Ok(crate::image::layer::diff_changes(
-            &self.container_dir(&c.id).join("upper"),
-            &lowers,
-        )?)
+        let changes =
+            crate::image::layer::diff_changes(&self.container_dir(&c.id).join("upper"), &lowers)?;
+        let mut hidden: Vec<String> = [
+            "/etc/hostname",
+            "/etc/hosts",
+            "/etc/resolv.conf",
+            "/proc",
+            "/sys",
+            "/dev",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        hidden.extend(rec.mounts.iter().map(|m| m.destination.clone()));
+        Ok(filter_engine_paths(changes, &hidden))
     }
 
     /// `export`: streams a tar of the container's merged file system.
@@ -271,5 +287,78 @@ impl Engine {
                 .collect(),
             processes,
         })
+    }
+}
+
+/// Drops `hidden` paths (and what is below them) from a change list, then the
+/// directories that are left only as parents of dropped paths.
+pub fn filter_engine_paths(changes: Vec<Change>, hidden: &[String]) -> Vec<Change> {
+    let under = |path: &str, root: &str| path == root || path.starts_with(&format!("{root}/"));
+    let is_hidden = |p: &str| hidden.iter().any(|h| under(p, h));
+    let dropped: Vec<String> = changes
+        .iter()
+        .filter(|c| is_hidden(&c.path))
+        .map(|c| c.path.clone())
+        .collect();
+    let kept: Vec<Change> = changes
+        .into_iter()
+        .filter(|c| !is_hidden(&c.path))
+        .collect();
+    kept.iter()
+        .filter(|c| {
+            let parent_of_dropped = dropped
+                .iter()
+                .any(|d| d.starts_with(&format!("{}/", c.path)));
+            let parent_of_kept = kept
+                .iter()
+                .any(|k| k.path.starts_with(&format!("{}/", c.path)));
+            !(c.kind == "C" && parent_of_dropped && !parent_of_kept)
+        })
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ch(kind: &str, path: &str) -> Change {
+        Change {
+            kind: kind.into(),
+            path: path.into(),
+        }
+    }
+
+    #[test]
+    fn engine_mount_points_are_not_changes() {
+        let hidden = vec![
+            "/etc/hosts".to_string(),
+            "/etc/hostname".to_string(),
+            "/data".to_string(),
+        ];
+        let out = filter_engine_paths(
+            vec![
+                ch("C", "/etc"),
+                ch("A", "/etc/hostname"),
+                ch("A", "/etc/hosts"),
+                ch("A", "/data"),
+                ch("A", "/data/x"),
+            ],
+            &hidden,
+        );
+        assert!(out.is_empty(), "{out:?}");
+        let out = filter_engine_paths(
+            vec![
+                ch("C", "/etc"),
+                ch("A", "/etc/hosts"),
+                ch("C", "/etc/passwd"),
+                ch("A", "/tmp/new"),
+            ],
+            &hidden,
+        );
+        assert_eq!(
+            out,
+            vec![ch("C", "/etc"), ch("C", "/etc/passwd"), ch("A", "/tmp/new")]
+        );
     }
 }

@@ -134,8 +134,11 @@ pub fn capability_name(cap: &Capability) -> String {
 /// The effective capability set: Docker's defaults, plus `--cap-add`, minus
 /// `--cap-drop` (`ALL` allowed on either side, as Docker).
 pub fn capability_set(cap_add: &[String], cap_drop: &[String]) -> Result<Vec<String>, SpecError> {
+    // "ALL" means every capability this daemon can hand out: its own
+    // bounding set (a VM or an outer container may lack some).
     let all = || -> Vec<String> {
-        caps::all()
+        caps::read(None, caps::CapSet::Bounding)
+            .unwrap_or_else(|_| caps::all())
             .into_iter()
             .map(|c| c.to_string())
             .collect::<Vec<_>>()

@@ -1,0 +1,291 @@
+//! Errors: one clear line, Docker's exit codes, and nothing half-created left behind (`ps -a`
+//! and `volume ls` unchanged). Also several daemons side by side.
+
+use cluster_tests::{busybox_image, Daemon};
+
+/// What must not change when a command fails.
+fn snapshot(d: &Daemon) -> (Vec<String>, Vec<String>) {
+    (d.container_ids(), d.volume_names())
+}
+
+/// Runs `args`, expects exit code `want` and a stderr mentioning every word of `mentions`
+/// (case-insensitive), and checks that no container or volume appeared.
+fn refused(d: &Daemon, args: &[&str], want: i32, mentions: &[&str]) -> String {
+    let before = snapshot(d);
+    let (code, out, err) = d.run3(args);
+    assert_eq!(
+        code, want,
+        "flotilla {args:?}: exit code\nstdout: {out}\nstderr: {err}"
+    );
+    let lower = err.to_lowercase();
+    for m in mentions {
+        assert!(
+            lower.contains(&m.to_lowercase()),
+            "flotilla {args:?}: stderr mentions {m:?}: {err}"
+        );
+    }
+    assert!(!err.trim().is_empty(), "an error message is printed");
+    assert!(
+        err.trim().lines().count() <= 2,
+        "a short message, not a dump: {err}"
+    );
+    assert_eq!(
+        snapshot(d),
+        before,
+        "flotilla {args:?} left something behind"
+    );
+    err
+}
+
+#[test]
+fn unknown_image() {
+    let d = Daemon::start();
+    busybox_image(&d, "present");
+    refused(
+        &d,
+        &["run", "--rm", "absent-image", "true"],
+        125,
+        &["absent-image"],
+    );
+    refused(
+        &d,
+        &["run", "-d", "absent-image:v9", "true"],
+        125,
+        &["absent-image"],
+    );
+    refused(&d, &["create", "absent-image"], 125, &["absent-image"]);
+    refused(
+        &d,
+        &["image", "inspect", "absent-image"],
+        1,
+        &["absent-image"],
+    );
+}
+
+#[test]
+fn name_conflict() {
+    let d = Daemon::start();
+    let img = busybox_image(&d, "names");
+    d.ok(&["run", "-d", "--name", "taken", &img, "sleep", "1000"]);
+    refused(
+        &d,
+        &["run", "--name", "taken", &img, "true"],
+        125,
+        &["taken", "in use"],
+    );
+    refused(
+        &d,
+        &["create", "--name", "taken", &img, "true"],
+        125,
+        &["taken"],
+    );
+    d.ok(&["run", "-d", "--name", "other", &img, "sleep", "1000"]);
+    refused(&d, &["rename", "other", "taken"], 1, &["taken"]);
+    refused(
+        &d,
+        &["run", "--name", "bad/name", &img, "true"],
+        125,
+        &["bad/name"],
+    );
+    assert_eq!(d.status("taken"), "running", "the first one is untouched");
+}
+
+#[test]
+fn bad_flag_values() {
+    let d = Daemon::start();
+    let img = busybox_image(&d, "flags");
+    refused(
+        &d,
+        &["run", "--rm", "-m", "1k", &img, "true"],
+        125,
+        &["memory"],
+    );
+    refused(
+        &d,
+        &["run", "--rm", "-m", "lots", &img, "true"],
+        125,
+        &["lots"],
+    );
+    refused(
+        &d,
+        &["run", "--rm", "--cpus", "99", &img, "true"],
+        125,
+        &["cpu"],
+    );
+    refused(&d, &["run", "--rm", "--cpus=-1", &img, "true"], 125, &[]);
+    refused(
+        &d,
+        &["run", "--rm", "--restart", "sometimes", &img, "true"],
+        125,
+        &["restart"],
+    );
+    refused(
+        &d,
+        &["run", "--rm", "--restart", "on-failure:x", &img, "true"],
+        125,
+        &["restart"],
+    );
+    refused(
+        &d,
+        &["run", "--rm", "-v", ":::", &img, "true"],
+        125,
+        &["volume"],
+    );
+    refused(
+        &d,
+        &["run", "--rm", "-v", "relative/path:/x", &img, "true"],
+        125,
+        &[],
+    );
+    refused(
+        &d,
+        &["run", "--rm", "-v", "/tmp:/x:bogus", &img, "true"],
+        125,
+        &[],
+    );
+    refused(
+        &d,
+        &["run", "--rm", "--cap-add", "NOT_A_CAP", &img, "true"],
+        125,
+        &["NOT_A_CAP"],
+    );
+    refused(
+        &d,
+        &["run", "--rm", "--network", "carrier-pigeon", &img, "true"],
+        125,
+        &["carrier-pigeon"],
+    );
+    refused(
+        &d,
+        &["run", "--rm", "--stop-signal", "SIGNOPE", &img, "true"],
+        125,
+        &[],
+    );
+    refused(
+        &d,
+        &["run", "--rm", "-e", "=novalue", &img, "true"],
+        125,
+        &[],
+    );
+    refused(
+        &d,
+        &["run", "--rm", "--volumes-from", "nosuchctr", &img, "true"],
+        125,
+        &["nosuchctr"],
+    );
+    // --rm with a restart policy is a conflict in Docker.
+    refused(
+        &d,
+        &["run", "--rm", "--restart", "always", &img, "true"],
+        125,
+        &[],
+    );
+    // The daemon is fine afterwards.
+    assert_eq!(d.ok(&["run", "--rm", &img, "echo", "ok"]), "ok\n");
+}
+
+#[test]
+fn unknown_flag_exits_125() {
+    // Docker's CLI exits 125 on a flag it does not know (and says which); the usage dump is
+    // not what a user needs.
+    let d = Daemon::start();
+    let img = busybox_image(&d, "uflag");
+    refused(
+        &d,
+        &["run", "--no-such-flag", &img, "true"],
+        125,
+        &["--no-such-flag"],
+    );
+}
+
+#[test]
+fn missing_executable_and_bad_user() {
+    let d = Daemon::start();
+    let img = busybox_image(&d, "exe");
+    let (code, _, err) = d.run3(&["run", "--rm", &img, "not-there"]);
+    assert_eq!(code, 127, "{err}");
+    assert!(
+        err.contains("not-there") && err.lines().count() <= 2,
+        "{err}"
+    );
+    assert!(
+        d.container_ids().is_empty(),
+        "--rm removed the failed container"
+    );
+    let (code, _, err) = d.run3(&["run", "--rm", "-u", "ghost", &img, "true"]);
+    assert_ne!(code, 0, "unknown user fails");
+    assert!(err.contains("ghost"), "{err}");
+    let (code, _, err) = d.run3(&["run", "--rm", "-w", "/etc/passwd", &img, "true"]);
+    assert_ne!(code, 0, "workdir that is a file fails: {err}");
+}
+
+#[test]
+fn removing_running_container_or_used_volume_is_refused() {
+    let d = Daemon::start();
+    let img = busybox_image(&d, "busy");
+    d.ok(&[
+        "run", "-d", "--name", "busy", "-v", "inuse:/d", &img, "sleep", "1000",
+    ]);
+    let err = refused(&d, &["rm", "busy"], 1, &["running"]);
+    assert!(
+        err.contains("-f") || err.contains("force"),
+        "says what to do: {err}"
+    );
+    refused(&d, &["volume", "rm", "inuse"], 1, &["inuse", "in use"]);
+    refused(&d, &["rm", "nosuch"], 1, &["nosuch"]);
+    refused(&d, &["stop", "nosuch"], 1, &["nosuch"]);
+    refused(&d, &["exec", "nosuch", "true"], 1, &["nosuch"]);
+    refused(&d, &["logs", "nosuch"], 1, &["nosuch"]);
+    assert_eq!(d.status("busy"), "running");
+}
+
+#[test]
+fn cli_without_a_daemon_says_so() {
+    let mut d = Daemon::start();
+    d.stop();
+    let (code, _, err) = d.run3(&["ps"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(d.socket().to_str().unwrap()) || err.to_lowercase().contains("daemon"),
+        "names the socket or the daemon: {err}"
+    );
+    d.restart();
+    d.ok(&["ps"]);
+}
+
+#[test]
+fn several_daemons_side_by_side() {
+    let a = Daemon::start();
+    let b = Daemon::start();
+    let c = Daemon::start();
+    busybox_image(&a, "only-in-a");
+    busybox_image(&b, "only-in-b");
+    assert!(!b.ok(&["images"]).contains("only-in-a"));
+    assert!(!c.ok(&["images"]).contains("only-in"));
+    a.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "same-name",
+        "only-in-a",
+        "sleep",
+        "1000",
+    ]);
+    b.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "same-name",
+        "only-in-b",
+        "sleep",
+        "1000",
+    ]);
+    assert_ne!(a.inspect("same-name")["Id"], b.inspect("same-name")["Id"]);
+    assert!(c.container_ids().is_empty());
+    a.ok(&["volume", "create", "shared-name"]);
+    assert!(b.volume_names().is_empty());
+    // Removing in one does not touch the other.
+    a.ok(&["rm", "-f", "same-name"]);
+    assert_eq!(b.status("same-name"), "running");
+    assert_eq!(b.ok(&["exec", "same-name", "echo", "alive"]), "alive\n");
+}
