@@ -289,3 +289,17 @@ fn several_daemons_side_by_side() {
     assert_eq!(b.status("same-name"), "running");
     assert_eq!(b.ok(&["exec", "same-name", "echo", "alive"]), "alive\n");
 }
+
+#[test]
+fn multi_target_verbs_act_on_each_and_report_each_failure() {
+    let d = Daemon::start();
+    let img = busybox_image(&d, "multi");
+    d.ok(&["run", "-d", "--name", "one", &img, "sleep", "100"]);
+    d.ok(&["run", "-d", "--name", "two", &img, "sleep", "100"]);
+    let (code, out, err) = d.run3(&["stop", "-t", "0", "one", "ghost", "two"]);
+    assert_eq!(code, 1, "stdout: {out}\nstderr: {err}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), vec!["one", "two"], "{out}");
+    assert!(err.contains("No such container: ghost"), "{err}");
+    assert_eq!(d.status("one"), "exited");
+    assert_eq!(d.status("two"), "exited");
+}
