@@ -36,23 +36,28 @@ pub async fn connect(host: &str) -> Result<Engine> {
         )
     };
     // Dial once ourselves first so the error says why (missing socket, permissions).
-    match UnixStream::connect(&path).await {
-        Ok(_) => {}
+    // The connection made here is then used for the gRPC channel (no second dial).
+    let first = match UnixStream::connect(&path).await {
+        Ok(stream) => stream,
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
             return Err(anyhow!(
                 "permission denied while trying to connect to the Flotilla daemon socket at {host}: run as root"
             ))
         }
         Err(_) => return Err(unreachable()),
-    }
+    };
+    let first = std::sync::Arc::new(std::sync::Mutex::new(Some(first)));
     let connector_path = path.clone();
     let channel = Endpoint::try_from("http://[::]:50051")?
         .connect_with_connector(tower::service_fn(move |_| {
             let path = connector_path.clone();
+            let ready = first.lock().ok().and_then(|mut f| f.take());
             async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    UnixStream::connect(path).await?,
-                ))
+                let stream = match ready {
+                    Some(s) => s,
+                    None => UnixStream::connect(path).await?,
+                };
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
             }
         }))
         .await

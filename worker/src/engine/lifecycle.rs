@@ -295,20 +295,20 @@ impl Engine {
         let recorded: Option<ExitRecord> = fs::read(dir.join("exit.json"))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
+        // Every process of the container is gone (the shim reaped its init
+        // before recording): remove the cgroups now rather than after the
+        // shim's own teardown, so they are gone when `rm` or `wait` return.
+        if let Some(cg) = c.record().cgroup {
+            let _ = tokio::task::spawn_blocking(move || cg.remove()).await;
+        }
         let exit = match recorded {
             Some(e) => e,
-            None => {
-                // The shim died without its own cleanup: remove the cgroups here.
-                if let Some(cg) = c.record().cgroup {
-                    let _ = tokio::task::spawn_blocking(move || cg.remove()).await;
-                }
-                ExitRecord {
-                    exit_code: 255,
-                    oom_killed: false,
-                    finished_at: now_rfc3339(),
-                    error: "the container's shim ended without recording an exit status".into(),
-                }
-            }
+            None => ExitRecord {
+                exit_code: 255,
+                oom_killed: false,
+                finished_at: now_rfc3339(),
+                error: "the container's shim ended without recording an exit status".into(),
+            },
         };
         c.stdin.lock().await.take();
         let _ = c.update(&dir, |r| {
@@ -565,8 +565,14 @@ impl Engine {
             }
         }
         self.forget(&c.id);
-        let d = dir.clone();
-        let _ = tokio::task::spawn_blocking(move || fs::remove_dir_all(d)).await;
+        // Move the directory aside (one rename) and delete it in the
+        // background: the container is gone for every client from here on.
+        let trash = self.root().join("trash").join(&c.id);
+        let doomed = match fs::rename(&dir, &trash) {
+            Ok(()) => trash,
+            Err(_) => dir.clone(),
+        };
+        tokio::task::spawn_blocking(move || fs::remove_dir_all(doomed));
         if volumes {
             for m in rec
                 .mounts

@@ -104,6 +104,10 @@ impl Engine {
         let cgroups = Layout::detect().map_err(|e| EngineError::Internal(e.to_string()))?;
         let mut warnings: Vec<String> = images.load_errors();
         let mut containers = HashMap::new();
+        // Directories of removed containers whose deletion a crash interrupted.
+        let trash = root.join("trash");
+        let _ = std::fs::remove_dir_all(&trash);
+        std::fs::create_dir_all(&trash).map_err(EngineError::io("create", &trash))?;
         let dir = root.join("containers");
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for entry in entries.flatten() {
