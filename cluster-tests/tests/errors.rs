@@ -303,3 +303,50 @@ fn multi_target_verbs_act_on_each_and_report_each_failure() {
     assert_eq!(d.status("one"), "exited");
     assert_eq!(d.status("two"), "exited");
 }
+
+/// Unmounts a tmpfs when dropped (also when the test fails).
+struct TmpfsGuard(std::path::PathBuf);
+
+impl Drop for TmpfsGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn full_disk_is_a_clear_error_and_leaves_no_half_image() {
+    let mut d = Daemon::start();
+    d.stop();
+    // A 3 MiB data root: the busybox image (2 MiB tar, kept as a blob and
+    // unpacked) cannot fit.
+    let root = d.data_root();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+        .arg(&root)
+        .status()
+        .expect("mount");
+    assert!(ok.success(), "mount a small tmpfs on the data root");
+    let _guard = TmpfsGuard(root.clone());
+    d.restart();
+    let tar = d.scratch().join("busybox.tar");
+    cluster_tests::busybox_rootfs_tar(&tar);
+    let (code, out, err) = d.run3(&["import", tar.to_str().unwrap(), "big:latest"]);
+    assert_eq!(code, 1, "stdout: {out}\nstderr: {err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        d.ok(&["images", "-q"]).trim().is_empty(),
+        "no image was recorded"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(root.join("image/tmp"))
+        .map(|it| it.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(
+        leftovers.is_empty(),
+        "no temporary files left: {leftovers:?}"
+    );
+    d.stop();
+}
