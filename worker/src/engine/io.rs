@@ -397,39 +397,7 @@ impl Engine {
                 }
             }
         });
-        let readers: Vec<_> = [
-            (
-                child
-                    .stdout
-                    .take()
-                    .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-                false,
-            ),
-            (
-                child
-                    .stderr
-                    .take()
-                    .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-                true,
-            ),
-        ]
-        .into_iter()
-        .filter_map(|(r, is_err)| r.map(|r| (r, is_err)))
-        .map(|(r, is_err)| tokio::spawn(copy_output(r, is_err, tx.clone())))
-        .collect();
-        let status = child.wait().await;
-        for r in readers {
-            let _ = r.await;
-        }
-        pump.abort();
-        let code = status.ok().and_then(|s| s.code()).unwrap_or(125) as i64;
-        let _ = tx
-            .send(OutputChunk {
-                exit_code: Some(code),
-                ..Default::default()
-            })
-            .await;
-        Ok(())
+        finish_exec(child, pump, tx).await
     }
 }
 
@@ -473,40 +441,50 @@ impl Engine {
                 }
             }
         });
-        let readers: Vec<_> = [
-            (
-                child
-                    .stdout
-                    .take()
-                    .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-                false,
-            ),
-            (
-                child
-                    .stderr
-                    .take()
-                    .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-                true,
-            ),
-        ]
-        .into_iter()
-        .filter_map(|(r, is_err)| r.map(|r| (r, is_err)))
-        .map(|(r, is_err)| tokio::spawn(copy_output(r, is_err, tx.clone())))
-        .collect();
-        let status = child.wait().await;
-        for r in readers {
-            let _ = r.await;
-        }
-        pump.abort();
-        let code = status.ok().and_then(|s| s.code()).unwrap_or(125) as i64;
-        let _ = tx
-            .send(OutputChunk {
-                exit_code: Some(code),
-                ..Default::default()
-            })
-            .await;
-        Ok(())
+        finish_exec(child, pump, tx).await
     }
+}
+
+/// Streams an exec helper's stdout and stderr until they close, waits for
+/// it, and sends its exit status as the last message.
+async fn finish_exec(
+    mut child: tokio::process::Child,
+    pump: tokio::task::JoinHandle<()>,
+    tx: mpsc::Sender<OutputChunk>,
+) -> Result<()> {
+    let readers: Vec<_> = [
+        (
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            false,
+        ),
+        (
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            true,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(r, is_err)| r.map(|r| (r, is_err)))
+    .map(|(r, is_err)| tokio::spawn(copy_output(r, is_err, tx.clone())))
+    .collect();
+    let status = child.wait().await;
+    for r in readers {
+        let _ = r.await;
+    }
+    pump.abort();
+    let code = status.ok().and_then(|s| s.code()).unwrap_or(125) as i64;
+    let _ = tx
+        .send(OutputChunk {
+            exit_code: Some(code),
+            ..Default::default()
+        })
+        .await;
+    Ok(())
 }
 
 /// Streams a process's output as chunks until end of file.
