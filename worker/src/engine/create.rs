@@ -22,14 +22,9 @@ fn invalid(msg: impl Into<String>) -> EngineError {
     EngineError::InvalidArgument(msg.into())
 }
 
-/// Checks a container name as Docker does.
+/// Checks a container name as Docker does (the same rule as volume names).
 pub fn valid_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    b.len() >= 2
-        && b.len() <= 255
-        && b[0].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+    crate::volume::valid_name(name)
 }
 
 /// A parsed `-v` spec.

@@ -48,7 +48,7 @@ fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
     }
 }
 
-/// Checks a volume name as Docker does.
+/// Checks a volume (or container) name as Docker does: `[a-zA-Z0-9][a-zA-Z0-9_.-]+`.
 pub fn valid_name(name: &str) -> bool {
     let b = name.as_bytes();
     b.len() >= 2
