@@ -392,3 +392,44 @@ fn an_index_with_an_arm64_decoy_gives_the_amd64_image() {
     assert_eq!(labels["flotilla.test"], "amd64", "{inspect}");
     assert_eq!(d.ok(&["run", "--rm", &remote]).trim(), "made-by-umoci");
 }
+
+#[test]
+fn bearer_token_auth_through_a_token_server() {
+    let reg = RegistryServer::start(RegistryOptions {
+        token_auth: Some(("alice".into(), "t0ken-pass".into())),
+        ..Default::default()
+    });
+    let d = Daemon::start();
+    let img = busybox_image(&d, "bearer");
+    let remote = format!("{}/alice/busybox:v1", reg.host);
+    let ins = ["--insecure-registry", reg.host.as_str()];
+    d.ok(&["tag", &img, &remote]);
+    // No credentials: the token server refuses, so the push does too.
+    let err = d.fails(&["push", ins[0], ins[1], &remote], 1);
+    assert!(err.to_lowercase().contains("unauthorized"), "{err}");
+    let err = d.fails(
+        &[
+            "login", ins[0], ins[1], "-u", "alice", "-p", "nope", &reg.host,
+        ],
+        1,
+    );
+    assert!(err.to_lowercase().contains("unauthorized"), "{err}");
+    d.ok(&[
+        "login",
+        ins[0],
+        ins[1],
+        "-u",
+        "alice",
+        "-p",
+        "t0ken-pass",
+        &reg.host,
+    ]);
+    d.ok(&["push", ins[0], ins[1], &remote]);
+    d.ok(&["rmi", &remote]);
+    d.ok(&["rmi", &img]);
+    d.ok(&["pull", ins[0], ins[1], &remote]);
+    assert_eq!(
+        d.ok(&["run", "--rm", &remote, "echo", "bearer-ok"]).trim(),
+        "bearer-ok"
+    );
+}
