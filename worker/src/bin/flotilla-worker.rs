@@ -28,7 +28,7 @@ struct Args {
     data_root: PathBuf,
     /// Containers to keep prepared in advance (namespaces and cgroups made
     /// ahead of time, which takes most of a start); 0 disables.
-    #[arg(long = "sandbox-pool", default_value_t = 2, value_parser = clap::value_parser!(u16).range(0..=64))]
+    #[arg(long = "sandbox-pool", default_value_t = 8, value_parser = clap::value_parser!(u16).range(0..=64))]
     sandbox_pool: u16,
     /// Log at debug level.
     #[arg(short = 'D', long)]
