@@ -138,3 +138,47 @@ fn corrupt_state_file_is_reported_with_its_path() {
         "the corrupt file's path is reported; log:\n{text}"
     );
 }
+
+#[test]
+fn killing_a_shim_kills_its_container_and_records_the_loss() {
+    let d = Daemon::start();
+    let img = busybox_image(&d, "shimkill");
+    d.ok(&["run", "-d", "--name", "orphan", &img, "sleep", "1000"]);
+    let pid = d.inspect("orphan")["State"]["Pid"].as_i64().unwrap() as i32;
+    let record = d
+        .data_root()
+        .join("containers")
+        .join(d.inspect("orphan")["Id"].as_str().unwrap())
+        .join("config.v2.json");
+    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    let shim = rec["shim_pid"].as_i64().unwrap() as i32;
+    assert!(shim > 0, "{rec}");
+    // The shim we just looked up, by PID.
+    let status = std::process::Command::new("kill")
+        .args(["-9", &shim.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    poll_for(T, "the container to die with its shim", || {
+        // Gone, or a zombie waiting for the machine's init to reap it.
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat)
+                if !stat
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z') =>
+            {
+                Err(format!("process {pid} still alive"))
+            }
+            _ => Ok(()),
+        }
+    });
+    d.wait_status("orphan", "exited", T);
+    let state = &d.inspect("orphan")["State"];
+    assert!(
+        state["Error"].as_str().unwrap_or("").contains("shim"),
+        "{state}"
+    );
+}

@@ -300,6 +300,9 @@ fn child_main(req: &SandboxRequest, ends: ChildEnds) -> ! {
         );
         std::process::exit(code);
     };
+    // If the shim dies (killed by hand, OOM), the container must not live on
+    // unwatched: it is killed with it.
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     let _ = nix::unistd::dup2_stdout(&ends.out_w);
     let _ = nix::unistd::dup2_stderr(&ends.err_w);
     if let Ok(null) = File::open("/dev/null") {
