@@ -205,6 +205,8 @@ fn setup_and_exec(
     // missing binaries rather than permission errors on $PATH directories.
     let exe = find_executable(arg0, &env)?;
     super::drop_privileges(process).map_err(engine("failed to set the process credentials"))?;
+    // Changing credentials cleared the parent-death signal the sandbox set.
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
 
     // 6. exec
     let c_exe = CString::new(exe.as_os_str().as_encoded_bytes())
