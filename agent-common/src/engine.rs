@@ -48,6 +48,31 @@ pub struct RestartPolicy {
     pub maximum_retry_count: i64,
 }
 
+/// Where a container port is published on the host.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct PortBinding {
+    /// Host address; empty means every address.
+    pub host_ip: String,
+    /// Host port; empty means one chosen from the ephemeral range.
+    pub host_port: String,
+}
+
+/// A container's network state (Docker's `NetworkSettings`, bridge part).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NetworkSettings {
+    pub bridge: String,
+    #[serde(rename = "IPAddress")]
+    pub ip_address: String,
+    #[serde(rename = "IPPrefixLen")]
+    pub ip_prefix_len: u8,
+    pub gateway: String,
+    pub mac_address: String,
+    /// `"80/tcp"` → where it is published (empty list: exposed only).
+    pub ports: BTreeMap<String, Vec<PortBinding>>,
+}
+
 /// Host-specific settings of a container (Docker's `HostConfig`).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "PascalCase", default)]
@@ -55,8 +80,12 @@ pub struct HostConfig {
     /// `-v` specs as given: `NAME:/ctr[:ro]`, `/host:/ctr[:ro]` or `/ctr` (anonymous).
     pub binds: Vec<String>,
     pub volumes_from: Vec<String>,
-    /// "none", "host" or "default".
+    /// "bridge" (the default), "none" or "host".
     pub network_mode: String,
+    /// `-p`: `"80/tcp"` → host bindings.
+    pub port_bindings: BTreeMap<String, Vec<PortBinding>>,
+    /// `-P`: publish every exposed port on an ephemeral host port.
+    pub publish_all_ports: bool,
     pub restart_policy: RestartPolicy,
     pub auto_remove: bool,
     pub cap_add: Vec<String>,
@@ -134,6 +163,7 @@ pub struct ContainerInspect {
     pub mounts: Vec<MountPoint>,
     pub config: ContainerConfig,
     pub host_config: HostConfig,
+    pub network_settings: NetworkSettings,
     pub log_path: String,
 }
 
@@ -151,6 +181,8 @@ pub struct ContainerSummary {
     pub state: String,
     /// Human status: "Up 3 minutes", "Exited (0) 2 seconds ago".
     pub status: String,
+    /// Published ports as `ps` shows them (`0.0.0.0:8080->80/tcp`).
+    pub ports: String,
     pub labels: BTreeMap<String, String>,
 }
 

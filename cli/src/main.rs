@@ -123,6 +123,8 @@ pub enum ContainerVerb {
     Commit(CommitArgs),
     /// Display the running processes of a container.
     Top(OneContainer),
+    /// List a container's published ports (`80/tcp -> 0.0.0.0:8080`).
+    Port(OneContainer),
 }
 
 /// `flotilla container …`.
@@ -301,9 +303,13 @@ pub struct RunArgs {
     /// Expose a port or range (80, 53/udp, 8000-8010).
     #[arg(long, value_name = "PORT")]
     pub expose: Vec<String>,
-    /// Publish a container port on the host ([IP:][HOST_PORT:]PORT[/PROTO]); needs bridge networking.
+    /// Publish a container port on the host ([IP:][HOST_PORT:]PORT[/PROTO]); a missing
+    /// host port is chosen from the ephemeral range. Needs the bridge network.
     #[arg(short = 'p', long, value_name = "SPEC")]
     pub publish: Vec<String>,
+    /// Publish every exposed port (image EXPOSE and --expose) on an ephemeral host port.
+    #[arg(short = 'P', long = "publish-all")]
+    pub publish_all: bool,
     /// Key sequence that detaches from the container [default: ctrl-p,ctrl-q].
     #[arg(long = "detach-keys", value_name = "KEYS")]
     pub detach_keys: Option<String>,

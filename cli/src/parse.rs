@@ -567,6 +567,40 @@ pub fn publish(input: &str) -> Result<Vec<String>> {
     exposed_ports(&spec).map_err(|e| ParseError(format!("invalid --publish {input:?}: {e}")))
 }
 
+/// Parses a `-p/--publish` value into `(container port key, host ip, host port)`
+/// entries: `8080:80` → `("80/tcp", "", "8080")`; a container port range
+/// needs an equally long host range or none.
+pub fn publish_bindings(input: &str) -> Result<Vec<(String, String, String)>> {
+    let containers = publish(input)?;
+    let addr = input.rsplit_once('/').map_or(input, |(a, _)| a);
+    let parts: Vec<&str> = addr.rsplitn(3, ':').collect();
+    let host_port = parts.get(1).copied().unwrap_or("");
+    let host_ip = parts.get(2).copied().unwrap_or("");
+    if !host_ip.is_empty() && host_ip.parse::<std::net::Ipv4Addr>().is_err() {
+        return err(format!(
+            "invalid --publish {input:?}: {host_ip:?} is not an IPv4 address"
+        ));
+    }
+    let hosts: Vec<String> = if host_port.is_empty() {
+        vec![String::new(); containers.len()]
+    } else {
+        exposed_ports(host_port)?
+            .into_iter()
+            .map(|p| p.split('/').next().unwrap_or_default().to_string())
+            .collect()
+    };
+    if hosts.len() != containers.len() {
+        return err(format!(
+            "invalid --publish {input:?}: the host and container port ranges differ in length"
+        ));
+    }
+    Ok(containers
+        .into_iter()
+        .zip(hosts)
+        .map(|(c, h)| (c, host_ip.to_string(), h))
+        .collect())
+}
+
 /// Parses `--detach-keys`: comma-separated keys, each `ctrl-X` (X a letter,
 /// `@`, `[`, `\\`, `]`, `^` or `_`) or a single character.
 pub fn detach_keys(input: &str) -> Result<Vec<u8>> {
@@ -819,6 +853,20 @@ mod tests {
         assert_eq!(publish("127.0.0.1::80").unwrap(), vec!["80/tcp"]);
         assert!(publish("x:80").is_err());
         assert!(publish("8080:").is_err());
+        assert_eq!(
+            publish_bindings("127.0.0.1:8080:80").unwrap(),
+            vec![(
+                "80/tcp".to_string(),
+                "127.0.0.1".to_string(),
+                "8080".to_string()
+            )]
+        );
+        assert_eq!(
+            publish_bindings("53/udp").unwrap(),
+            vec![("53/udp".to_string(), String::new(), String::new())]
+        );
+        assert!(publish_bindings("8080-8081:80").is_err());
+        assert!(publish_bindings("nothost:8080:80").is_err());
     }
 
     #[test]

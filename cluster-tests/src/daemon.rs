@@ -39,8 +39,16 @@ impl DaemonBuilder {
         self
     }
 
-    /// Starts the daemon and waits until it serves its socket.
-    pub fn start(self) -> Daemon {
+    /// Starts the daemon and waits until it serves its socket. Unless a
+    /// `--bridge` was given, the daemon gets a bridge and subnet of its own
+    /// (tests run in parallel; each daemon's IPAM and nftables table must not
+    /// meet another's).
+    pub fn start(mut self) -> Daemon {
+        if !self.args.iter().any(|a| a == "--bridge") {
+            let (bridge, bip) = unique_bridge();
+            self.args
+                .extend(["--bridge".into(), bridge, "--bip".into(), bip]);
+        }
         let dir = tempfile::Builder::new()
             .prefix("flt-e2e-")
             .tempdir_in("/tmp")
@@ -54,6 +62,18 @@ impl DaemonBuilder {
         daemon.spawn();
         daemon
     }
+}
+
+/// A bridge name and subnet no other daemon of this test run uses:
+/// `flt<pid><n>` and `10.<200+pid%50>.<n>.1/24`.
+fn unique_bridge() -> (String, String) {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 250;
+    let pid = std::process::id();
+    (
+        format!("flt{:x}{n:02x}", pid % 0xffff),
+        format!("10.{}.{n}.1/24", 200 + pid % 50),
+    )
 }
 
 /// A running (or crashed) `flotilla-worker` owned by one test.
@@ -80,6 +100,12 @@ impl Daemon {
 
     fn dir(&self) -> &Path {
         self.dir.as_ref().expect("daemon dir").path()
+    }
+
+    /// The daemon's bridge device (`--bridge`), if it has one.
+    pub fn bridge(&self) -> Option<String> {
+        let i = self.args.iter().position(|a| a == "--bridge")?;
+        self.args.get(i + 1).cloned()
     }
 
     /// The daemon's `--data-root`.
@@ -375,6 +401,13 @@ impl Drop for Daemon {
         }
         self.stop();
         cleanup::reap(self.dir(), &self.data_root());
+        if let Some(bridge) = self.bridge() {
+            // The bridge device and this daemon's nftables table.
+            let _ = Command::new("ip").args(["link", "del", &bridge]).output();
+            let _ = Command::new("nft")
+                .args(["delete", "table", "ip", &format!("flotilla-{bridge}")])
+                .output();
+        }
         if panicking {
             eprintln!(
                 "===== flotilla-worker log ({}) =====\n{}\n===== end of log =====",

@@ -8,5 +8,6 @@
 
 pub mod engine;
 pub mod image;
+pub mod network;
 pub mod runtime;
 pub mod volume;

@@ -72,7 +72,7 @@ pub fn build_create(
             bail!("conflicting options: --restart and --rm (a container removed on exit cannot be restarted)");
         }
     }
-    if !a.publish.is_empty()
+    if (!a.publish.is_empty() || a.publish_all)
         && a.network
             .as_deref()
             .is_some_and(|n| n == "host" || n == "none")
@@ -91,11 +91,17 @@ pub fn build_create(
             exposed.insert(p, EmptyObject {});
         }
     }
-    if !a.publish.is_empty() {
-        bail!(
-            "publishing ports (-p {}) is not supported yet: bridge networking and port publishing are not available in this engine; use --network host",
-            a.publish.join(", -p ")
-        );
+    let mut port_bindings: std::collections::BTreeMap<
+        String,
+        Vec<agent_common::engine::PortBinding>,
+    > = std::collections::BTreeMap::new();
+    for p in &a.publish {
+        for (port, host_ip, host_port) in parse::publish_bindings(p)? {
+            port_bindings
+                .entry(port)
+                .or_default()
+                .push(agent_common::engine::PortBinding { host_ip, host_port });
+        }
     }
     let binds = a
         .volumes
@@ -103,6 +109,8 @@ pub fn build_create(
         .map(|v| parse::volume_spec(v).map(|_| v.clone()))
         .collect::<parse::Result<Vec<_>>>()?;
     let host_config = HostConfig {
+        port_bindings,
+        publish_all_ports: a.publish_all,
         binds,
         volumes_from: a.volumes_from.clone(),
         network_mode: match &a.network {
@@ -264,6 +272,23 @@ pub async fn verb(ctx: &mut Ctx, v: ContainerVerb) -> Result<i32> {
         }
         ContainerVerb::Export(a) => export(ctx, a).await,
         ContainerVerb::Commit(a) => commit(ctx, a).await,
+        ContainerVerb::Port(a) => {
+            let mut e = ctx.engine().await?;
+            let r = e
+                .inspect_container(ContainerRef {
+                    container: a.container,
+                })
+                .await
+                .rpc()?
+                .into_inner();
+            let inspect: agent_common::engine::ContainerInspect = decode(&r.json)?;
+            for (port, bindings) in &inspect.network_settings.ports {
+                for b in bindings {
+                    println!("{port} -> {}:{}", b.host_ip, b.host_port);
+                }
+            }
+            Ok(0)
+        }
         ContainerVerb::Top(a) => {
             let mut e = ctx.engine().await?;
             let r = e

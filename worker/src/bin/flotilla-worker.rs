@@ -30,6 +30,13 @@ struct Args {
     /// ahead of time, which takes most of a start); 0 disables.
     #[arg(long = "sandbox-pool", default_value_t = 8, value_parser = clap::value_parser!(u16).range(0..=64))]
     sandbox_pool: u16,
+    /// Name of the default bridge network's host bridge device.
+    #[arg(long = "bridge", default_value = "flotilla0")]
+    bridge: String,
+    /// Address and prefix of the default bridge (its gateway); containers get
+    /// addresses from this subnet. Docker's docker0 uses 172.17.0.1/16.
+    #[arg(long = "bip", default_value = "10.87.0.1/16")]
+    bip: String,
     /// Log at debug level.
     #[arg(short = 'D', long)]
     debug: bool,
@@ -123,8 +130,12 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         tracing::error!("{w}");
     }
     let listener = bind(&socket).await?;
+    let bridge = worker::network::Bridge::setup(&args.bridge, &args.bip)
+        .await
+        .with_context(|| format!("failed to set up the bridge {}", args.bridge))?;
+    let _ = engine.pool.bridge.set(std::sync::Arc::new(bridge));
     engine.adopt().await;
-    engine.pool.refill();
+    engine.pool.refill_all();
     tracing::info!(socket = %socket.display(), data_root = %args.data_root.display(), cgroups = engine.cgroups.describe(), "flotilla-worker ready");
     let shutdown = async {
         let mut term =

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use agent_common::engine::{
     ContainerConfig, ContainerInspect, ContainerState, ContainerSummary, HostConfig, MountPoint,
+    NetworkSettings,
 };
 use serde::{Deserialize, Serialize};
 use tokio::net::unix::pipe;
@@ -43,6 +44,10 @@ pub struct ContainerRecord {
     pub shim_pid: i32,
     pub shim_start_time: u64,
     pub cgroup: Option<ContainerCgroup>,
+    /// Address, gateway, MAC and published ports while running on the bridge.
+    pub network_settings: NetworkSettings,
+    /// The bridge endpoint (host veth) while running on the bridge.
+    pub endpoint: Option<crate::network::Endpoint>,
     /// The running container's terminal on the host (`/dev/pts/N`), with `-t`.
     pub tty_path: Option<String>,
     /// Set by `stop`/`kill`: the restart policy must not bring it back.
@@ -87,6 +92,7 @@ impl ContainerRecord {
             mounts: self.mounts.clone(),
             config: self.config.clone(),
             host_config: self.host_config.clone(),
+            network_settings: self.network_settings.clone(),
             log_path: log_path.display().to_string(),
         }
     }
@@ -110,9 +116,29 @@ impl ContainerRecord {
             created: parse_unix(&self.created),
             state: self.state.status.clone(),
             status: human_status(&self.state),
+            ports: ports_column(&self.network_settings),
             labels: self.config.labels.clone(),
         }
     }
+}
+
+/// The PORTS column of `ps`: `0.0.0.0:8080->80/tcp, 53/udp`.
+pub fn ports_column(ns: &NetworkSettings) -> String {
+    let mut out = Vec::new();
+    for (port, bindings) in &ns.ports {
+        if bindings.is_empty() {
+            out.push(port.clone());
+        }
+        for b in bindings {
+            let ip = if b.host_ip.is_empty() {
+                "0.0.0.0"
+            } else {
+                b.host_ip.as_str()
+            };
+            out.push(format!("{ip}:{}->{port}", b.host_port));
+        }
+    }
+    out.join(", ")
 }
 
 /// Unix seconds of an RFC 3339 time (0 if unparseable).

@@ -194,16 +194,40 @@ fn validate(req: &CreateContainer) -> Result<()> {
         )));
     }
     match hc.network_mode.as_str() {
-        "" | "default" | "none" | "host" => {}
-        "bridge" => {
-            return Err(invalid(
-                "network \"bridge\" is not available yet: use --network none or --network host",
-            ))
-        }
+        "" | "default" | "bridge" | "none" | "host" => {}
         other => {
             return Err(invalid(format!(
-                "network {other} not found: this engine supports --network none and --network host"
+                "network {other} not found: use bridge (the default), none or host"
             )))
+        }
+    }
+    let bridged = matches!(hc.network_mode.as_str(), "" | "default" | "bridge");
+    if !bridged && (!hc.port_bindings.is_empty() || hc.publish_all_ports) {
+        return Err(invalid(format!(
+            "ports cannot be published with --network {}: publishing needs the bridge network",
+            hc.network_mode
+        )));
+    }
+    for (port, bindings) in &hc.port_bindings {
+        let (p, proto) = port.split_once('/').unwrap_or((port.as_str(), "tcp"));
+        if p.parse::<u16>().map_or(true, |n| n == 0) || !matches!(proto, "tcp" | "udp") {
+            return Err(invalid(format!(
+                "invalid container port {port:?}: use PORT/tcp or PORT/udp"
+            )));
+        }
+        for b in bindings {
+            if !b.host_ip.is_empty() && b.host_ip.parse::<std::net::Ipv4Addr>().is_err() {
+                return Err(invalid(format!(
+                    "invalid host address {:?} for port {port}",
+                    b.host_ip
+                )));
+            }
+            if !b.host_port.is_empty() && b.host_port.parse::<u16>().map_or(true, |n| n == 0) {
+                return Err(invalid(format!(
+                    "invalid host port {:?} for port {port}",
+                    b.host_port
+                )));
+            }
         }
     }
     for b in &hc.binds {
@@ -280,8 +304,12 @@ impl Engine {
         let img = image.config.config.clone().unwrap_or_default();
         let user = req.config;
         let mut hc = req.host_config;
+        let mut user_exposed: Vec<String> = Vec::new();
         if matches!(hc.network_mode.as_str(), "" | "default") {
-            hc.network_mode = "none".into();
+            hc.network_mode = "bridge".into();
+        }
+        for port in hc.port_bindings.keys() {
+            user_exposed.push(port.clone());
         }
 
         // Command: Docker's ENTRYPOINT/CMD rules.
@@ -326,6 +354,9 @@ impl Engine {
             config.user = img.user.clone();
         }
         for (port, _) in img.exposed_ports.clone().unwrap_or_default() {
+            config.exposed_ports.entry(port).or_default();
+        }
+        for port in user_exposed {
             config.exposed_ports.entry(port).or_default();
         }
         for (v, _) in img.volumes.clone().unwrap_or_default() {

@@ -18,7 +18,9 @@ use nix::unistd::Pid;
 
 use super::container::Container;
 use super::create::parse_signal;
+use super::pool::NetKind;
 use super::{now_rfc3339, Engine, EngineError, Result};
+use crate::network::{Bridge, Endpoint, Published};
 use crate::runtime::cgroups::Limits;
 use crate::runtime::spec::{self, BindMount, NetworkMode, SpecInput};
 use crate::runtime::{ExitRecord, ShimConfig, StartReport};
@@ -56,6 +58,71 @@ fn host_resolv_conf() -> String {
         })
         .map(|l| format!("{l}\n"))
         .collect()
+}
+
+/// NetworkSettings for a container started on the bridge.
+fn network_settings(
+    rec: &super::container::ContainerRecord,
+    ep: Option<&Endpoint>,
+    bridge: Option<&Arc<Bridge>>,
+    published: &[Published],
+) -> agent_common::engine::NetworkSettings {
+    let Some(ep) = ep else {
+        return Default::default();
+    };
+    let mut ports: std::collections::BTreeMap<String, Vec<agent_common::engine::PortBinding>> = rec
+        .config
+        .exposed_ports
+        .keys()
+        .map(|k| (k.clone(), Vec::new()))
+        .collect();
+    for p in published {
+        ports
+            .entry(format!("{}/{}", p.container_port, p.proto))
+            .or_default()
+            .push(agent_common::engine::PortBinding {
+                host_ip: p
+                    .host_ip
+                    .map(|i| i.to_string())
+                    .unwrap_or_else(|| "0.0.0.0".into()),
+                host_port: p.host_port.to_string(),
+            });
+    }
+    agent_common::engine::NetworkSettings {
+        bridge: bridge.map(|b| b.name.clone()).unwrap_or_default(),
+        ip_address: ep.ip.to_string(),
+        ip_prefix_len: ep.prefix,
+        gateway: ep.gateway.to_string(),
+        mac_address: ep.mac.clone(),
+        ports,
+    }
+}
+
+/// The published ports recorded in NetworkSettings.
+fn published_of(ns: &agent_common::engine::NetworkSettings) -> Vec<Published> {
+    let mut out = Vec::new();
+    for (port, bindings) in &ns.ports {
+        let (p, proto) = port.split_once('/').unwrap_or((port.as_str(), "tcp"));
+        let Ok(container_port) = p.parse() else {
+            continue;
+        };
+        for b in bindings {
+            let Ok(host_port) = b.host_port.parse() else {
+                continue;
+            };
+            out.push(Published {
+                proto: proto.to_string(),
+                container_port,
+                host_ip: b
+                    .host_ip
+                    .parse()
+                    .ok()
+                    .filter(|i: &std::net::Ipv4Addr| !i.is_unspecified()),
+                host_port,
+            });
+        }
+    }
+    out
 }
 
 impl Engine {
@@ -113,18 +180,58 @@ impl Engine {
             env.push(format!("HOME={home}"));
         }
 
-        let network = if rec.host_config.network_mode == "host" {
+        let kind = match rec.host_config.network_mode.as_str() {
+            "host" => NetKind::Host,
+            "none" => NetKind::Isolated,
+            _ => NetKind::Bridged,
+        };
+        let network = if kind == NetKind::Host {
             NetworkMode::Host
         } else {
             NetworkMode::None
         };
-        let (hosts, resolv) = match network {
-            NetworkMode::Host => (
+        let mut sandbox = self.pool.take(kind).await?;
+        let (hosts, resolv) = match (kind, &sandbox.endpoint) {
+            (NetKind::Host, _) => (
                 fs::read_to_string("/etc/hosts").unwrap_or_else(|_| HOSTS.to_string()),
                 fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
             ),
-            NetworkMode::None => (HOSTS.to_string(), host_resolv_conf()),
+            (_, Some(ep)) => (
+                format!("{HOSTS}{}\t{}\n", ep.ip, rec.config.hostname),
+                host_resolv_conf(),
+            ),
+            _ => (HOSTS.to_string(), host_resolv_conf()),
         };
+        // Published ports: -p bindings, and with -P every exposed port.
+        let mut published = Vec::new();
+        if let Some(ep) = &sandbox.endpoint {
+            let bridge = self
+                .pool
+                .bridge
+                .get()
+                .ok_or_else(|| EngineError::Internal("no bridge".into()))?;
+            let mut wanted: Vec<(String, agent_common::engine::PortBinding)> = Vec::new();
+            for (port, bindings) in &rec.host_config.port_bindings {
+                for b in bindings {
+                    wanted.push((port.clone(), b.clone()));
+                }
+            }
+            if rec.host_config.publish_all_ports {
+                for port in rec.config.exposed_ports.keys() {
+                    if !rec.host_config.port_bindings.contains_key(port) {
+                        wanted.push((port.clone(), Default::default()));
+                    }
+                }
+            }
+            published =
+                bridge
+                    .publish(ep.ip, &wanted)
+                    .await
+                    .map_err(|e| EngineError::StartFailed {
+                        exit_code: 125,
+                        message: e.to_string(),
+                    })?;
+        }
         let etc = [
             ("hostname", format!("{}\n", rec.config.hostname)),
             ("hosts", hosts),
@@ -176,7 +283,6 @@ impl Engine {
         let spec = spec::build(&input).map_err(|e| EngineError::InvalidArgument(e.to_string()))?;
         spec.save(dir.join("config.json"))
             .map_err(|e| EngineError::Internal(format!("failed to write config.json: {e}")))?;
-        let mut sandbox = self.pool.take(network == NetworkMode::None).await?;
         let cgroup = sandbox.cgroup.clone();
         let stdin_fifo = rec.config.open_stdin.then(|| dir.join("stdin"));
         let shim = ShimConfig {
@@ -214,7 +320,13 @@ impl Engine {
                 tty_path,
                 ..
             }) => {
+                sandbox.keep_address();
+                let endpoint = sandbox.endpoint.clone();
+                let settings =
+                    network_settings(&rec, endpoint.as_ref(), self.pool.bridge.get(), &published);
                 c.update(&dir, |r| {
+                    r.endpoint = endpoint;
+                    r.network_settings = settings;
                     r.state.status = "running".into();
                     r.state.running = true;
                     r.state.paused = false;
@@ -237,16 +349,20 @@ impl Engine {
                     sandbox.wait_exit_recorded().await;
                     tracing::debug!(container = %container.id, "exit recorded");
                     // Reap the shim whenever it finishes its teardown.
-                    let mut shim = sandbox.child;
-                    tokio::spawn(async move {
-                        let _ = shim.wait().await;
-                    });
+                    if let Some(mut shim) = sandbox.take_shim() {
+                        tokio::spawn(async move {
+                            let _ = shim.wait().await;
+                        });
+                    }
                     engine.handle_exit(&container).await;
                 });
                 Ok(())
             }
             other => {
-                let _ = sandbox.child.wait().await;
+                if let (Some(ep), Some(bridge)) = (&sandbox.endpoint, self.pool.bridge.get()) {
+                    bridge.unpublish(ep.ip, &published).await;
+                }
+                sandbox.wait_shim().await;
                 let failure =
                     other
                         .and_then(|r| r.failure)
@@ -311,7 +427,16 @@ impl Engine {
             },
         };
         c.stdin.lock().await.take();
+        let rec_now = c.record();
+        if let (Some(ep), Some(bridge)) = (&rec_now.endpoint, self.pool.bridge.get()) {
+            bridge
+                .unpublish(ep.ip, &published_of(&rec_now.network_settings))
+                .await;
+            bridge.release(ep.ip);
+        }
         let _ = c.update(&dir, |r| {
+            r.endpoint = None;
+            r.network_settings = Default::default();
             r.state.status = "exited".into();
             r.state.running = false;
             r.state.paused = false;
@@ -645,6 +770,27 @@ impl Engine {
             };
             match pidfd {
                 Some(fd) if rec.state.running => {
+                    if let (Some(ep), Some(bridge)) = (&rec.endpoint, self.pool.bridge.get()) {
+                        bridge.mark_used(ep.ip);
+                        let wanted: Vec<_> = published_of(&rec.network_settings)
+                            .into_iter()
+                            .map(|p| {
+                                (
+                                    format!("{}/{}", p.container_port, p.proto),
+                                    agent_common::engine::PortBinding {
+                                        host_ip: p
+                                            .host_ip
+                                            .map(|i| i.to_string())
+                                            .unwrap_or_default(),
+                                        host_port: p.host_port.to_string(),
+                                    },
+                                )
+                            })
+                            .collect();
+                        if let Err(e) = bridge.publish(ep.ip, &wanted).await {
+                            tracing::warn!(container = %c.id, "could not restore published ports: {e}");
+                        }
+                    }
                     if rec.config.open_stdin {
                         let fifo = self.container_dir(&c.id).join("stdin");
                         if let Ok(sender) = tokio::net::unix::pipe::OpenOptions::new()

@@ -9,29 +9,44 @@
 //! demand. A sandbox whose daemon goes away sees its stdin close and tears
 //! itself down, so nothing leaks across daemon restarts.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
 use super::{random_id, EngineError, Result};
+use crate::network::{Bridge, Endpoint};
 use crate::runtime::cgroups::{ContainerCgroup, Layout};
 use crate::runtime::shim::{SandboxReady, SandboxRequest};
 use crate::runtime::StartReport;
+
+/// The network a sandbox comes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NetKind {
+    /// Its own network namespace with loopback only (`--network none`).
+    Isolated,
+    /// Its own namespace plugged into the default bridge (`--network bridge`).
+    Bridged,
+    /// The host's network namespace (`--network host`).
+    Host,
+}
 
 /// How long a shim may take to prepare a sandbox or to start a container.
 const SHIM_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A shim waiting for a bundle.
 pub struct Sandbox {
-    pub child: Child,
+    child: Option<Child>,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
     pub cgroup: ContainerCgroup,
     pub own_network: bool,
+    /// The bridge endpoint of a bridged sandbox (its address is reserved).
+    pub endpoint: Option<Endpoint>,
+    /// Gives the address back if the sandbox is dropped unused.
+    release_on_drop: Option<(Arc<Bridge>, std::net::Ipv4Addr)>,
     /// PID of the shim, and its start time.
     pub shim_pid: i32,
     pub shim_start_time: u64,
@@ -39,7 +54,12 @@ pub struct Sandbox {
 
 impl Sandbox {
     /// Starts a shim and waits until its sandbox is ready.
-    pub async fn prepare(layout: &Layout, own_network: bool) -> Result<Sandbox> {
+    pub async fn prepare(
+        layout: &Layout,
+        kind: NetKind,
+        bridge: Option<&Arc<Bridge>>,
+    ) -> Result<Sandbox> {
+        let own_network = kind != NetKind::Host;
         let request = SandboxRequest {
             cgroup: ContainerCgroup::plan(layout, &random_id()),
             own_network,
@@ -59,19 +79,45 @@ impl Sandbox {
                 .ok_or_else(|| EngineError::Internal("shim without stdout".into()))?,
         );
         let mut sandbox = Sandbox {
-            child,
+            child: Some(child),
             stdin,
             stdout,
             cgroup: request.cgroup,
             own_network,
+            endpoint: None,
+            release_on_drop: None,
             shim_pid,
             shim_start_time,
         };
         let ready: Option<SandboxReady> = sandbox.read_line().await;
         match ready {
-            Some(SandboxReady { pid: Some(_), .. }) => Ok(sandbox),
+            Some(SandboxReady { pid: Some(pid), .. }) => {
+                if kind == NetKind::Bridged {
+                    let bridge = bridge.ok_or_else(|| {
+                        EngineError::Internal(
+                            "bridge networking is not set up on this daemon".into(),
+                        )
+                    })?;
+                    let ip = bridge
+                        .allocate()
+                        .map_err(|e| EngineError::Internal(e.to_string()))?;
+                    match bridge.attach(pid, ip).await {
+                        Ok(ep) => {
+                            sandbox.endpoint = Some(ep);
+                            sandbox.release_on_drop = Some((bridge.clone(), ip));
+                        }
+                        Err(e) => {
+                            bridge.release(ip);
+                            return Err(EngineError::Internal(format!(
+                                "failed to connect the container to the bridge: {e}"
+                            )));
+                        }
+                    }
+                }
+                Ok(sandbox)
+            }
             other => {
-                let _ = sandbox.child.wait().await;
+                sandbox.wait_shim().await;
                 Err(EngineError::Internal(format!(
                     "failed to prepare a container sandbox: {}",
                     other
@@ -88,6 +134,24 @@ impl Sandbox {
             Ok(Ok(n)) if n > 0 => serde_json::from_str(line.trim()).ok(),
             _ => None,
         }
+    }
+
+    /// Waits for the shim process to end (reaps it).
+    pub async fn wait_shim(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.wait().await;
+        }
+    }
+
+    /// Hands the shim process over (to be reaped whenever it finishes).
+    pub fn take_shim(&mut self) -> Option<Child> {
+        self.child.take()
+    }
+
+    /// The container took over the sandbox's address: it is released when
+    /// the container exits, not when the sandbox is dropped.
+    pub fn keep_address(&mut self) {
+        self.release_on_drop = None;
     }
 
     /// Waits until the shim has recorded the container's exit: it closes its
@@ -115,37 +179,63 @@ impl Sandbox {
     }
 }
 
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Some((bridge, ip)) = self.release_on_drop.take() {
+            bridge.release(ip);
+        }
+    }
+}
+
 /// The pool of ready sandboxes.
 pub struct SandboxPool {
     layout: Layout,
     target: usize,
-    ready: Mutex<VecDeque<Sandbox>>,
-    filling: AtomicBool,
+    ready: Mutex<HashMap<NetKind, VecDeque<Sandbox>>>,
+    filling: Mutex<HashMap<NetKind, bool>>,
+    /// The default bridge, once the daemon has set it up.
+    pub bridge: OnceLock<Arc<Bridge>>,
 }
 
 impl SandboxPool {
-    /// A pool that keeps `target` sandboxes ready (0 disables it).
+    /// A pool that keeps `target` bridged sandboxes ready, and a quarter as
+    /// many isolated ones (0 disables it).
     pub fn new(layout: Layout, target: usize) -> Arc<SandboxPool> {
         Arc::new(SandboxPool {
             layout,
             target,
-            ready: Mutex::new(VecDeque::new()),
-            filling: AtomicBool::new(false),
+            ready: Mutex::new(HashMap::new()),
+            filling: Mutex::new(HashMap::new()),
+            bridge: OnceLock::new(),
         })
     }
 
+    fn target_for(&self, kind: NetKind) -> usize {
+        match kind {
+            NetKind::Bridged if self.bridge.get().is_some() => self.target,
+            NetKind::Bridged | NetKind::Host => 0,
+            NetKind::Isolated => self.target.div_ceil(4),
+        }
+    }
+
     /// A sandbox: a ready one if there is one, else a new one.
-    pub async fn take(self: &Arc<Self>, own_network: bool) -> Result<Sandbox> {
-        let ready = if own_network {
-            self.ready.lock().ok().and_then(|mut q| q.pop_front())
-        } else {
-            None
-        };
-        self.refill();
+    pub async fn take(self: &Arc<Self>, kind: NetKind) -> Result<Sandbox> {
+        let ready = self
+            .ready
+            .lock()
+            .ok()
+            .and_then(|mut q| q.get_mut(&kind).and_then(|q| q.pop_front()));
+        self.refill(kind);
         match ready {
             Some(s) => Ok(s),
-            None => Sandbox::prepare(&self.layout, own_network).await,
+            None => Sandbox::prepare(&self.layout, kind, self.bridge.get()).await,
         }
+    }
+
+    /// Tops every pooled kind up (at daemon start).
+    pub fn refill_all(self: &Arc<Self>) {
+        self.refill(NetKind::Bridged);
+        self.refill(NetKind::Isolated);
     }
 
     /// Tops the pool up in the background once it is down to half, making
@@ -153,30 +243,44 @@ impl SandboxPool {
     /// an RCU grace period and, meanwhile, stalls every fork on the host (the
     /// cgroup thread-group lock); preparing sandboxes together pays that wait
     /// once per batch instead of once per container, and less often.
-    pub fn refill(self: &Arc<Self>) {
-        let have = self.ready.lock().map(|q| q.len()).unwrap_or(usize::MAX);
-        if self.target == 0 || have > self.target / 2 || self.filling.swap(true, Ordering::SeqCst) {
+    pub fn refill(self: &Arc<Self>, kind: NetKind) {
+        let target = self.target_for(kind);
+        let have = self
+            .ready
+            .lock()
+            .map(|q| q.get(&kind).map_or(0, VecDeque::len))
+            .unwrap_or(usize::MAX);
+        if target == 0 || have > target / 2 {
             return;
+        }
+        {
+            let mut filling = self.filling.lock().unwrap_or_else(|e| e.into_inner());
+            if filling.get(&kind).copied().unwrap_or(false) {
+                return;
+            }
+            filling.insert(kind, true);
         }
         let pool = self.clone();
         tokio::spawn(async move {
-            let have = pool.ready.lock().map(|q| q.len()).unwrap_or(usize::MAX);
-            let missing = pool.target.saturating_sub(have);
+            let missing = target.saturating_sub(have);
             let batch = (0..missing).map(|_| {
                 let layout = pool.layout.clone();
-                async move { Sandbox::prepare(&layout, true).await }
+                let bridge = pool.bridge.get().cloned();
+                async move { Sandbox::prepare(&layout, kind, bridge.as_ref()).await }
             });
             for result in futures_join_all(batch).await {
                 match result {
                     Ok(s) => {
                         if let Ok(mut q) = pool.ready.lock() {
-                            q.push_back(s);
+                            q.entry(kind).or_default().push_back(s);
                         }
                     }
                     Err(e) => tracing::warn!("sandbox pool: {e}"),
                 }
             }
-            pool.filling.store(false, Ordering::SeqCst);
+            if let Ok(mut f) = pool.filling.lock() {
+                f.insert(kind, false);
+            }
         });
     }
 }
