@@ -543,7 +543,7 @@ pub fn ps_row(c: &ContainerSummary, no_trunc: bool, now: i64) -> Value {
         "Command": format!("\"{command}\""),
         "CreatedAt": format::docker_time(c.created),
         "RunningFor": format::human_duration(now - c.created),
-        "Ports": "",
+        "Ports": c.ports,
         "State": c.state,
         "Status": c.status,
         "Names": names.join(","),
@@ -1021,6 +1021,10 @@ mod tests {
         assert!(c.config.stdin_once && c.config.attach_stdin);
         let c = build_create(&run_args(&["--pids-limit", "-1", "busybox"]), &env).unwrap();
         assert_eq!(c.host_config.pids_limit, 0);
+        let c = build_create(&run_args(&["-p", "127.0.0.1:8080:80", "-P", "busybox"]), &env).unwrap();
+        assert_eq!(c.host_config.port_bindings["80/tcp"][0].host_port, "8080");
+        assert_eq!(c.host_config.port_bindings["80/tcp"][0].host_ip, "127.0.0.1");
+        assert!(c.host_config.publish_all_ports);
     }
 
     #[test]
@@ -1042,7 +1046,7 @@ mod tests {
             (&["--stop-signal", "NOPE", "busybox"], "invalid signal"),
             (&["--name", "a b", "busybox"], "invalid container name"),
             (&["-w", "rel", "busybox"], "absolute"),
-            (&["-p", "8080:80", "busybox"], "not supported yet"),
+            (&["-p", "8080:80", "--network", "host", "busybox"], "conflicting options"),
             (&["-p", "x:80", "busybox"], "invalid --publish"),
             (&["--cap-add", "FLY", "busybox"], "unknown capability"),
             (&["--env-file", "/nonexistent/env", "busybox"], "env file"),
@@ -1073,6 +1077,7 @@ mod tests {
             created: 1000,
             state: "running".into(),
             status: "Up 2 minutes".into(),
+            ports: "0.0.0.0:8080->80/tcp".into(),
             labels: [("tier".to_string(), "web".to_string())].into(),
         }
     }
