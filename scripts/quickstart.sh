@@ -21,7 +21,10 @@ rm -f "$tar"
 "$bin/flotilla" run -d --name web --network host busybox httpd -f -p 127.0.0.1:8080 -h /www
 "$bin/flotilla" ps
 for _ in $(seq 50); do
-  if "$bin/flotilla" run --rm --network host busybox wget -qO- http://127.0.0.1:8080/ 2>/dev/null; then break; fi
+  if "$bin/flotilla" run --rm --network host busybox sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc 127.0.0.1 8080" 2>/dev/null | grep -q Flotilla; then
+    "$bin/flotilla" run --rm --network host busybox sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc 127.0.0.1 8080" | tail -1
+    break
+  fi
   sleep 0.1
 done
 echo "stop it with: $bin/flotilla rm -f web"
