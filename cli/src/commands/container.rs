@@ -1021,9 +1021,16 @@ mod tests {
         assert!(c.config.stdin_once && c.config.attach_stdin);
         let c = build_create(&run_args(&["--pids-limit", "-1", "busybox"]), &env).unwrap();
         assert_eq!(c.host_config.pids_limit, 0);
-        let c = build_create(&run_args(&["-p", "127.0.0.1:8080:80", "-P", "busybox"]), &env).unwrap();
+        let c = build_create(
+            &run_args(&["-p", "127.0.0.1:8080:80", "-P", "busybox"]),
+            &env,
+        )
+        .unwrap();
         assert_eq!(c.host_config.port_bindings["80/tcp"][0].host_port, "8080");
-        assert_eq!(c.host_config.port_bindings["80/tcp"][0].host_ip, "127.0.0.1");
+        assert_eq!(
+            c.host_config.port_bindings["80/tcp"][0].host_ip,
+            "127.0.0.1"
+        );
         assert!(c.host_config.publish_all_ports);
     }
 
@@ -1046,7 +1053,10 @@ mod tests {
             (&["--stop-signal", "NOPE", "busybox"], "invalid signal"),
             (&["--name", "a b", "busybox"], "invalid container name"),
             (&["-w", "rel", "busybox"], "absolute"),
-            (&["-p", "8080:80", "--network", "host", "busybox"], "conflicting options"),
+            (
+                &["-p", "8080:80", "--network", "host", "busybox"],
+                "conflicting options",
+            ),
             (&["-p", "x:80", "busybox"], "invalid --publish"),
             (&["--cap-add", "FLY", "busybox"], "unknown capability"),
             (&["--env-file", "/nonexistent/env", "busybox"], "env file"),
