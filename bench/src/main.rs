@@ -37,6 +37,19 @@ enum Cmd {
         #[arg(long, default_value = "target/release")]
         bin_dir: PathBuf,
     },
+    /// Bridge networking: bridged vs unnetworked start, and TCP connect latency and
+    /// throughput through a published port vs straight to the container's address.
+    Network {
+        /// Samples per contender.
+        #[arg(short = 'n', long, default_value_t = 30)]
+        runs: usize,
+        /// Megabytes sent per throughput sample.
+        #[arg(long, default_value_t = 200)]
+        megabytes: usize,
+        /// Directory with the flotilla and flotilla-worker binaries.
+        #[arg(long, default_value = "target/release")]
+        bin_dir: PathBuf,
+    },
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -104,10 +117,19 @@ struct Daemon {
     socket: PathBuf,
 }
 
+/// The bench daemons' own bridge, removed when they stop.
+const BENCH_BRIDGE: &str = "fltbench";
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = Command::new("ip")
+            .args(["link", "del", BENCH_BRIDGE])
+            .output();
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", &format!("flotilla-{BENCH_BRIDGE}")])
+            .output();
     }
 }
 
@@ -118,6 +140,7 @@ fn start_daemon(bin_dir: &Path, dir: &Path) -> Result<Daemon> {
         .arg(format!("unix://{}", socket.display()))
         .arg("--data-root")
         .arg(dir.join("root"))
+        .args(["--bridge", BENCH_BRIDGE, "--bip", "10.86.0.1/24"])
         .stderr(std::fs::File::create(dir.join("daemon.log"))?)
         .spawn()
         .context("start flotilla-worker (build with cargo build --release first)")?;
@@ -219,7 +242,15 @@ fn start_latency(runs: usize, bin_dir: &Path) -> Result<()> {
     let mut crun_error = None;
     let mut runc_error = None;
     for i in 0..runs + 2 {
-        let f = time_command(cli(&["run", "--rm", "busybox", "/bin/true"]))?;
+        // --network none: a new network namespace with loopback only, as the runc/crun bundle.
+        let f = time_command(cli(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "busybox",
+            "/bin/true",
+        ]))?;
         let mut r = Command::new("runc");
         r.args(["run", "--bundle"])
             .arg(dir.join("bundle"))
@@ -270,7 +301,7 @@ fn start_latency(runs: usize, bin_dir: &Path) -> Result<()> {
         Ok(median(v))
     });
     let fm = median(flotilla);
-    results_ref.push(("flotilla run --rm busybox /bin/true", Ok(fm)));
+    results_ref.push(("flotilla run --rm --network none busybox /bin/true", Ok(fm)));
     results_ref.push((
         "runc run (same rootfs, same namespaces)",
         if runc.is_empty() {
@@ -336,9 +367,147 @@ fn crun_in_v1_namespace(bundle: &Path, runs: usize) -> Result<Vec<Duration>> {
     Ok(v)
 }
 
+/// Sends `mb` megabytes to `addr` and returns the rate in MB/s.
+fn throughput(addr: &str, mb: usize) -> Result<f64> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr)?;
+    let chunk = vec![0x5au8; 1 << 20];
+    let start = Instant::now();
+    for _ in 0..mb {
+        s.write_all(&chunk)?;
+    }
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut s, &mut rest);
+    Ok(mb as f64 / start.elapsed().as_secs_f64())
+}
+
+fn connect_time(addr: &str) -> Result<Duration> {
+    let start = Instant::now();
+    let s = std::net::TcpStream::connect(addr)?;
+    let d = start.elapsed();
+    drop(s);
+    Ok(d)
+}
+
+fn network(runs: usize, mb: usize, bin_dir: &Path) -> Result<()> {
+    let tmp = tempfile::Builder::new()
+        .prefix("flotilla-bench-")
+        .tempdir()?;
+    let dir = tmp.path();
+    make_rootfs(dir)?;
+    let daemon = start_daemon(bin_dir, dir)?;
+    let host = format!("unix://{}", daemon.socket.display());
+    let cli = |args: &[&str]| {
+        let mut c = Command::new(bin_dir.join("flotilla"));
+        c.arg("-H").arg(&host).args(args);
+        c
+    };
+    let out = cli(&[
+        "import",
+        &dir.join("busybox.tar").display().to_string(),
+        "busybox:latest",
+    ])
+    .output()?;
+    if !out.status.success() {
+        bail!("import failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // Start latency: bridged (the default) vs --network none, interleaved.
+    let (mut bridged, mut none) = (Vec::new(), Vec::new());
+    for i in 0..runs + 2 {
+        let b = time_command(cli(&["run", "--rm", "busybox", "/bin/true"]))?;
+        let n = time_command(cli(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "busybox",
+            "/bin/true",
+        ]))?;
+        if i >= 2 {
+            bridged.push(b);
+            none.push(n);
+        }
+    }
+    // A sink server: one nc per connection, forever.
+    let out = cli(&[
+        "run",
+        "-d",
+        "--name",
+        "sink",
+        "-p",
+        "15001:5001",
+        "busybox",
+        "sh",
+        "-c",
+        "while true; do nc -l -p 5001 > /dev/null; done",
+    ])
+    .output()?;
+    if !out.status.success() {
+        bail!("sink failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let ip = String::from_utf8_lossy(
+        &cli(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "sink"])
+            .output()?
+            .stdout,
+    )
+    .trim()
+    .to_string();
+    let direct = format!("{ip}:5001");
+    let published = "127.0.0.1:15001".to_string();
+    std::thread::sleep(Duration::from_millis(300));
+    let (mut c_direct, mut c_pub, mut t_direct, mut t_pub) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        c_direct.push(connect_time(&direct)?);
+        std::thread::sleep(Duration::from_millis(20));
+        c_pub.push(connect_time(&published)?);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for _ in 0..5 {
+        t_direct.push(throughput(&direct, mb)?);
+        std::thread::sleep(Duration::from_millis(50));
+        t_pub.push(throughput(&published, mb)?);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = cli(&["rm", "-f", "sink"]).output();
+    let medf = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (bm, nm) = (median(bridged), median(none));
+    println!("bridge networking, medians ({runs} runs; throughput: 5 × {mb} MB)");
+    println!("  run --rm, bridged (default)      {:>8.2} ms", ms(bm));
+    println!(
+        "  run --rm, --network none         {:>8.2} ms   bridged/none = {:.2}",
+        ms(nm),
+        ms(bm) / ms(nm)
+    );
+    let (cd, cp) = (median(c_direct), median(c_pub));
+    println!("  TCP connect, container address   {:>8.3} ms", ms(cd));
+    println!(
+        "  TCP connect, published port      {:>8.3} ms   published/direct = {:.2}",
+        ms(cp),
+        ms(cp) / ms(cd)
+    );
+    let (td, tp) = (medf(t_direct), medf(t_pub));
+    println!("  throughput, container address    {td:>8.0} MB/s");
+    println!(
+        "  throughput, published port       {tp:>8.0} MB/s   published/direct = {:.2}",
+        tp / td
+    );
+    drop(daemon);
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     match args.command {
         Cmd::StartLatency { runs, bin_dir } => start_latency(runs.max(1), &bin_dir),
+        Cmd::Network {
+            runs,
+            megabytes,
+            bin_dir,
+        } => network(runs.max(1), megabytes.max(1), &bin_dir),
     }
 }

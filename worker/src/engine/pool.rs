@@ -193,33 +193,47 @@ pub struct SandboxPool {
     target: usize,
     ready: Mutex<HashMap<NetKind, VecDeque<Sandbox>>>,
     filling: Mutex<HashMap<NetKind, bool>>,
+    /// Kinds asked for since the daemon started: only those are kept ready
+    /// (bridged always, as it is the default).
+    wanted: Mutex<std::collections::HashSet<NetKind>>,
     /// The default bridge, once the daemon has set it up.
     pub bridge: OnceLock<Arc<Bridge>>,
 }
 
 impl SandboxPool {
-    /// A pool that keeps `target` bridged sandboxes ready, and a quarter as
-    /// many isolated ones (0 disables it).
+    /// A pool that keeps `target` sandboxes ready of every kind that has been
+    /// asked for (bridged from the start; isolated after the first
+    /// `--network none`); 0 disables it.
     pub fn new(layout: Layout, target: usize) -> Arc<SandboxPool> {
         Arc::new(SandboxPool {
             layout,
             target,
             ready: Mutex::new(HashMap::new()),
             filling: Mutex::new(HashMap::new()),
+            wanted: Mutex::new([NetKind::Bridged].into_iter().collect()),
             bridge: OnceLock::new(),
         })
     }
 
     fn target_for(&self, kind: NetKind) -> usize {
+        let wanted = self
+            .wanted
+            .lock()
+            .map(|w| w.contains(&kind))
+            .unwrap_or(false);
         match kind {
-            NetKind::Bridged if self.bridge.get().is_some() => self.target,
-            NetKind::Bridged | NetKind::Host => 0,
-            NetKind::Isolated => self.target.div_ceil(4),
+            NetKind::Host => 0,
+            NetKind::Bridged if self.bridge.get().is_none() => 0,
+            _ if wanted => self.target,
+            _ => 0,
         }
     }
 
     /// A sandbox: a ready one if there is one, else a new one.
     pub async fn take(self: &Arc<Self>, kind: NetKind) -> Result<Sandbox> {
+        if let Ok(mut w) = self.wanted.lock() {
+            w.insert(kind);
+        }
         let ready = self
             .ready
             .lock()
