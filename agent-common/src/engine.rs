@@ -80,6 +80,8 @@ pub struct HostConfig {
     /// `-v` specs as given: `NAME:/ctr[:ro]`, `/host:/ctr[:ro]` or `/ctr` (anonymous).
     pub binds: Vec<String>,
     pub volumes_from: Vec<String>,
+    /// Legacy links `NAME:ALIAS` to containers on the default bridge.
+    pub links: Vec<String>,
     /// "bridge" (the default), "none" or "host".
     pub network_mode: String,
     /// `-p`: `"80/tcp"` → host bindings.

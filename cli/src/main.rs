@@ -269,6 +269,10 @@ pub struct RunArgs {
     /// Mount all volumes of another container (CONTAINER[:ro|rw]).
     #[arg(long = "volumes-from", value_name = "CONTAINER")]
     pub volumes_from: Vec<String>,
+    /// Link to another container on the default bridge (NAME[:ALIAS]): its address,
+    /// ports and environment appear as ALIAS_* variables, and ALIAS in /etc/hosts.
+    #[arg(long = "link", value_name = "NAME[:ALIAS]")]
+    pub links: Vec<String>,
     /// Restart policy: no, on-failure[:max-retries], always or unless-stopped.
     #[arg(long, value_name = "POLICY")]
     pub restart: Option<String>,

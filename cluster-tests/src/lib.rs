@@ -15,6 +15,7 @@ mod cleanup;
 mod daemon;
 mod image;
 mod poll;
+pub mod registry;
 pub mod registry_server;
 
 pub use bins::bin;

@@ -363,3 +363,58 @@ fn network_none_and_host_still_work_and_refuse_ports() {
         "{err}"
     );
 }
+
+#[test]
+fn legacy_links_give_variables_hosts_entries_and_reachability() {
+    let d = Daemon::start();
+    let img = busybox_image(&d, "links");
+    serve(
+        &d,
+        &img,
+        "db-server",
+        &["--expose", "80", "-e", "DB_USER=admin"],
+        "linked-ok",
+    );
+    let db_ip = ip_of(&d, "db-server");
+    let out = d.ok(&[
+        "run", "--rm", "--name", "web", "--link", "db-server:database", &img, "sh", "-c",
+        "env | grep ^DATABASE_ | sort; echo ---; cat /etc/hosts; echo ---; \
+         printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 $DATABASE_PORT_80_TCP_ADDR $DATABASE_PORT_80_TCP_PORT",
+    ]);
+    for want in [
+        format!("DATABASE_PORT=tcp://{db_ip}:80"),
+        format!("DATABASE_PORT_80_TCP=tcp://{db_ip}:80"),
+        format!("DATABASE_PORT_80_TCP_ADDR={db_ip}"),
+        "DATABASE_PORT_80_TCP_PORT=80".to_string(),
+        "DATABASE_PORT_80_TCP_PROTO=tcp".to_string(),
+        "DATABASE_NAME=/web/database".to_string(),
+        "DATABASE_ENV_DB_USER=admin".to_string(),
+    ] {
+        assert!(
+            out.lines().any(|l| l == want),
+            "missing {want:?} in:\n{out}"
+        );
+    }
+    assert!(!out.contains("DATABASE_ENV_PATH"), "{out}");
+    let hosts_line = out
+        .lines()
+        .find(|l| l.starts_with(&db_ip))
+        .unwrap_or_else(|| panic!("no hosts entry for {db_ip}:\n{out}"));
+    assert!(
+        hosts_line.contains("database") && hosts_line.contains("db-server"),
+        "{hosts_line}"
+    );
+    assert!(
+        out.contains("linked-ok"),
+        "the linked container answers:\n{out}"
+    );
+    // A link to a container that is not running is refused at start.
+    d.ok(&["stop", "-t", "0", "db-server"]);
+    let err = d.fails(&["run", "--rm", "--link", "db-server", &img, "true"], 125);
+    assert!(
+        err.contains("Cannot link to a non running container"),
+        "{err}"
+    );
+    let err = d.fails(&["run", "--rm", "--link", "ghost:x", &img, "true"], 125);
+    assert!(err.contains("ghost"), "{err}");
+}

@@ -113,6 +113,18 @@ pub fn build_create(
         publish_all_ports: a.publish_all,
         binds,
         volumes_from: a.volumes_from.clone(),
+        links: a
+            .links
+            .iter()
+            .map(|l| {
+                let (name, alias) = l.split_once(':').unwrap_or((l.as_str(), l.as_str()));
+                let (name, alias) = (name.trim_start_matches('/'), alias.trim_start_matches('/'));
+                if name.is_empty() || alias.is_empty() {
+                    anyhow::bail!("invalid --link {l:?}: use NAME or NAME:ALIAS");
+                }
+                Ok(format!("{name}:{alias}"))
+            })
+            .collect::<Result<Vec<_>>>()?,
         network_mode: match &a.network {
             Some(n) => parse::network_mode(n)?,
             None => "default".to_string(),

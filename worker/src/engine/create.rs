@@ -208,6 +208,22 @@ fn validate(req: &CreateContainer) -> Result<()> {
             hc.network_mode
         )));
     }
+    if !bridged && !hc.links.is_empty() {
+        return Err(invalid(format!(
+            "links work only on the default bridge network, not with --network {}",
+            hc.network_mode
+        )));
+    }
+    for link in &hc.links {
+        let (name, alias) = link
+            .split_once(':')
+            .unwrap_or((link.as_str(), link.as_str()));
+        if !valid_name(name) || !valid_name(alias) {
+            return Err(invalid(format!(
+                "invalid --link {link:?}: use NAME or NAME:ALIAS"
+            )));
+        }
+    }
     for (port, bindings) in &hc.port_bindings {
         let (p, proto) = port.split_once('/').unwrap_or((port.as_str(), "tcp"));
         if p.parse::<u16>().map_or(true, |n| n == 0) || !matches!(proto, "tcp" | "udp") {
@@ -277,6 +293,11 @@ impl Engine {
         req: CreateContainer,
     ) -> Result<(String, Vec<String>)> {
         validate(&req)?;
+        for link in &req.host_config.links {
+            let name = link.split(':').next().unwrap_or(link);
+            self.find(name)
+                .map_err(|_| invalid(format!("could not link to {name}: no such container")))?;
+        }
         let image = self.images.resolve(&req.config.image)?;
         let mut undo = Undo::default();
         match self.create_inner(req, &image, &mut undo) {

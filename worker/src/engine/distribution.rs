@@ -38,8 +38,25 @@ fn reg_err(msg: impl Into<String>) -> EngineError {
 }
 
 fn net_err(registry: &str, e: reqwest::Error) -> EngineError {
+    // reqwest's Display stops at "error sending request for url (…)": the
+    // cause (refused connection, untrusted certificate, …) is in the chain.
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = cause.source();
+    }
+    let hint = if msg.to_ascii_lowercase().contains("certificate") {
+        format!("if {registry} uses a private CA, pass --registry-ca FILE")
+    } else {
+        format!("is it running? For a plain-HTTP registry pass --insecure-registry {registry}")
+    };
     EngineError::Internal(format!(
-        "failed to reach registry {registry}: {e}; is it running? For a plain-HTTP registry pass --insecure-registry {registry}"
+        "failed to reach registry {registry}: {msg}; {hint}"
     ))
 }
 

@@ -191,13 +191,47 @@ impl Engine {
             NetworkMode::None
         };
         let mut sandbox = self.pool.take(kind).await?;
+        // Legacy links: variables and hosts entries from running, bridged containers.
+        let mut link_hosts = String::new();
+        for link in &rec.host_config.links {
+            let (name, alias) = link
+                .split_once(':')
+                .unwrap_or((link.as_str(), link.as_str()));
+            let child = self.find(name).map(|c| c.record());
+            let linked = child
+                .as_ref()
+                .ok()
+                .filter(|r| r.state.running)
+                .and_then(|r| {
+                    let ip = r.network_settings.ip_address.parse().ok()?;
+                    Some((r, ip))
+                });
+            let Some((child, ip)) = linked else {
+                return Err(EngineError::StartFailed {
+                    exit_code: 125,
+                    message: format!(
+                        "Cannot link to a non running container: /{name} AS /{}/{alias}",
+                        rec.name
+                    ),
+                });
+            };
+            let linked = crate::network::links::LinkedContainer {
+                name: &child.name,
+                hostname: &child.config.hostname,
+                ip,
+                exposed_ports: child.config.exposed_ports.keys().cloned().collect(),
+                env: &child.config.env,
+            };
+            env.extend(crate::network::links::link_env(&rec.name, alias, &linked));
+            link_hosts.push_str(&crate::network::links::hosts_line(alias, &linked));
+        }
         let (hosts, resolv) = match (kind, &sandbox.endpoint) {
             (NetKind::Host, _) => (
                 fs::read_to_string("/etc/hosts").unwrap_or_else(|_| HOSTS.to_string()),
                 fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
             ),
             (_, Some(ep)) => (
-                format!("{HOSTS}{}\t{}\n", ep.ip, rec.config.hostname),
+                format!("{HOSTS}{}\t{}\n{link_hosts}", ep.ip, rec.config.hostname),
                 host_resolv_conf(),
             ),
             _ => (HOSTS.to_string(), host_resolv_conf()),

@@ -21,6 +21,8 @@ use std::sync::Mutex;
 
 use agent_common::engine::PortBinding;
 
+pub mod links;
+
 /// Errors of the network layer.
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
