@@ -39,7 +39,7 @@ pub fn link_env(parent: &str, alias: &str, child: &LinkedContainer<'_>) -> Vec<S
         })
         .collect();
     // TCP first, then by port number (Docker sorts this way for ALIAS_PORT).
-    ports.sort_by(|a, b| (a.1 != "tcp", a.0).cmp(&(b.1 != "tcp", b.0)));
+    ports.sort_by_key(|p| (p.1 != "tcp", p.0));
     let mut env = Vec::new();
     if let Some((port, proto)) = ports.first() {
         env.push(format!("{p}_PORT={proto}://{}:{port}", child.ip));
