@@ -15,7 +15,6 @@ mod cleanup;
 mod daemon;
 mod image;
 mod poll;
-pub mod registry;
 pub mod registry_server;
 
 pub use bins::bin;
