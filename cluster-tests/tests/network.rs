@@ -418,3 +418,30 @@ fn legacy_links_give_variables_hosts_entries_and_reachability() {
     let err = d.fails(&["run", "--rm", "--link", "ghost:x", &img, "true"], 125);
     assert!(err.contains("ghost"), "{err}");
 }
+
+#[test]
+fn icc_false_blocks_containers_except_through_links_on_exposed_ports() {
+    let d = Daemon::builder().arg("--icc=false").start();
+    let img = busybox_image(&d, "icc");
+    serve(&d, &img, "server", &["--expose", "80"], "icc-linked");
+    let server_ip = ip_of(&d, "server");
+    // Linked: allowed on the exposed port.
+    d.ok(&[
+        "run", "-d", "--name", "friend", "--link", "server", &img, "sleep", "100",
+    ]);
+    poll_for(T, "the linked container to reach the server", || {
+        let (code, out, err) = d.run3(&["exec", "friend", "sh", "-c", &nc_get(&server_ip, 80)]);
+        if code == 0 && out.contains("icc-linked") {
+            Ok(())
+        } else {
+            Err(format!("{out} {err}"))
+        }
+    });
+    // Not linked: blocked.
+    d.ok(&["run", "-d", "--name", "stranger", &img, "sleep", "100"]);
+    let (_, out, _) = d.run3(&["exec", "stranger", "sh", "-c", &nc_get(&server_ip, 80)]);
+    assert!(
+        !out.contains("icc-linked"),
+        "an unlinked container got through: {out}"
+    );
+}

@@ -37,6 +37,10 @@ struct Args {
     /// addresses from this subnet. Docker's docker0 uses 172.17.0.1/16.
     #[arg(long = "bip", default_value = "10.87.0.1/16")]
     bip: String,
+    /// Inter-container communication on the default bridge; with --icc=false
+    /// containers reach each other only through links, on the exposed ports.
+    #[arg(long = "icc", default_value_t = true, action = clap::ArgAction::Set)]
+    icc: bool,
     /// Log at debug level.
     #[arg(short = 'D', long)]
     debug: bool,
@@ -130,7 +134,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         tracing::error!("{w}");
     }
     let listener = bind(&socket).await?;
-    let bridge = worker::network::Bridge::setup(&args.bridge, &args.bip)
+    let bridge = worker::network::Bridge::setup(&args.bridge, &args.bip, args.icc)
         .await
         .with_context(|| format!("failed to set up the bridge {}", args.bridge))?;
     let _ = engine.pool.bridge.set(std::sync::Arc::new(bridge));

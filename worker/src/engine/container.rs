@@ -46,6 +46,8 @@ pub struct ContainerRecord {
     pub cgroup: Option<ContainerCgroup>,
     /// Address, gateway, MAC and published ports while running on the bridge.
     pub network_settings: NetworkSettings,
+    /// Firewall elements the container's links opened (`--icc=false`).
+    pub link_rules: Vec<String>,
     /// The bridge endpoint (host veth) while running on the bridge.
     pub endpoint: Option<crate::network::Endpoint>,
     /// The running container's terminal on the host (`/dev/pts/N`), with `-t`.

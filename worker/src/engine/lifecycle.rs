@@ -193,6 +193,7 @@ impl Engine {
         let mut sandbox = self.pool.take(kind).await?;
         // Legacy links: variables and hosts entries from running, bridged containers.
         let mut link_hosts = String::new();
+        let mut link_targets: Vec<(std::net::Ipv4Addr, Vec<String>)> = Vec::new();
         for link in &rec.host_config.links {
             let (name, alias) = link
                 .split_once(':')
@@ -222,6 +223,7 @@ impl Engine {
                 exposed_ports: child.config.exposed_ports.keys().cloned().collect(),
                 env: &child.config.env,
             };
+            link_targets.push((ip, linked.exposed_ports.clone()));
             env.extend(crate::network::links::link_env(&rec.name, alias, &linked));
             link_hosts.push_str(&crate::network::links::hosts_line(alias, &linked));
         }
@@ -356,9 +358,16 @@ impl Engine {
             }) => {
                 sandbox.keep_address();
                 let endpoint = sandbox.endpoint.clone();
+                let mut link_rules = Vec::new();
+                if let (Some(ep), Some(bridge)) = (&endpoint, self.pool.bridge.get()) {
+                    for (to, ports) in &link_targets {
+                        link_rules.extend(bridge.link(ep.ip, *to, ports).await);
+                    }
+                }
                 let settings =
                     network_settings(&rec, endpoint.as_ref(), self.pool.bridge.get(), &published);
                 c.update(&dir, |r| {
+                    r.link_rules = link_rules;
                     r.endpoint = endpoint;
                     r.network_settings = settings;
                     r.state.status = "running".into();
@@ -466,9 +475,11 @@ impl Engine {
             bridge
                 .unpublish(ep.ip, &published_of(&rec_now.network_settings))
                 .await;
+            bridge.unlink(&rec_now.link_rules).await;
             bridge.release(ep.ip);
         }
         let _ = c.update(&dir, |r| {
+            r.link_rules.clear();
             r.endpoint = None;
             r.network_settings = Default::default();
             r.state.status = "exited".into();
@@ -824,6 +835,7 @@ impl Engine {
                         if let Err(e) = bridge.publish(ep.ip, &wanted).await {
                             tracing::warn!(container = %c.id, "could not restore published ports: {e}");
                         }
+                        bridge.restore_links(&rec.link_rules).await;
                     }
                     if rec.config.open_stdin {
                         let fifo = self.container_dir(&c.id).join("stdin");

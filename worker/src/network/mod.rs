@@ -128,8 +128,10 @@ pub fn mac_for(ip: Ipv4Addr) -> String {
 }
 
 impl Bridge {
-    /// Creates (or adopts) the bridge and the daemon's nftables table.
-    pub async fn setup(name: &str, bip: &str) -> Result<Bridge> {
+    /// Creates (or adopts) the bridge and the daemon's nftables table. With
+    /// `icc` false, containers on the bridge cannot reach each other except
+    /// through links, and then only on the linked container's exposed ports.
+    pub async fn setup(name: &str, bip: &str, icc: bool) -> Result<Bridge> {
         let (gateway, prefix) = parse_bip(bip)?;
         let mask = u32::MAX << (32 - prefix);
         let network = u32::from(gateway) & mask;
@@ -149,6 +151,15 @@ impl Bridge {
             format!("/proc/sys/net/ipv4/conf/{name}/route_localnet"),
             "1",
         );
+        if !icc {
+            // Bridged frames must pass the IPv4 forward hook to be filtered.
+            let _ = std::fs::write("/proc/sys/net/bridge/bridge-nf-call-iptables", "1");
+        }
+        let icc_rule = if icc {
+            String::new()
+        } else {
+            format!("    iifname \"{name}\" oifname \"{name}\" drop\n")
+        };
         let table = format!("flotilla-{name}");
         let subnet = format!("{}/{prefix}", Ipv4Addr::from(network));
         let rules = format!(
@@ -169,7 +180,11 @@ table ip {table} {{\n\
     ip saddr 127.0.0.0/8 oifname \"{name}\" masquerade\n\
     ip saddr {subnet} ip daddr {subnet} ct status dnat masquerade\n\
   }}\n\
+  set links {{ type ipv4_addr . ipv4_addr . inet_proto . inet_service; }}\n\
   chain forward {{ type filter hook forward priority filter; policy accept;\n\
+    iifname \"{name}\" oifname \"{name}\" ct state established,related accept\n\
+    iifname \"{name}\" oifname \"{name}\" ip saddr . ip daddr . meta l4proto . th dport @links accept\n\
+{icc_rule}\
     iifname \"{name}\" accept\n\
     oifname \"{name}\" accept\n\
   }}\n\
@@ -390,6 +405,61 @@ table ip {table} {{\n\
             tracing::warn!("failed to remove published ports: {e}");
         }
         self.forget_ports(published);
+    }
+
+    /// Lets `from` reach `to` on `ports` (`"80/tcp"`) although inter-container
+    /// traffic is off (`--icc=false`): the rules a link adds. Returns the
+    /// elements to pass to [`Bridge::unlink`] later.
+    pub async fn link(&self, from: Ipv4Addr, to: Ipv4Addr, ports: &[String]) -> Vec<String> {
+        let elems: Vec<String> = ports
+            .iter()
+            .filter_map(|p| {
+                let (port, proto) = p.split_once('/').unwrap_or((p.as_str(), "tcp"));
+                let port: u16 = port.parse().ok()?;
+                Some(format!("{from} . {to} . {proto} . {port}"))
+            })
+            .collect();
+        if !elems.is_empty() {
+            let script = format!(
+                "add element ip {} links {{ {} }}\n",
+                self.table,
+                elems.join(", ")
+            );
+            if let Err(e) = run("nft", &["-f", "-"], Some(&script)).await {
+                tracing::warn!("failed to allow a link: {e}");
+            }
+        }
+        elems
+    }
+
+    /// Puts back link rules recorded before a daemon restart.
+    pub async fn restore_links(&self, elems: &[String]) {
+        if elems.is_empty() {
+            return;
+        }
+        let script = format!(
+            "add element ip {} links {{ {} }}\n",
+            self.table,
+            elems.join(", ")
+        );
+        if let Err(e) = run("nft", &["-f", "-"], Some(&script)).await {
+            tracing::warn!("failed to restore links: {e}");
+        }
+    }
+
+    /// Removes what [`Bridge::link`] added.
+    pub async fn unlink(&self, elems: &[String]) {
+        if elems.is_empty() {
+            return;
+        }
+        let script = format!(
+            "delete element ip {} links {{ {} }}\n",
+            self.table,
+            elems.join(", ")
+        );
+        if let Err(e) = run("nft", &["-f", "-"], Some(&script)).await {
+            tracing::warn!("failed to remove a link: {e}");
+        }
     }
 
     /// The nftables table of this bridge (for tests and cleanup).
