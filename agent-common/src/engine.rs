@@ -82,6 +82,10 @@ pub struct HostConfig {
     pub volumes_from: Vec<String>,
     /// Legacy links `NAME:ALIAS` to containers on the default bridge.
     pub links: Vec<String>,
+    /// `--add-host HOST:IP` entries for /etc/hosts.
+    pub extra_hosts: Vec<String>,
+    /// `--dns` servers for /etc/resolv.conf (replacing the host's).
+    pub dns: Vec<String>,
     /// "bridge" (the default), "none" or "host".
     pub network_mode: String,
     /// `-p`: `"80/tcp"` → host bindings.

@@ -273,6 +273,12 @@ pub struct RunArgs {
     /// ports and environment appear as ALIAS_* variables, and ALIAS in /etc/hosts.
     #[arg(long = "link", value_name = "NAME[:ALIAS]")]
     pub links: Vec<String>,
+    /// Add a line to /etc/hosts (HOST:IP).
+    #[arg(long = "add-host", value_name = "HOST:IP")]
+    pub add_host: Vec<String>,
+    /// DNS server for the container's /etc/resolv.conf (replaces the host's).
+    #[arg(long = "dns", value_name = "IP")]
+    pub dns: Vec<String>,
     /// Restart policy: no, on-failure[:max-retries], always or unless-stopped.
     #[arg(long, value_name = "POLICY")]
     pub restart: Option<String>,

@@ -445,3 +445,37 @@ fn icc_false_blocks_containers_except_through_links_on_exposed_ports() {
         "an unlinked container got through: {out}"
     );
 }
+
+#[test]
+fn add_host_dns_and_hostname_are_honoured() {
+    let d = Daemon::start();
+    let img = busybox_image(&d, "etc");
+    // Only files are read here: nothing is sent to these addresses.
+    let out = d.ok(&[
+        "run",
+        "--rm",
+        "-h",
+        "myhost",
+        "--add-host",
+        "db.local:10.1.2.3",
+        "--dns",
+        "10.9.9.9",
+        &img,
+        "sh",
+        "-c",
+        "hostname; cat /etc/hosts /etc/resolv.conf",
+    ]);
+    assert_eq!(out.lines().next(), Some("myhost"), "{out}");
+    assert!(out.lines().any(|l| l == "10.1.2.3\tdb.local"), "{out}");
+    assert!(
+        out.lines().any(|l| l.ends_with("\tmyhost")),
+        "the container's own entry: {out}"
+    );
+    let nameservers: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("nameserver"))
+        .collect();
+    assert_eq!(nameservers, vec!["nameserver 10.9.9.9"], "{out}");
+    let err = d.fails(&["run", "--rm", "--add-host", "nocolon", &img, "true"], 125);
+    assert!(err.contains("--add-host"), "{err}");
+}

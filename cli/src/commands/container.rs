@@ -125,6 +125,24 @@ pub fn build_create(
                 Ok(format!("{name}:{alias}"))
             })
             .collect::<Result<Vec<_>>>()?,
+        extra_hosts: a
+            .add_host
+            .iter()
+            .map(|h| match h.split_once(':') {
+                Some((host, ip)) if !host.is_empty() && ip.parse::<std::net::IpAddr>().is_ok() => {
+                    Ok(h.clone())
+                }
+                _ => anyhow::bail!("invalid --add-host {h:?}: use HOST:IP"),
+            })
+            .collect::<Result<Vec<_>>>()?,
+        dns: a
+            .dns
+            .iter()
+            .map(|d| match d.parse::<std::net::IpAddr>() {
+                Ok(_) => Ok(d.clone()),
+                Err(_) => anyhow::bail!("invalid --dns {d:?}: use an IP address"),
+            })
+            .collect::<Result<Vec<_>>>()?,
         network_mode: match &a.network {
             Some(n) => parse::network_mode(n)?,
             None => "default".to_string(),

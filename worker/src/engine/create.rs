@@ -214,6 +214,17 @@ fn validate(req: &CreateContainer) -> Result<()> {
             hc.network_mode
         )));
     }
+    for h in &hc.extra_hosts {
+        match h.split_once(':') {
+            Some((host, ip)) if !host.is_empty() && ip.parse::<std::net::IpAddr>().is_ok() => {}
+            _ => return Err(invalid(format!("invalid --add-host {h:?}: use HOST:IP"))),
+        }
+    }
+    for d in &hc.dns {
+        if d.parse::<std::net::IpAddr>().is_err() {
+            return Err(invalid(format!("invalid --dns {d:?}: use an IP address")));
+        }
+    }
     for link in &hc.links {
         let (name, alias) = link
             .split_once(':')

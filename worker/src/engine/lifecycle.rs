@@ -268,6 +268,26 @@ impl Engine {
                         message: e.to_string(),
                     })?;
         }
+        let mut hosts = hosts;
+        for h in &rec.host_config.extra_hosts {
+            if let Some((host, ip)) = h.split_once(':') {
+                hosts.push_str(&format!("{ip}\t{host}\n"));
+            }
+        }
+        let resolv = if rec.host_config.dns.is_empty() {
+            resolv
+        } else {
+            // --dns replaces the nameservers; the search/options lines stay.
+            let mut text: String = resolv
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("nameserver"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            for d in &rec.host_config.dns {
+                text.push_str(&format!("nameserver {d}\n"));
+            }
+            text
+        };
         let etc = [
             ("hostname", format!("{}\n", rec.config.hostname)),
             ("hosts", hosts),
