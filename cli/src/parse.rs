@@ -317,8 +317,11 @@ pub fn network_mode(input: &str) -> Result<String> {
     match input {
         "none" | "host" => Ok(input.to_string()),
         "bridge" | "default" => Ok("default".to_string()),
+        _ if input.starts_with("container:") && input.len() > "container:".len() => {
+            Ok(input.to_string())
+        }
         _ => err(format!(
-            "invalid --network {input:?}: use none, host or bridge (user-defined networks are not supported yet)"
+            "invalid --network {input:?}: use bridge, none, host or container:NAME (user-defined networks are not supported yet)"
         )),
     }
 }

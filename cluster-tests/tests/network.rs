@@ -479,3 +479,36 @@ fn add_host_dns_and_hostname_are_honoured() {
     let err = d.fails(&["run", "--rm", "--add-host", "nocolon", &img, "true"], 125);
     assert!(err.contains("--add-host"), "{err}");
 }
+
+#[test]
+fn network_container_mode_shares_the_other_containers_network() {
+    let d = Daemon::start();
+    let img = busybox_image(&d, "joined");
+    serve(&d, &img, "server", &[], "shared-netns");
+    let out = d.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "container:server",
+        &img,
+        "sh",
+        "-c",
+        &format!("cat /proc/net/dev; {}", nc_get("127.0.0.1", 80)),
+    ]);
+    assert!(out.contains("eth0"), "the server's interfaces: {out}");
+    assert!(
+        out.contains("shared-netns"),
+        "its loopback reaches the server: {out}"
+    );
+    d.ok(&["stop", "-t", "0", "server"]);
+    let err = d.fails(
+        &["run", "--rm", "--network", "container:server", &img, "true"],
+        125,
+    );
+    assert!(err.contains("not running"), "{err}");
+    let err = d.fails(
+        &["run", "--rm", "--network", "container:ghost", &img, "true"],
+        125,
+    );
+    assert!(err.contains("ghost"), "{err}");
+}

@@ -1077,7 +1077,7 @@ mod tests {
             (&["-v", "data:rel", "busybox"], "absolute"),
             (
                 &["--network", "overlay1", "busybox"],
-                "none, host or bridge",
+                "bridge, none, host or container:NAME",
             ),
             (&["-l", "=x", "busybox"], "invalid label"),
             (&["--stop-signal", "NOPE", "busybox"], "invalid signal"),

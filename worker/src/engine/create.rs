@@ -195,6 +195,7 @@ fn validate(req: &CreateContainer) -> Result<()> {
     }
     match hc.network_mode.as_str() {
         "" | "default" | "bridge" | "none" | "host" => {}
+        m if m.starts_with("container:") && m.len() > "container:".len() => {}
         other => {
             return Err(invalid(format!(
                 "network {other} not found: use bridge (the default), none or host"
@@ -304,6 +305,13 @@ impl Engine {
         req: CreateContainer,
     ) -> Result<(String, Vec<String>)> {
         validate(&req)?;
+        if let Some(target) = req.host_config.network_mode.strip_prefix("container:") {
+            self.find(target).map_err(|_| {
+                invalid(format!(
+                    "cannot join the network of container {target}: no such container"
+                ))
+            })?;
+        }
         for link in &req.host_config.links {
             let name = link.split(':').next().unwrap_or(link);
             self.find(name)

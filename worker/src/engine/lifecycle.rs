@@ -180,15 +180,40 @@ impl Engine {
             env.push(format!("HOME={home}"));
         }
 
+        // `--network container:NAME` shares that container's network namespace
+        // and its /etc/hosts and resolv.conf.
+        let mut joined_files = None;
         let kind = match rec.host_config.network_mode.as_str() {
             "host" => NetKind::Host,
             "none" => NetKind::Isolated,
+            m if m.starts_with("container:") => {
+                let target = m.trim_start_matches("container:");
+                let other = self
+                    .find(target)
+                    .map(|o| o.record())
+                    .ok()
+                    .filter(|o| o.state.running);
+                let Some(other) = other else {
+                    return Err(EngineError::StartFailed {
+                        exit_code: 125,
+                        message: format!(
+                            "cannot join the network of container {target}: it is not running"
+                        ),
+                    });
+                };
+                let odir = self.container_dir(&other.id);
+                joined_files = Some((
+                    fs::read_to_string(odir.join("hosts")).unwrap_or_else(|_| HOSTS.to_string()),
+                    fs::read_to_string(odir.join("resolv.conf")).unwrap_or_default(),
+                ));
+                NetKind::Joined(other.state.pid as i32)
+            }
             _ => NetKind::Bridged,
         };
-        let network = if kind == NetKind::Host {
-            NetworkMode::Host
-        } else {
-            NetworkMode::None
+        let network = match kind {
+            NetKind::Host => NetworkMode::Host,
+            NetKind::Joined(_) => NetworkMode::Joined,
+            _ => NetworkMode::None,
         };
         let mut sandbox = self.pool.take(kind).await?;
         // Legacy links: variables and hosts entries from running, bridged containers.
@@ -228,6 +253,7 @@ impl Engine {
             link_hosts.push_str(&crate::network::links::hosts_line(alias, &linked));
         }
         let (hosts, resolv) = match (kind, &sandbox.endpoint) {
+            (NetKind::Joined(_), _) => joined_files.clone().unwrap_or_default(),
             (NetKind::Host, _) => (
                 fs::read_to_string("/etc/hosts").unwrap_or_else(|_| HOSTS.to_string()),
                 fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),

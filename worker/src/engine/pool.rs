@@ -31,6 +31,9 @@ pub enum NetKind {
     Bridged,
     /// The host's network namespace (`--network host`).
     Host,
+    /// The network namespace of the container whose init has this PID
+    /// (`--network container:NAME`); never pooled.
+    Joined(i32),
 }
 
 /// How long a shim may take to prepare a sandbox or to start a container.
@@ -59,8 +62,13 @@ impl Sandbox {
         kind: NetKind,
         bridge: Option<&Arc<Bridge>>,
     ) -> Result<Sandbox> {
-        let own_network = kind != NetKind::Host;
+        let own_network = matches!(kind, NetKind::Isolated | NetKind::Bridged);
+        let join_network = match kind {
+            NetKind::Joined(pid) => Some(pid),
+            _ => None,
+        };
         let request = SandboxRequest {
+            join_network,
             cgroup: ContainerCgroup::plan(layout, &random_id()),
             own_network,
         };
@@ -222,7 +230,7 @@ impl SandboxPool {
             .map(|w| w.contains(&kind))
             .unwrap_or(false);
         match kind {
-            NetKind::Host => 0,
+            NetKind::Host | NetKind::Joined(_) => 0,
             NetKind::Bridged if self.bridge.get().is_none() => 0,
             _ if wanted => self.target,
             _ => 0,
@@ -231,8 +239,10 @@ impl SandboxPool {
 
     /// A sandbox: a ready one if there is one, else a new one.
     pub async fn take(self: &Arc<Self>, kind: NetKind) -> Result<Sandbox> {
-        if let Ok(mut w) = self.wanted.lock() {
-            w.insert(kind);
+        if !matches!(kind, NetKind::Joined(_)) {
+            if let Ok(mut w) = self.wanted.lock() {
+                w.insert(kind);
+            }
         }
         let ready = self
             .ready

@@ -46,6 +46,10 @@ pub struct SandboxRequest {
     pub cgroup: ContainerCgroup,
     /// New network and UTS namespaces (`--network none`), or the host's.
     pub own_network: bool,
+    /// Share the network namespace of this process (`--network container:NAME`);
+    /// the UTS namespace is still the container's own.
+    #[serde(default)]
+    pub join_network: Option<i32>,
 }
 
 /// The shim's first line: the sandbox is ready, or why not.
@@ -258,6 +262,9 @@ fn prepare(req: &SandboxRequest) -> Result<(nix::unistd::Pid, ParentEnds), Start
     if req.own_network {
         flags |= libc::CLONE_NEWNET | libc::CLONE_NEWUTS;
     }
+    if req.join_network.is_some() {
+        flags |= libc::CLONE_NEWUTS;
+    }
     let child = super::clone_into_namespaces(flags)
         .map_err(engine_err("failed to create the container's namespaces"))?;
     let parent = ParentEnds {
@@ -315,6 +322,22 @@ fn child_main(req: &SandboxRequest, ends: ChildEnds) -> ! {
             125,
             format!("failed to join the container's cgroups: {e}"),
         );
+    }
+    if let Some(pid) = req.join_network {
+        use std::os::fd::AsFd;
+        let joined = File::open(format!("/proc/{pid}/ns/net"))
+            .map_err(|e| e.to_string())
+            .and_then(|f| {
+                nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = joined {
+            report(
+                ends.sync_w,
+                125,
+                format!("failed to join the network of process {pid}: {e}"),
+            );
+        }
     }
     if req.own_network {
         if let Err(e) = super::loopback_up() {

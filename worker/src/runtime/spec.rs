@@ -74,6 +74,8 @@ pub enum NetworkMode {
     None,
     /// The host's network namespace (and its UTS namespace).
     Host,
+    /// Another container's network namespace; a UTS namespace of its own.
+    Joined,
 }
 
 /// A bind mount into the container.
@@ -268,9 +270,13 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
         LinuxNamespaceType::Mount,
         LinuxNamespaceType::Ipc,
     ];
-    if input.network == NetworkMode::None {
-        namespaces.push(LinuxNamespaceType::Network);
-        namespaces.push(LinuxNamespaceType::Uts);
+    match input.network {
+        NetworkMode::None => {
+            namespaces.push(LinuxNamespaceType::Network);
+            namespaces.push(LinuxNamespaceType::Uts);
+        }
+        NetworkMode::Joined => namespaces.push(LinuxNamespaceType::Uts),
+        NetworkMode::Host => {}
     }
     let namespaces = namespaces
         .into_iter()
@@ -339,7 +345,7 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
         )
         .mounts(mounts)
         .linux(linux);
-    if input.network == NetworkMode::None {
+    if input.network != NetworkMode::Host {
         spec = spec.hostname(input.hostname.clone());
     }
     spec.build().map_err(b)
