@@ -794,10 +794,12 @@ mod tests {
         assert_eq!(network_mode("none").unwrap(), "none");
         assert_eq!(network_mode("host").unwrap(), "host");
         assert_eq!(network_mode("bridge").unwrap(), "default");
+        assert_eq!(network_mode("container:web").unwrap(), "container:web");
+        assert!(network_mode("container:").is_err());
         assert!(network_mode("mynet")
             .unwrap_err()
             .0
-            .contains("none, host or bridge"));
+            .contains("bridge, none, host or container:NAME"));
     }
 
     #[test]
