@@ -102,6 +102,23 @@ fn make_bundle(bundle: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `flotilla -H HOST ARGS…` from `bin_dir`.
+fn flotilla_cli(bin_dir: &Path, host: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(bin_dir.join("flotilla"));
+    c.arg("-H").arg(host).args(args);
+    c
+}
+
+/// Imports the busybox rootfs made by [`make_rootfs`] as `busybox:latest`.
+fn import_busybox(bin_dir: &Path, host: &str, dir: &Path) -> Result<()> {
+    let tar = dir.join("busybox.tar").display().to_string();
+    let out = flotilla_cli(bin_dir, host, &["import", &tar, "busybox:latest"]).output()?;
+    if !out.status.success() {
+        bail!("import failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
 fn time_command(mut cmd: Command) -> Result<Duration> {
     let start = Instant::now();
     let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output()?;
@@ -218,20 +235,8 @@ fn start_latency(runs: usize, bin_dir: &Path) -> Result<()> {
     make_bundle(&dir.join("bundle"))?;
     let daemon = start_daemon(bin_dir, dir)?;
     let host = format!("unix://{}", daemon.socket.display());
-    let cli = |args: &[&str]| {
-        let mut c = Command::new(bin_dir.join("flotilla"));
-        c.arg("-H").arg(&host).args(args);
-        c
-    };
-    let out = cli(&[
-        "import",
-        &dir.join("busybox.tar").display().to_string(),
-        "busybox:latest",
-    ])
-    .output()?;
-    if !out.status.success() {
-        bail!("import failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
+    let cli = |args: &[&str]| flotilla_cli(bin_dir, &host, args);
+    import_busybox(bin_dir, &host, dir)?;
 
     let mut results: Vec<(&str, Result<Duration>)> = Vec::new();
     let results_ref = &mut results;
@@ -398,20 +403,8 @@ fn network(runs: usize, mb: usize, bin_dir: &Path) -> Result<()> {
     make_rootfs(dir)?;
     let daemon = start_daemon(bin_dir, dir)?;
     let host = format!("unix://{}", daemon.socket.display());
-    let cli = |args: &[&str]| {
-        let mut c = Command::new(bin_dir.join("flotilla"));
-        c.arg("-H").arg(&host).args(args);
-        c
-    };
-    let out = cli(&[
-        "import",
-        &dir.join("busybox.tar").display().to_string(),
-        "busybox:latest",
-    ])
-    .output()?;
-    if !out.status.success() {
-        bail!("import failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
+    let cli = |args: &[&str]| flotilla_cli(bin_dir, &host, args);
+    import_busybox(bin_dir, &host, dir)?;
     // Start latency: bridged (the default) vs --network none, interleaved.
     let (mut bridged, mut none) = (Vec::new(), Vec::new());
     for i in 0..runs + 2 {
