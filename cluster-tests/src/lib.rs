@@ -15,7 +15,7 @@ mod cleanup;
 mod daemon;
 mod image;
 mod poll;
-pub mod registry_server;
+pub mod registry;
 
 pub use bins::bin;
 pub use daemon::{code, Daemon, DaemonBuilder};

@@ -630,13 +630,19 @@ impl Engine {
                         .as_ref()
                         .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
                 })
-                .or_else(|| {
-                    manifest
+                // No other architecture stands in: its binaries cannot run here.
+                .ok_or_else(|| {
+                    let offered: Vec<String> = manifest
                         .manifests
                         .iter()
-                        .find(|m| m.platform.as_ref().is_some_and(|p| p.os == "linux"))
-                })
-                .ok_or_else(|| reg_err(format!("{reference} has no linux/amd64 image")))?;
+                        .filter_map(|m| m.platform.as_ref())
+                        .map(|p| format!("{}/{}", p.os, p.architecture))
+                        .collect();
+                    reg_err(format!(
+                        "{reference} has no linux/amd64 image (it has: {})",
+                        offered.join(", ")
+                    ))
+                })?;
             let chosen = pick.digest.clone();
             (bytes, media_type, digest) = registry.get_document(&repo, &chosen, &scope).await?;
             manifest = serde_json::from_slice(&bytes)
