@@ -1,6 +1,7 @@
 //! Images: a content-addressed store under `<data-root>/image`, layers unpacked
 //! once and shared read-only as overlayfs lower directories, and the ways
-//! images arrive and leave (load/save/import/commit, registry pull/push).
+//! images arrive and leave (load/save/import/commit). Registry pull/push is
+//! `engine::distribution`, which moves blobs between a registry and this store.
 //!
 //! - [`store`]: the [`ImageStore`]: blobs, layer directories, tags, image records,
 //!   resolve/list/inspect/history/tag/remove/prune, import and commit.
@@ -17,7 +18,6 @@ pub mod config;
 pub mod layer;
 pub mod load;
 pub mod reference;
-pub mod registry;
 pub mod save;
 pub mod store;
 

@@ -1,1 +1,0 @@
-//! Registry client (OCI distribution API). Work in progress.
