@@ -152,8 +152,14 @@ impl Bridge {
             "1",
         );
         if !icc {
-            // Bridged frames must pass the IPv4 forward hook to be filtered.
-            let _ = std::fs::write("/proc/sys/net/bridge/bridge-nf-call-iptables", "1");
+            // Bridged frames must pass the IPv4 forward hook to be filtered;
+            // refuse rather than run with --icc=false unenforced.
+            std::fs::write("/proc/sys/net/bridge/bridge-nf-call-iptables", "1").map_err(|e| {
+                NetworkError::Command {
+                    cmd: "sysctl net.bridge.bridge-nf-call-iptables=1".into(),
+                    message: format!("{e}; --icc=false needs the br_netfilter kernel module (modprobe br_netfilter)"),
+                }
+            })?;
         }
         let icc_rule = if icc {
             String::new()
