@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod engine;
+pub mod task_state;
 
 /// The local engine API (client → local worker), generated from `proto/engine.proto`.
 pub mod proto {
