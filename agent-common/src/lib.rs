@@ -4,7 +4,10 @@
 #![forbid(unsafe_code)]
 
 pub mod engine;
+pub mod objects;
+pub mod pki;
 pub mod task_state;
+pub mod tls;
 
 /// The local engine API (client → local worker), generated from `proto/engine.proto`.
 pub mod proto {
