@@ -3,6 +3,7 @@
 //! I/O beyond what tonic's generated clients and servers do.
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod engine;
 pub mod objects;
 pub mod pki;
@@ -14,6 +15,21 @@ pub mod proto {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("flotilla.engine.v1");
 }
+
+/// The cluster control API (client → manager), generated from `proto/control.proto`.
+pub mod control_proto {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("flotilla.control.v1");
+}
+
+/// Node ↔ manager calls (join, heartbeats, renewal), from `proto/dispatcher.proto`.
+pub mod dispatcher_proto {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("flotilla.dispatcher.v1");
+}
+
+/// The cluster port managers listen on unless told otherwise (swarm's).
+pub const DEFAULT_CLUSTER_PORT: u16 = 2377;
 
 /// The engine API version the CLI and daemon speak.
 pub const ENGINE_API_VERSION: &str = "1.0";

@@ -137,6 +137,13 @@ pub struct Node {
     /// Operator labels.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Managers: the node's Raft member ID (0 for workers).
+    #[serde(default)]
+    pub raft_id: u64,
+    /// The daemon the node runs: `flotilla-manager` (can be promoted and demoted) or
+    /// `flotilla-worker` (a worker only).
+    #[serde(default)]
+    pub daemon: String,
 }
 
 /// A declared service: what to run, and how many.
@@ -231,6 +238,22 @@ pub struct Cluster {
     /// Hash of the current manager join token's secret.
     #[serde(default)]
     pub manager_token_hash: String,
+    /// Rotation nonce of the worker join token (the token is derived from the CA key and this
+    /// nonce, so only managers, which hold the key, can show it).
+    #[serde(default)]
+    pub worker_token_nonce: String,
+    /// Rotation nonce of the manager join token.
+    #[serde(default)]
+    pub manager_token_nonce: String,
+    /// IDs of nodes removed from the cluster: their certificates are refused.
+    #[serde(default)]
+    pub revoked_nodes: Vec<String>,
+    /// How often nodes heartbeat, in milliseconds.
+    #[serde(default)]
+    pub heartbeat_period_ms: u64,
+    /// Validity of node certificates, in seconds.
+    #[serde(default)]
+    pub node_cert_validity_secs: u64,
     /// Operator labels.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,

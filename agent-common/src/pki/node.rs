@@ -454,7 +454,8 @@ impl NodeCertificate {
         pem_encode("CERTIFICATE", &self.der)
     }
 
-    fn matches_key(&self, key: &NodeKey) -> bool {
+    /// Whether this certificate was issued for `key`.
+    pub fn matches_key(&self, key: &NodeKey) -> bool {
         self.public_key == key.public_key_raw()
     }
 }

@@ -18,7 +18,7 @@ use subtle::ConstantTimeEq;
 
 use super::ca::CaDigest;
 use super::node::NodeRole;
-use super::{base36_decode, random_base36, sha256, BASE36_LEN};
+use super::{base36_decode, base36_encode, random_base36, sha256, BASE36_LEN};
 
 /// The first field of every join token.
 pub const TOKEN_PREFIX: &str = "FLTKN";
@@ -104,6 +104,28 @@ impl JoinToken {
             ca_digest,
             secret,
         })
+    }
+
+    /// The token for `role` derived from `key` (secret key material only managers hold, e.g.
+    /// the CA private key) and a rotation `nonce`: the same inputs give the same token, so
+    /// managers can print the current token again while the replicated store keeps only its
+    /// hash and the nonce. Rotating is choosing a new nonce.
+    pub fn derive(role: NodeRole, ca_digest: CaDigest, key: &[u8], nonce: &str) -> Self {
+        let mut input = Vec::with_capacity(key.len() + nonce.len() + 48);
+        input.extend_from_slice(b"flotilla-join-token\0");
+        input.extend_from_slice(role.as_str().as_bytes());
+        input.push(0);
+        input.extend_from_slice(nonce.as_bytes());
+        input.push(0);
+        input.extend_from_slice(key);
+        let digest = sha256(&input);
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&digest[..16]);
+        Self {
+            role,
+            ca_digest,
+            secret: base36_encode(u128::from_be_bytes(first)),
+        }
     }
 
     /// Reads a token; surrounding whitespace (a pasted newline) is ignored. The CA digest is

@@ -1,0 +1,106 @@
+//! The documents of the control API (`proto/control.proto`): what `node ls`,
+//! `node inspect` and `cluster info` print, as JSON shared by the manager and
+//! the CLI.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::objects::{Availability, NodeRole, NodeStatus, Timestamp};
+
+/// A node as `node ls` / `node inspect` show it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct NodeView {
+    /// The node ID.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// Store version of the node object (for scripts that update it).
+    pub version: u64,
+    /// When the node joined.
+    pub created_at: Timestamp,
+    /// When the node object was last written.
+    pub updated_at: Timestamp,
+    /// The node's hostname.
+    pub hostname: String,
+    /// worker or manager.
+    pub role: NodeRole,
+    /// active, pause or drain.
+    pub availability: Availability,
+    /// ready, down or unknown.
+    pub status: NodeStatus,
+    /// The address the node is reached at.
+    pub addr: String,
+    /// Operator labels.
+    pub labels: BTreeMap<String, String>,
+    /// Managers only: Raft standing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager_status: Option<ManagerStatus>,
+    /// Whether this is the node that answered (`*` in `node ls`).
+    #[serde(rename = "Self")]
+    pub is_self: bool,
+}
+
+/// A manager's standing in Raft, as seen by the answering manager.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct ManagerStatus {
+    /// The member's Raft ID.
+    #[serde(rename = "RaftID")]
+    pub raft_id: u64,
+    /// Whether it leads.
+    pub leader: bool,
+    /// `reachable`, `unreachable` or `unknown` (Docker's words).
+    pub reachability: String,
+    /// Its cluster address.
+    pub addr: String,
+}
+
+impl ManagerStatus {
+    /// The MANAGER STATUS column of `node ls`: Leader, Reachable, Unreachable.
+    pub fn column(&self) -> &'static str {
+        if self.leader {
+            "Leader"
+        } else if self.reachability == "reachable" {
+            "Reachable"
+        } else if self.reachability == "unreachable" {
+            "Unreachable"
+        } else {
+            "Unknown"
+        }
+    }
+}
+
+/// What `cluster info` shows.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct ClusterInfo {
+    /// The cluster object's ID.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// The answering manager's node ID.
+    #[serde(rename = "NodeID")]
+    pub node_id: String,
+    /// The leader's node ID, if one is known.
+    #[serde(rename = "LeaderID")]
+    pub leader_id: Option<String>,
+    /// The leader's cluster address.
+    pub leader_addr: Option<String>,
+    /// Raft term as this manager sees it.
+    pub raft_term: u64,
+    /// Last log index on this manager.
+    pub raft_last_index: u64,
+    /// Last applied (committed) index on this manager.
+    pub raft_applied_index: u64,
+    /// The managers (Raft voters and learners).
+    pub managers: Vec<ManagerStatus>,
+    /// Node counts by status: ready, down, unknown.
+    pub nodes_by_status: BTreeMap<String, u64>,
+    /// Total number of nodes.
+    pub nodes: u64,
+    /// SHA-256 of the root CA certificate (what join tokens pin).
+    #[serde(rename = "CACertDigest")]
+    pub ca_digest: String,
+    /// Heartbeat period in milliseconds.
+    pub heartbeat_period_ms: u64,
+}
