@@ -29,6 +29,24 @@ pub fn socket_path(host: &str) -> Result<PathBuf> {
 
 /// Connects to the daemon at `host`.
 pub async fn connect(host: &str) -> Result<Engine> {
+    let channel = connect_channel(host).await?;
+    Ok(EngineClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE))
+}
+
+/// The cluster control client type (served by managers on the same socket).
+pub type Control = agent_common::control_proto::control_client::ControlClient<Channel>;
+
+/// Connects to the control API of the daemon at `host`.
+pub async fn connect_control(host: &str) -> Result<Control> {
+    let channel = connect_channel(host).await?;
+    Ok(agent_common::control_proto::control_client::ControlClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE))
+}
+
+/// Dials the daemon at `host` and returns the gRPC channel.
+pub async fn connect_channel(host: &str) -> Result<Channel> {
     let path = socket_path(host)?;
     let unreachable = || {
         anyhow!(
@@ -62,9 +80,7 @@ pub async fn connect(host: &str) -> Result<Engine> {
         }))
         .await
         .map_err(|_| unreachable())?;
-    Ok(EngineClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE))
+    Ok(channel)
 }
 
 /// A daemon error: the gRPC status message only.

@@ -82,6 +82,15 @@ pub enum Command {
     Version,
     /// Display system-wide information.
     Info,
+
+    /// Manage cluster nodes (run against a manager).
+    #[command(subcommand)]
+    Node(commands::cluster::NodeGroup),
+    /// Show the cluster's managers, leader and Raft state (run against a manager).
+    #[command(subcommand)]
+    Cluster(commands::cluster::ClusterGroup),
+    /// Show, or rotate, the token a node joins the cluster with (run against a manager).
+    JoinToken(commands::cluster::JoinTokenArgs),
 }
 
 /// Container verbs available both at the top level and under `container`.

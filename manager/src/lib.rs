@@ -1,8 +1,10 @@
-//! The manager's library: the replicated store ([`store`]) and its Raft
-//! replication ([`raft`]). The `flotilla-manager` binary wires these together
-//! with the control API, CA and reconcilers (later issues).
+//! The manager's library: the replicated store ([`store`]), its Raft
+//! replication ([`raft`]), the daemon that wires them with the cluster CA
+//! ([`daemon`]) and its gRPC services ([`api`]).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod api;
+pub mod daemon;
 pub mod raft;
 pub mod store;

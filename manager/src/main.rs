@@ -1,18 +1,223 @@
-//! `flotilla-manager`: the manager daemon. Raft membership, the control API,
-//! the CA and the reconcilers arrive with the managers issue; until then this
-//! binary only explains that, so nobody mistakes it for a working manager.
+//! `flotilla-manager`: a manager node. `init` starts a cluster, `join` enters
+//! one with a manager token, and with no subcommand the node resumes from its
+//! data root after a restart.
 #![forbid(unsafe_code)]
 
-use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
-/// Flotilla manager node (not implemented yet: see the managers issue).
+use anyhow::{bail, Context};
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use manager::daemon::{self, serve, Manager, Options};
+
+/// Flotilla manager: keeps the cluster's state with Raft, issues node
+/// certificates, and serves the control API.
+///
+/// Start a cluster with `flotilla-manager init`; add managers with
+/// `flotilla-manager join --token TOKEN ADDR` and workers with
+/// `flotilla-worker join --token TOKEN ADDR`. Run without a subcommand to
+/// resume a node after a restart. Every connection between nodes is mutual
+/// TLS with certificates from the cluster's own CA.
 #[derive(Parser)]
-#[command(name = "flotilla-manager", version)]
-struct Args {}
+#[command(name = "flotilla-manager", version, max_term_width = 100)]
+struct Args {
+    /// Local socket for the `flotilla` CLI (root-only).
+    #[arg(
+        short = 'H',
+        long = "host",
+        default_value = "unix:///run/flotilla/flotilla.sock",
+        env = "FLOTILLA_HOST",
+        global = true
+    )]
+    host: String,
+    /// Directory for the node's certificates and Raft state.
+    #[arg(long = "data-root", default_value = "/var/lib/flotilla", global = true)]
+    data_root: PathBuf,
+    /// Log at debug level.
+    #[arg(short = 'D', long, global = true)]
+    debug: bool,
+    /// Recover a cluster from this manager's state alone: it becomes the only
+    /// manager, keeping every object; other managers must join again.
+    #[arg(long = "force-new-cluster")]
+    force_new_cluster: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _ = Args::parse();
-    anyhow::bail!(
-        "flotilla-manager is not implemented yet; run `flotilla-worker` for a single-host engine"
-    )
+#[derive(ClapArgs, Clone)]
+struct Network {
+    /// Address other nodes reach this manager at (IP or name; default: the
+    /// listen address, or this machine's only non-loopback IPv4 address).
+    #[arg(long = "advertise-addr", value_name = "ADDR")]
+    advertise_addr: Option<String>,
+    /// Where the cluster port listens.
+    #[arg(long = "listen-addr", value_name = "ADDR[:PORT]", default_value = "0.0.0.0:2377")]
+    listen_addr: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a new cluster with this node as its first manager, then serve.
+    Init {
+        #[command(flatten)]
+        net: Network,
+        /// How often nodes report that they are alive; a node that misses
+        /// three periods is marked down.
+        #[arg(long = "heartbeat-period", default_value = "1s", value_parser = humantime::parse_duration)]
+        heartbeat_period: Duration,
+        /// Validity of node certificates (they renew themselves when a third
+        /// is left).
+        #[arg(long = "cert-expiry", default_value = "90d", value_parser = humantime::parse_duration)]
+        cert_expiry: Duration,
+    },
+    /// Join an existing cluster as a manager, then serve.
+    Join {
+        #[command(flatten)]
+        net: Network,
+        /// A manager join token (`flotilla join-token manager` on a manager).
+        #[arg(long)]
+        token: String,
+        /// A manager's cluster address.
+        #[arg(value_name = "MANAGER-ADDR[:PORT]")]
+        remote: String,
+    },
+}
+
+fn parse_listen(s: &str) -> anyhow::Result<SocketAddr> {
+    let with_port = agent_common::tls::grpc::with_port(s, agent_common::DEFAULT_CLUSTER_PORT);
+    with_port
+        .parse()
+        .with_context(|| format!("invalid --listen-addr {s:?}: use IP[:PORT], e.g. 0.0.0.0:2377"))
+}
+
+fn main() {
+    let args = Args::parse();
+    let filter = if args.debug { "debug" } else { "info" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
+                .unwrap_or_else(|_| format!("{filter},openraft=warn").into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("flotilla-manager: failed to start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run(args)) {
+        eprintln!("flotilla-manager: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let socket = serve::socket_path(&args.host)?;
+    let (net, heartbeat_period, cert_expiry) = match &args.command {
+        Some(Command::Init {
+            net,
+            heartbeat_period,
+            cert_expiry,
+        }) => (Some(net.clone()), *heartbeat_period, *cert_expiry),
+        Some(Command::Join { net, .. }) => (
+            Some(net.clone()),
+            Duration::from_secs(1),
+            agent_common::pki::DEFAULT_NODE_CERT_VALIDITY,
+        ),
+        None => (
+            None,
+            Duration::from_secs(1),
+            agent_common::pki::DEFAULT_NODE_CERT_VALIDITY,
+        ),
+    };
+    if heartbeat_period < Duration::from_millis(100) || heartbeat_period > Duration::from_secs(600) {
+        bail!("--heartbeat-period must be between 100ms and 10m");
+    }
+    if cert_expiry < Duration::from_secs(3600) {
+        bail!("--cert-expiry must be at least 1h");
+    }
+    let opts = Options {
+        data_root: args.data_root.clone(),
+        host: args.host.clone(),
+        listen_addr: parse_listen(
+            net.as_ref()
+                .map(|n| n.listen_addr.as_str())
+                .unwrap_or("0.0.0.0:2377"),
+        )?,
+        advertise_addr: net.and_then(|n| n.advertise_addr),
+        heartbeat_period,
+        cert_validity: cert_expiry,
+    };
+    // The local socket first: a second daemon on the same socket fails
+    // before touching any state.
+    let local = serve::bind_socket(&socket).await?;
+    let (m, cluster_listener) = match &args.command {
+        Some(Command::Init { .. }) => {
+            if args.force_new_cluster {
+                bail!("--force-new-cluster resumes an existing manager: run it without `init`");
+            }
+            daemon::init(&opts).await?
+        }
+        Some(Command::Join { token, remote, .. }) => daemon::join(&opts, token, remote).await?,
+        None => daemon::resume(&opts, args.force_new_cluster).await?,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let cluster_server = tokio::spawn(serve::serve_cluster_port(
+        Arc::clone(&m),
+        cluster_listener,
+        stopped(stop_rx.clone()),
+    ));
+    let local_server = tokio::spawn(serve::serve_local(
+        Arc::clone(&m),
+        local,
+        stopped(stop_rx.clone()),
+    ));
+    daemon::spawn_background(&m);
+    announce(&m, &args).await;
+    tracing::info!(
+        node = %m.node_id,
+        cluster_addr = %m.cluster_addr,
+        socket = %socket.display(),
+        "flotilla-manager ready"
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("failed to watch SIGTERM")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        r = cluster_server => { r??; bail!("the cluster port server stopped"); }
+    }
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(3), local_server).await;
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
+
+/// After `init`: how to add nodes (Docker prints the same).
+async fn announce(m: &Arc<Manager>, args: &Args) {
+    if !matches!(args.command, Some(Command::Init { .. })) {
+        return;
+    }
+    let Some(cluster) = m.cluster() else {
+        return;
+    };
+    let worker = m.join_token(&cluster, agent_common::pki::NodeRole::Worker);
+    println!(
+        "Cluster initialized: this node ({}) is now a manager.\n\n\
+         To add a worker to this cluster, run the following command on it:\n\n    \
+         flotilla-worker join --token {} {}\n\n\
+         To add a manager to this cluster, run `flotilla join-token manager` and follow the instructions.\n",
+        m.node_id, worker, m.cluster_addr
+    );
 }

@@ -6,6 +6,7 @@
 //! - [`volume`]: named, anonymous and bind volumes
 #![deny(unsafe_code)]
 
+pub mod cluster;
 pub mod engine;
 pub mod image;
 pub mod network;

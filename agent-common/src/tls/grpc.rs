@@ -49,16 +49,41 @@ pub fn with_port(addr: &str, default_port: u16) -> String {
     }
 }
 
-/// A lazily connected channel to `addr` (`host:port`) over TLS with `config`,
-/// checking the server's certificate for `server_name`. Reconnects on its own
-/// after a failure; the first call dials.
+/// A client TLS configuration that can be replaced while channels built on it
+/// live (a renewed certificate is presented from the next dial on).
+#[derive(Clone)]
+pub struct SharedClientConfig(Arc<RwLock<Arc<ClientConfig>>>);
+
+impl SharedClientConfig {
+    /// Starts with `config`.
+    pub fn new(config: ClientConfig) -> Self {
+        SharedClientConfig(Arc::new(RwLock::new(Arc::new(config))))
+    }
+
+    /// Uses `config` from the next dial on.
+    pub fn replace(&self, config: ClientConfig) {
+        if let Ok(mut c) = self.0.write() {
+            *c = Arc::new(config);
+        }
+    }
+
+    fn current(&self) -> io::Result<Arc<ClientConfig>> {
+        self.0
+            .read()
+            .map(|c| Arc::clone(&c))
+            .map_err(|_| io::Error::other("TLS client configuration lock poisoned"))
+    }
+}
+
+/// A lazily connected channel to `addr` (`host:port`) over TLS with `config`
+/// (read at every dial), checking the server's certificate for `server_name`.
+/// Reconnects on its own after a failure; the first call dials.
 pub fn channel(
     addr: &str,
-    config: Arc<ClientConfig>,
+    config: SharedClientConfig,
     server_name: ServerName<'static>,
 ) -> Result<Channel, tonic::transport::Error> {
     let target = addr.to_string();
-    let connector = TlsConnector::from(config);
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
@@ -67,9 +92,10 @@ pub fn channel(
     Ok(
         endpoint.connect_with_connector_lazy(tower::service_fn(move |_| {
             let target = target.clone();
-            let connector = connector.clone();
+            let config = config.clone();
             let server_name = server_name.clone();
             async move {
+                let connector = TlsConnector::from(config.current()?);
                 let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&target))
                     .await
                     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;

@@ -4,6 +4,7 @@
 //! This file holds the shared context (the connection, made on first use)
 //! and the dispatch from the clap tree.
 
+pub mod cluster;
 pub mod container;
 pub mod image;
 pub mod system;
@@ -20,6 +21,7 @@ pub struct Ctx {
     host: String,
     config_dir: Option<PathBuf>,
     engine: Option<Engine>,
+    control: Option<client::Control>,
 }
 
 impl Ctx {
@@ -29,6 +31,7 @@ impl Ctx {
             host,
             config_dir,
             engine: None,
+            control: None,
         }
     }
 
@@ -40,6 +43,16 @@ impl Ctx {
         let e = client::connect(&self.host).await?;
         self.engine = Some(e.clone());
         Ok(e)
+    }
+
+    /// The cluster control client, connecting on first use.
+    pub async fn control(&mut self) -> Result<client::Control> {
+        if let Some(c) = &self.control {
+            return Ok(c.clone());
+        }
+        let c = client::connect_control(&self.host).await?;
+        self.control = Some(c.clone());
+        Ok(c)
     }
 
     /// The credentials file.
@@ -108,5 +121,8 @@ pub async fn dispatch(mut ctx: Ctx, command: Command) -> Result<i32> {
         }
         Command::Version => system::version(&mut ctx).await,
         Command::Info => system::info(&mut ctx).await,
+        Command::Node(g) => cluster::node(&mut ctx, g).await,
+        Command::Cluster(g) => cluster::cluster(&mut ctx, g).await,
+        Command::JoinToken(a) => cluster::join_token(&mut ctx, a).await,
     }
 }

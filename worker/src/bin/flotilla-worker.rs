@@ -3,6 +3,7 @@
 //! `exec-helper` (one per `exec`).
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -50,6 +51,21 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Join a cluster as a worker (with a worker token from a manager), then
+    /// serve. The membership is kept in the data root: later starts without
+    /// a subcommand resume it.
+    Join {
+        /// A worker join token (`flotilla join-token worker` on a manager).
+        #[arg(long)]
+        token: String,
+        /// Address other nodes reach this worker at (default: this
+        /// machine's only non-loopback IPv4 address).
+        #[arg(long = "advertise-addr", value_name = "ADDR")]
+        advertise_addr: Option<String>,
+        /// A manager's cluster address.
+        #[arg(value_name = "MANAGER-ADDR[:PORT]")]
+        remote: String,
+    },
     /// (internal) hold one container: started by the daemon.
     #[command(hide = true)]
     Shim { sandbox: String },
@@ -67,7 +83,7 @@ fn main() {
         Some(Command::ExecHelper { request }) => {
             std::process::exit(worker::runtime::exec::main(request))
         }
-        None => {}
+        Some(Command::Join { .. }) | None => {}
     }
     let filter = if args.debug { "debug" } else { "info" };
     tracing_subscriber::fmt()
@@ -128,6 +144,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         bail!("flotilla-worker must run as root (it creates namespaces, mounts and cgroups)");
     }
     let socket = socket_path(&args.host)?;
+    let membership = cluster_membership(&args).await?;
     let engine = worker::engine::Engine::open(&args.data_root, args.sandbox_pool as usize)
         .with_context(|| format!("failed to open the data root {}", args.data_root.display()))?;
     for w in engine.warnings() {
@@ -150,8 +167,13 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         }
         tracing::info!("shutting down; containers keep running");
     };
+    let managers_hint = membership.as_ref().map(|(_, record)| Arc::clone(record));
+    if let Some((heartbeats, _)) = membership {
+        tokio::spawn(heartbeats.run());
+    }
     tonic::transport::Server::builder()
         .add_service(worker::engine::api::EngineService::server(engine))
+        .add_service(worker::cluster::not_a_manager(managers_hint))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(listener),
             shutdown,
@@ -160,4 +182,77 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .context("the API server failed")?;
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// The node's cluster membership: joins first for `join`, resumes it when
+/// the data root holds one, and returns the heartbeat loop to run.
+async fn cluster_membership(
+    args: &Args,
+) -> anyhow::Result<
+    Option<(
+        worker::cluster::heartbeat::Heartbeats,
+        Arc<Mutex<worker::cluster::NodeRecord>>,
+    )>,
+> {
+    use worker::cluster::{self, ClusterFiles, ManagerClients, NodeRecord};
+    let files = ClusterFiles::new(&args.data_root);
+    let hostname = cluster::hostname();
+    let (record, identity) = match &args.command {
+        Some(Command::Join {
+            token,
+            advertise_addr,
+            remote,
+        }) => {
+            if files.exists() {
+                bail!(
+                    "this node is already part of a cluster (found {}): run `flotilla-worker` without a subcommand to resume it, or remove that directory to join another",
+                    files.dir().display()
+                );
+            }
+            let parsed = agent_common::pki::JoinToken::parse(token)?;
+            if parsed.role() != agent_common::pki::NodeRole::Worker {
+                bail!("this is a manager join token: join as a manager with `flotilla-manager join --token … {remote}`, or use the worker token (`flotilla join-token worker` on a manager)");
+            }
+            let advertise = match advertise_addr {
+                Some(a) => a.clone(),
+                None => cluster::default_advertise_addr(None).map_err(|e| anyhow::anyhow!(e))?,
+            };
+            let joined = cluster::join(token, remote, &hostname, &advertise, "flotilla-worker")
+                .await
+                .context("failed to join the cluster")?;
+            let reply = &joined.reply;
+            files.save_identity(&joined.key, &reply.cert_pem, &reply.ca_pem)?;
+            let mut managers = reply.managers.clone();
+            if managers.is_empty() {
+                managers.push(remote.clone());
+            }
+            let record = NodeRecord {
+                node_id: reply.node_id.clone(),
+                role: "worker".into(),
+                managers,
+                advertise_addr: advertise,
+                heartbeat_period_ms: reply.heartbeat_period_ms,
+                ..Default::default()
+            };
+            files.save_record(&record)?;
+            println!("This node joined the cluster as a worker (node ID {}).", record.node_id);
+            (record, joined.identity)
+        }
+        _ if files.exists() => (files.load_record()?, files.load_identity()?),
+        _ => return Ok(None),
+    };
+    let clients = ManagerClients::new(&identity)?;
+    let (tx, _) = tokio::sync::watch::channel(Arc::new(identity));
+    let record = Arc::new(Mutex::new(record));
+    Ok(Some((
+        worker::cluster::heartbeat::Heartbeats {
+            files,
+            record: Arc::clone(&record),
+            identity: tx,
+            clients,
+            hostname,
+            role_changes: None,
+        },
+        record,
+    )))
 }

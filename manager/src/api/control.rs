@@ -1,0 +1,545 @@
+//! The control API: nodes, cluster info, join tokens. Served on the local
+//! socket (root on this machine) and on the cluster port to callers holding a
+//! manager certificate; worker certificates are refused.
+//!
+//! Reads are linearizable (a follower asks the leader how far to catch up)
+//! unless the request asks for this manager's local copy; writes go through
+//! Raft from whichever manager receives them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_common::cluster::{ClusterInfo, ManagerStatus, NodeView};
+use agent_common::control_proto::control_server::Control;
+use agent_common::control_proto::{
+    ClientCertReply, ClientCertRequest, Empty, JoinTokenReply, JoinTokenRequest, JsonReply,
+    NodeRef, ReadRequest, RemoveNodeRequest, UpdateNodeRequest,
+};
+use agent_common::objects::{Availability, Cluster, Node, NodeRole as ObjRole, NodeStatus};
+use agent_common::pki::NodeRole;
+use agent_common::tls::grpc::Caller;
+use tonic::{Request, Response, Status};
+
+use super::store_status;
+use crate::daemon::Manager;
+use crate::raft::ClusterInfo as RaftInfo;
+use crate::store::{Action, Refusal, StoreError};
+
+/// The control service.
+pub struct ControlApi {
+    m: Arc<Manager>,
+}
+
+impl ControlApi {
+    /// Serves `m`.
+    pub fn new(m: Arc<Manager>) -> Self {
+        ControlApi { m }
+    }
+
+    /// Only managers' certificates (and the local socket) may call; and this
+    /// node must still be a manager.
+    #[allow(clippy::result_large_err)]
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        Caller::of(request).require(NodeRole::Manager)?;
+        let raft_id = self.m.raft.id();
+        let is_member = self
+            .m
+            .raft
+            .metrics()
+            .membership_config
+            .membership()
+            .get_node(&raft_id)
+            .is_some();
+        if !is_member {
+            let managers = self.m.manager_addrs().join(", ");
+            return Err(Status::failed_precondition(format!(
+                "this node is not a manager (not a Raft member); run the command against a manager{}",
+                if managers.is_empty() {
+                    String::new()
+                } else {
+                    format!(", e.g. one of: {managers}")
+                }
+            )));
+        }
+        Ok(())
+    }
+
+    async fn read<R>(
+        &self,
+        local: bool,
+        f: impl FnOnce(&crate::store::ReadTx<'_>) -> R,
+    ) -> Result<R, Status> {
+        if local {
+            Ok(self.m.store().view(f))
+        } else {
+            self.m.store().read_linearizable(f).await.map_err(store_status)
+        }
+    }
+
+    /// The Raft view: the leader's (with reachability) when it can be had
+    /// quickly, else this manager's own.
+    async fn raft_view(&self) -> RaftInfo {
+        let membership = self.m.raft.membership();
+        match tokio::time::timeout(Duration::from_secs(2), membership.members()).await {
+            Ok(Ok(info)) => info,
+            _ => membership.local_view().await,
+        }
+    }
+
+    fn view(&self, n: &Node, raft: &RaftInfo) -> NodeView {
+        let manager_status = (n.role == ObjRole::Manager || n.raft_id != 0)
+            .then(|| raft.member(n.raft_id))
+            .flatten()
+            .map(|member| ManagerStatus {
+                raft_id: member.id,
+                leader: member.leader,
+                reachability: if member.leader || member.reachable {
+                    "reachable".into()
+                } else if raft.leader_view {
+                    "unreachable".into()
+                } else {
+                    "unknown".into()
+                },
+                addr: member.node.api_addr.clone(),
+            });
+        NodeView {
+            id: n.meta.id.clone(),
+            version: n.meta.version,
+            created_at: n.meta.created_at,
+            updated_at: n.meta.updated_at,
+            hostname: n.hostname.clone(),
+            role: n.role,
+            availability: n.availability,
+            status: n.status,
+            addr: n.addr.clone(),
+            labels: n.labels.clone(),
+            manager_status,
+            is_self: n.meta.id == self.m.node_id,
+        }
+    }
+
+    /// Finds a node by `self`, ID, hostname or unique ID prefix.
+    #[allow(clippy::result_large_err)]
+    fn resolve(&self, nodes: &[Node], reference: &str) -> Result<Node, Status> {
+        let r = reference.trim();
+        if r.is_empty() {
+            return Err(Status::invalid_argument("no node given"));
+        }
+        if r == "self" {
+            if let Some(n) = nodes.iter().find(|n| n.meta.id == self.m.node_id) {
+                return Ok(n.clone());
+            }
+        }
+        if let Some(n) = nodes.iter().find(|n| n.meta.id == r) {
+            return Ok(n.clone());
+        }
+        let by_name: Vec<&Node> = nodes.iter().filter(|n| n.hostname == r).collect();
+        if by_name.len() == 1 {
+            return Ok(by_name[0].clone());
+        }
+        if by_name.len() > 1 {
+            return Err(Status::invalid_argument(format!(
+                "node {r} is ambiguous: {} nodes have that hostname ({}); use an ID",
+                by_name.len(),
+                by_name
+                    .iter()
+                    .map(|n| n.meta.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let by_prefix: Vec<&Node> = nodes.iter().filter(|n| n.meta.id.starts_with(r)).collect();
+        match by_prefix.len() {
+            1 => Ok(by_prefix[0].clone()),
+            0 => Err(Status::not_found(format!("node {r} not found"))),
+            k => Err(Status::invalid_argument(format!(
+                "node {r} is ambiguous ({k} IDs start with it); give more of the ID"
+            ))),
+        }
+    }
+
+    async fn node_by_ref(&self, reference: &str, local: bool) -> Result<Node, Status> {
+        let nodes = self.read(local, |tx| tx.list::<Node>()).await?;
+        self.resolve(&nodes, reference)
+    }
+
+    /// Applies `change` to the node, retrying on version conflicts.
+    async fn modify_node(
+        &self,
+        reference: &str,
+        mut change: impl FnMut(&mut Node) -> Result<(), Status>,
+    ) -> Result<Node, Status> {
+        for _ in 0..20 {
+            let mut n = self.node_by_ref(reference, false).await?;
+            change(&mut n)?;
+            match self.m.store().put(n).await {
+                Ok(n) => return Ok(n),
+                Err(StoreError::Refused(Refusal::Conflict { .. })) => continue,
+                Err(e) => return Err(store_status(e)),
+            }
+        }
+        Err(Status::aborted(
+            "the node kept changing while updating it; try again",
+        ))
+    }
+
+    async fn cluster_object(&self) -> Result<Cluster, Status> {
+        self.read(false, |tx| tx.list::<Cluster>().into_iter().next())
+            .await?
+            .ok_or_else(|| Status::unavailable("the cluster is not initialized"))
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<Response<JsonReply>, Status> {
+    serde_json::to_string(v)
+        .map(|json| Response::new(JsonReply { json }))
+        .map_err(|e| Status::internal(e.to_string()))
+}
+
+fn parse_label(s: &str) -> Result<(String, String), Status> {
+    let (k, v) = s.split_once('=').unwrap_or((s, ""));
+    if k.is_empty() || k.len() > 256 || k.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Status::invalid_argument(format!(
+            "invalid label {s:?}: use KEY=VALUE (KEY without spaces)"
+        )));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+#[tonic::async_trait]
+impl Control for ControlApi {
+    async fn list_nodes(
+        &self,
+        request: Request<ReadRequest>,
+    ) -> Result<Response<JsonReply>, Status> {
+        self.authorize(&request)?;
+        let local = request.get_ref().local;
+        let nodes = self.read(local, |tx| tx.list::<Node>()).await?;
+        let raft = self.raft_view().await;
+        let mut views: Vec<NodeView> = nodes.iter().map(|n| self.view(n, &raft)).collect();
+        views.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.id.cmp(&b.id)));
+        json(&views)
+    }
+
+    async fn inspect_node(&self, request: Request<NodeRef>) -> Result<Response<JsonReply>, Status> {
+        self.authorize(&request)?;
+        let r = request.into_inner();
+        let n = self.node_by_ref(&r.node, r.local).await?;
+        let raft = self.raft_view().await;
+        json(&self.view(&n, &raft))
+    }
+
+    async fn update_node(
+        &self,
+        request: Request<UpdateNodeRequest>,
+    ) -> Result<Response<JsonReply>, Status> {
+        self.authorize(&request)?;
+        let r = request.into_inner();
+        let availability = match r.availability.as_str() {
+            "" => None,
+            "active" => Some(Availability::Active),
+            "pause" => Some(Availability::Pause),
+            "drain" => Some(Availability::Drain),
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "invalid availability {other:?}: use active, pause or drain"
+                )))
+            }
+        };
+        let adds = r
+            .label_add
+            .iter()
+            .map(|l| parse_label(l))
+            .collect::<Result<Vec<_>, _>>()?;
+        let n = self
+            .modify_node(&r.node, |n| {
+                if let Some(a) = availability {
+                    n.availability = a;
+                }
+                for (k, v) in &adds {
+                    n.labels.insert(k.clone(), v.clone());
+                }
+                for k in &r.label_rm {
+                    if n.labels.remove(k).is_none() {
+                        return Err(Status::not_found(format!(
+                            "node {} has no label {k:?}",
+                            n.hostname
+                        )));
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        let raft = self.raft_view().await;
+        json(&self.view(&n, &raft))
+    }
+
+    async fn promote_node(&self, request: Request<NodeRef>) -> Result<Response<JsonReply>, Status> {
+        self.authorize(&request)?;
+        let r = request.into_inner();
+        let n = self.node_by_ref(&r.node, false).await?;
+        if n.role == ObjRole::Manager {
+            let raft = self.raft_view().await;
+            return json(&self.view(&n, &raft));
+        }
+        if n.daemon != "flotilla-manager" {
+            return Err(Status::failed_precondition(format!(
+                "node {} runs {}, which cannot become a manager; on that machine, leave the cluster and join with `flotilla-manager join --token MANAGER-TOKEN ADDR` instead",
+                n.hostname,
+                if n.daemon.is_empty() { "flotilla-worker" } else { &n.daemon }
+            )));
+        }
+        if n.status != NodeStatus::Ready {
+            return Err(Status::failed_precondition(format!(
+                "node {} is {}: a manager must be reachable to join Raft; start it first",
+                n.hostname,
+                status_word(n.status)
+            )));
+        }
+        let n = self
+            .modify_node(&r.node, |n| {
+                n.role = ObjRole::Manager;
+                if n.raft_id == 0 {
+                    use rand::Rng;
+                    n.raft_id = rand::thread_rng().gen_range(1..u64::MAX);
+                }
+                Ok(())
+            })
+            .await?;
+        let raft = self.raft_view().await;
+        json(&self.view(&n, &raft))
+    }
+
+    async fn demote_node(&self, request: Request<NodeRef>) -> Result<Response<JsonReply>, Status> {
+        self.authorize(&request)?;
+        let r = request.into_inner();
+        let n = self.node_by_ref(&r.node, false).await?;
+        if n.role != ObjRole::Manager {
+            let raft = self.raft_view().await;
+            return json(&self.view(&n, &raft));
+        }
+        let managers = self
+            .read(false, |tx| tx.find::<Node>(|x| x.role == ObjRole::Manager).len())
+            .await?;
+        if managers <= 1 {
+            return Err(Status::failed_precondition(format!(
+                "refusing to demote {}: it is the last manager, the cluster would have nobody to keep its state",
+                n.hostname
+            )));
+        }
+        self.m
+            .raft
+            .remove_manager(n.raft_id, false)
+            .await
+            .map_err(|e| Status::failed_precondition(format!("refusing to demote {}: {e}", n.hostname)))?;
+        let n = self
+            .modify_node(&r.node, |n| {
+                n.role = ObjRole::Worker;
+                Ok(())
+            })
+            .await?;
+        let raft = self.raft_view().await;
+        json(&self.view(&n, &raft))
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<RemoveNodeRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        self.authorize(&request)?;
+        let r = request.into_inner();
+        let n = self.node_by_ref(&r.node, false).await?;
+        if n.meta.id == self.m.node_id {
+            return Err(Status::failed_precondition(
+                "refusing to remove the node answering this request; run `node rm` on another manager",
+            ));
+        }
+        if n.role == ObjRole::Manager {
+            if !r.force {
+                return Err(Status::failed_precondition(format!(
+                    "node {} is a manager (a Raft member): demote it first with `flotilla node demote {}`, or remove it anyway with --force",
+                    n.hostname, n.hostname
+                )));
+            }
+            let managers = self
+                .read(false, |tx| tx.find::<Node>(|x| x.role == ObjRole::Manager).len())
+                .await?;
+            if managers <= 1 {
+                return Err(Status::failed_precondition(format!(
+                    "refusing to remove {}: it is the last manager",
+                    n.hostname
+                )));
+            }
+            self.m
+                .raft
+                .remove_manager(n.raft_id, false)
+                .await
+                .map_err(|e| Status::failed_precondition(format!("refusing to remove {}: {e}", n.hostname)))?;
+        } else if n.status == NodeStatus::Ready && !r.force {
+            return Err(Status::failed_precondition(format!(
+                "node {} is ready (heartbeating): stop it first, or remove it anyway with --force",
+                n.hostname
+            )));
+        }
+        for _ in 0..20 {
+            let cluster = self.cluster_object().await?;
+            let node: Option<Node> = self.read(false, |tx| tx.get::<Node>(&n.meta.id)).await?;
+            let Some(node) = node else {
+                return Ok(Response::new(Empty {}));
+            };
+            let mut c = cluster.clone();
+            if !c.revoked_nodes.contains(&node.meta.id) {
+                c.revoked_nodes.push(node.meta.id.clone());
+            }
+            let batch = vec![
+                Action::Delete {
+                    kind: agent_common::objects::Kind::Node,
+                    id: node.meta.id.clone(),
+                    version: Some(node.meta.version),
+                },
+                Action::Update(agent_common::objects::Object::Cluster(c)),
+            ];
+            match self.m.store().update(batch).await {
+                Ok(_) => {
+                    tracing::info!(node = %node.meta.id, hostname = %node.hostname, "node removed");
+                    return Ok(Response::new(Empty {}));
+                }
+                Err(StoreError::Refused(Refusal::Conflict { .. })) => continue,
+                Err(e) => return Err(store_status(e)),
+            }
+        }
+        Err(Status::aborted("the cluster kept changing while removing the node; try again"))
+    }
+
+    async fn cluster_info(
+        &self,
+        request: Request<ReadRequest>,
+    ) -> Result<Response<JsonReply>, Status> {
+        self.authorize(&request)?;
+        let local = request.get_ref().local;
+        let (cluster, nodes) = self
+            .read(local, |tx| {
+                (tx.list::<Cluster>().into_iter().next(), tx.list::<Node>())
+            })
+            .await?;
+        let cluster = cluster.unwrap_or_default();
+        let raft = if local {
+            self.m.raft.membership().local_view().await
+        } else {
+            self.raft_view().await
+        };
+        let by_raft: BTreeMap<u64, &Node> = nodes.iter().map(|n| (n.raft_id, n)).collect();
+        let mut by_status = BTreeMap::new();
+        for n in &nodes {
+            *by_status.entry(status_word(n.status).to_string()).or_insert(0u64) += 1;
+        }
+        let managers = raft
+            .members
+            .iter()
+            .map(|mem| ManagerStatus {
+                raft_id: mem.id,
+                leader: mem.leader,
+                reachability: if mem.leader || mem.reachable {
+                    "reachable".into()
+                } else if raft.leader_view {
+                    "unreachable".into()
+                } else {
+                    "unknown".into()
+                },
+                addr: mem.node.api_addr.clone(),
+            })
+            .collect();
+        let leader = raft.leader_id.and_then(|l| raft.member(l));
+        let info = ClusterInfo {
+            id: cluster.meta.id.clone(),
+            node_id: self.m.node_id.clone(),
+            leader_id: raft
+                .leader_id
+                .and_then(|l| by_raft.get(&l).map(|n| n.meta.id.clone())),
+            leader_addr: leader.map(|l| l.node.api_addr.clone()),
+            raft_term: raft.term,
+            raft_last_index: raft.last_log_index.unwrap_or(0),
+            raft_applied_index: raft.applied_index.unwrap_or(0),
+            managers,
+            nodes_by_status: by_status,
+            nodes: nodes.len() as u64,
+            ca_digest: cluster.root_ca_digest.clone(),
+            heartbeat_period_ms: cluster.heartbeat_period_ms,
+        };
+        json(&info)
+    }
+
+    async fn join_token(
+        &self,
+        request: Request<JoinTokenRequest>,
+    ) -> Result<Response<JoinTokenReply>, Status> {
+        self.authorize(&request)?;
+        let r = request.into_inner();
+        let role = match r.role.as_str() {
+            "worker" => NodeRole::Worker,
+            "manager" => NodeRole::Manager,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown role {other:?}: use worker or manager"
+                )))
+            }
+        };
+        let mut cluster = self.cluster_object().await?;
+        if r.rotate {
+            let mut done = false;
+            for _ in 0..20 {
+                let mut c = self.cluster_object().await?;
+                let nonce = {
+                    use rand::Rng;
+                    format!("{:032x}", rand::thread_rng().gen::<u128>())
+                };
+                match role {
+                    NodeRole::Worker => c.worker_token_nonce = nonce,
+                    NodeRole::Manager => c.manager_token_nonce = nonce,
+                }
+                let token = self.m.join_token(&c, role);
+                match role {
+                    NodeRole::Worker => c.worker_token_hash = token.token_hash().to_hex(),
+                    NodeRole::Manager => c.manager_token_hash = token.token_hash().to_hex(),
+                }
+                match self.m.store().put(c).await {
+                    Ok(c) => {
+                        cluster = c;
+                        done = true;
+                        break;
+                    }
+                    Err(StoreError::Refused(Refusal::Conflict { .. })) => continue,
+                    Err(e) => return Err(store_status(e)),
+                }
+            }
+            if !done {
+                return Err(Status::aborted("the cluster kept changing; try again"));
+            }
+            tracing::info!(role = role.as_str(), "join token rotated");
+        }
+        let token = self.m.join_token(&cluster, role);
+        Ok(Response::new(JoinTokenReply {
+            token: token.to_string(),
+            managers: self.m.manager_addrs(),
+        }))
+    }
+
+    async fn issue_client_cert(
+        &self,
+        request: Request<ClientCertRequest>,
+    ) -> Result<Response<ClientCertReply>, Status> {
+        self.authorize(&request)?;
+        Err(Status::unimplemented(
+            "client certificates for remote access are not available yet; run the CLI on a manager",
+        ))
+    }
+}
+
+fn status_word(s: NodeStatus) -> &'static str {
+    match s {
+        NodeStatus::Ready => "ready",
+        NodeStatus::Down => "down",
+        NodeStatus::Unknown => "unknown",
+    }
+}

@@ -1,0 +1,108 @@
+//! The manager's two servers.
+//!
+//! - The cluster port (default 2377): mutual TLS with certificates from the
+//!   cluster CA (a caller without one may only `Join`). It carries the Raft
+//!   RPCs (managers only), the dispatcher (every node) and the control API
+//!   (managers and the local socket only: workers are refused).
+//! - The local socket (`-H unix://…`, mode 0600): the control API for the
+//!   `flotilla` CLI on this machine.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use agent_common::control_proto::control_server::ControlServer;
+use agent_common::dispatcher_proto::dispatcher_server::DispatcherServer;
+use agent_common::pki::NodeRole;
+use agent_common::tls::{self, grpc};
+use anyhow::{bail, Context};
+
+use super::Manager;
+use crate::api::control::ControlApi;
+use crate::api::dispatcher::DispatcherApi;
+
+/// The socket path of a `unix://PATH` host.
+pub fn socket_path(host: &str) -> anyhow::Result<PathBuf> {
+    match host.strip_prefix("unix://") {
+        Some(p) if p.starts_with('/') => Ok(PathBuf::from(p)),
+        _ => bail!("invalid -H {host:?}: use unix:///absolute/path.sock"),
+    }
+}
+
+/// Binds the local socket (refusing to take over a live one).
+pub async fn bind_socket(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("failed to create {}", dir.display()))?;
+    }
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            bail!(
+                "another daemon is already serving {}; stop it or pass a different -H",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("failed to remove stale socket {}", path.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("failed to listen on {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("failed to restrict {}", path.display()))?;
+    Ok(listener)
+}
+
+/// Serves the cluster port until `shutdown` resolves.
+pub async fn serve_cluster_port(
+    m: Arc<Manager>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let identity = m.identity.borrow().clone();
+    let server_tls = grpc::ServerTls::new(tls::join_server_config(&identity, &m.revocations)?);
+    // A renewed certificate is served to new connections.
+    {
+        let mut ids = m.identity.clone();
+        let server_tls = server_tls.clone();
+        let revocations = m.revocations.clone();
+        tokio::spawn(async move {
+            while ids.changed().await.is_ok() {
+                let id = ids.borrow().clone();
+                match tls::join_server_config(&id, &revocations) {
+                    Ok(c) => server_tls.replace(c),
+                    Err(e) => tracing::warn!("failed to serve the renewed certificate: {e}"),
+                }
+            }
+        });
+    }
+    let raft = tonic::service::interceptor::InterceptedService::new(
+        m.raft.service(),
+        |req: tonic::Request<()>| {
+            grpc::Caller::of(&req).require(NodeRole::Manager)?;
+            Ok(req)
+        },
+    );
+    tonic::transport::Server::builder()
+        .add_service(raft)
+        .add_service(DispatcherServer::new(DispatcherApi::new(Arc::clone(&m))))
+        .add_service(ControlServer::new(ControlApi::new(Arc::clone(&m))))
+        .serve_with_incoming_shutdown(grpc::incoming(listener, server_tls), shutdown)
+        .await
+        .context("the cluster port server failed")
+}
+
+/// Serves the local socket until `shutdown` resolves.
+pub async fn serve_local(
+    m: Arc<Manager>,
+    listener: tokio::net::UnixListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    tonic::transport::Server::builder()
+        .add_service(ControlServer::new(ControlApi::new(m)))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+        .context("the local API server failed")
+}
