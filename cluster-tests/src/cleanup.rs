@@ -292,6 +292,37 @@ fn unmount_under(root: &Path) {
     }
 }
 
+/// Ends (SIGKILL, by PID) every process whose [`OWNER_ENV`] marker is `dir` or a path under it,
+/// then detaches every mount at or under `dir`; returns the PIDs it signalled. For the
+/// multi-host labs (`hosts.rs`), whose processes carry the lab's directory as their marker,
+/// also after the test process that made them died. Best effort, never panics.
+pub(crate) fn reap_owned_under(dir: &Path) -> Vec<i32> {
+    use std::os::unix::ffi::OsStrExt;
+    let prefix = format!("{OWNER_ENV}=");
+    let me = std::process::id() as i32;
+    let mut killed = Vec::new();
+    if let Ok(procs) = std::fs::read_dir("/proc") {
+        for p in procs.flatten() {
+            let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+                continue;
+            };
+            let owned = env.split(|b| *b == 0).any(|e| {
+                e.strip_prefix(prefix.as_bytes())
+                    .is_some_and(|v| Path::new(std::ffi::OsStr::from_bytes(v)).starts_with(dir))
+            });
+            if owned && pid != me {
+                signal(pid, libc::SIGKILL);
+                killed.push(pid);
+            }
+        }
+    }
+    unmount_under(dir);
+    killed
+}
+
 #[cfg(test)]
 mod tests {
     use super::unescape;

@@ -13,6 +13,7 @@
 mod bins;
 mod cleanup;
 mod daemon;
+pub mod hosts;
 mod image;
 mod poll;
 pub mod registry;

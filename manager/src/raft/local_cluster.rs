@@ -1,7 +1,8 @@
 //! An in-process cluster of Raft members on `127.0.0.1` ports picked by the
 //! kernel, for tests and benchmarks: start N members, find the leader, stop
-//! and restart members from their data directories, and measure committed
-//! writes per second. Not used by the daemon.
+//! and restart members from their data directories, start empty members to
+//! add, force a new cluster from one member's directory, and measure
+//! committed writes per second. Not used by the daemon.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -58,9 +59,46 @@ impl LocalCluster {
         std::fs::create_dir_all(&dir).map_err(RaftNodeError::Io)?;
         let node =
             RaftNode::start(id, &dir, listener, &self.options, Arc::new(PlainConnector)).await?;
-        self.addrs.insert(id, node.addr());
+        if let Some(addr) = node.listen_addr() {
+            self.addrs.insert(id, addr);
+        }
         self.nodes.insert(id, node);
         Ok(())
+    }
+
+    /// Start a new, empty member `id` (not part of the cluster: add it with
+    /// `add_manager`) and return its record.
+    pub async fn start_empty(&mut self, id: NodeId) -> Result<ManagerNode, RaftNodeError> {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(RaftNodeError::Io)?;
+        self.start_member(id, listener).await?;
+        Ok(self.nodes[&id].node())
+    }
+
+    /// The data directory of member `id`.
+    pub fn dir(&self, id: NodeId) -> PathBuf {
+        self.root.join(id.to_string())
+    }
+
+    /// The record of member `id` (running or stopped).
+    pub fn record(&self, id: NodeId) -> ManagerNode {
+        let addr = self.addrs[&id].to_string();
+        ManagerNode {
+            raft_addr: addr.clone(),
+            api_addr: addr,
+        }
+    }
+
+    /// `--force-new-cluster` on stopped member `id`'s directory, then start
+    /// it again on its old address: a one-member cluster with its state.
+    pub async fn force_new_cluster(
+        &mut self,
+        id: NodeId,
+    ) -> Result<super::ForcedCluster, RaftNodeError> {
+        let forced = super::force_new_cluster(&self.dir(id), id, self.record(id)).await?;
+        self.restart(id).await?;
+        Ok(forced)
     }
 
     /// A running member.

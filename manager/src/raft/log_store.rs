@@ -97,6 +97,31 @@ impl LogStore {
         .await
     }
 
+    async fn write_rows(&self, rows: Vec<(u64, Vec<u8>)>) -> Result<(), openraft::AnyError> {
+        self.write(move |tx| {
+            let mut t = tx.open_table(LOG).map_err(io_err)?;
+            for (i, b) in &rows {
+                t.insert(*i, b.as_slice()).map_err(io_err)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Append `entries` durably outside openraft (no flush callback): used
+    /// only by `--force-new-cluster` recovery while Raft is not running.
+    pub(crate) async fn append_offline(&self, entries: Vec<Entry>) -> StorageResult<()> {
+        let mut rows = Vec::new();
+        for e in entries {
+            let bytes =
+                serde_json::to_vec(&e).map_err(|e| StorageIOError::write_logs(io_err(e)))?;
+            rows.push((e.log_id.index, bytes));
+        }
+        self.write_rows(rows)
+            .await
+            .map_err(|e| StorageIOError::write_logs(e).into())
+    }
+
     fn last_entry_id(&self) -> Result<Option<LogId<NodeId>>, openraft::AnyError> {
         let rx = self.db.begin_read().map_err(io_err)?;
         let t = rx.open_table(LOG).map_err(io_err)?;
@@ -185,15 +210,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 serde_json::to_vec(&e).map_err(|e| StorageIOError::write_logs(io_err(e)))?;
             rows.push((e.log_id.index, bytes));
         }
-        let res = self
-            .write(move |tx| {
-                let mut t = tx.open_table(LOG).map_err(io_err)?;
-                for (i, b) in &rows {
-                    t.insert(*i, b.as_slice()).map_err(io_err)?;
-                }
-                Ok(())
-            })
-            .await;
+        let res = self.write_rows(rows).await;
         match res {
             Ok(()) => {
                 // The entries are on disk: only now tell openraft.

@@ -10,20 +10,27 @@
 //! What it owns: the [`TypeConfig`] (`D` = a [`Batch`], `R` = its
 //! [`BatchOutcome`]), the redb-backed [`LogStore`] (log, vote, purge point),
 //! the [`StateMachine`] adapter that drives the store and its snapshots, the
-//! tonic transport ([`network`], [`service`]) and [`RaftNode`], which wires
-//! one member together. What it does not own: the tables and version checks
-//! (`crate::store`), membership policy and TLS (later: the transport takes a
-//! pluggable [`network::Connector`] and the server is a plain tonic service
-//! the caller mounts).
+//! tonic transport ([`network`], [`service`]), forwarding of writes, reads
+//! and membership changes to the leader ([`forward`]), membership changes
+//! with quorum checks ([`membership`]), `--force-new-cluster` recovery
+//! ([`recovery`]) and [`RaftNode`], which wires one member together. What it
+//! does not own: the tables and version checks (`crate::store`), TLS (the
+//! transport takes a pluggable [`network::Connector`]; the service is a
+//! plain tonic service the daemon mounts on its mTLS port) and membership
+//! *policy* (who may be removed without `--force`: the daemon decides from
+//! [`ClusterInfo`]).
 
 // openraft 0.9's storage traits fix `StorageError` (224 bytes) as the error
 // type; boxing it in our helpers would only move the conversion around.
 #![allow(clippy::result_large_err)]
 
+pub mod forward;
 pub mod local_cluster;
 pub mod log_store;
+pub mod membership;
 pub mod network;
 mod node;
+pub mod recovery;
 pub mod service;
 pub mod state_machine;
 #[cfg(test)]
@@ -34,9 +41,12 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
+pub use forward::ForwardError;
 pub use log_store::LogStore;
-pub use network::{Connector, GrpcNetwork, PlainConnector};
-pub use node::{RaftNode, RaftNodeError, RaftOptions, RaftProposer};
+pub use membership::{ClusterInfo, MemberInfo, Membership, MembershipError};
+pub use network::{BoxError, Connector, GrpcNetwork, PlainConnector};
+pub use node::{RaftNode, RaftNodeError, RaftOptions, RaftProposer, LOG_FILE, STORE_FILE};
+pub use recovery::{force_new_cluster, ForcedCluster};
 pub use service::RaftService;
 pub use state_machine::StateMachine;
 

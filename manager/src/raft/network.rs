@@ -1,17 +1,21 @@
 //! The client side of the Raft transport: openraft's `RaftNetworkFactory`
 //! over tonic. One lazily-connected `Channel` per peer address is kept and
 //! shared by every connection openraft opens to that peer (tonic reconnects
-//! it as needed). How a channel is made is a [`Connector`]: plain TCP today
-//! ([`PlainConnector`]), mutual TLS when the CA lands.
+//! it as needed), and by the forwarding of writes, reads and membership
+//! changes to the leader (`super::forward`). How a channel is made is a
+//! [`Connector`]: plain TCP ([`PlainConnector`]) in tests, mutual TLS in the
+//! daemon (a connector built on `Endpoint::connect_with_connector_lazy`).
 //!
 //! Each RPC carries openraft's request as JSON in `RaftRequest.data`; the
 //! reply is JSON of `Result<Response, RaftError>`. A transport failure is
 //! reported as `Unreachable` (openraft backs off), a remote Raft error as
-//! `RemoteError`.
+//! `RemoteError`. Every answer a peer gives, Raft error or not, is recorded
+//! in [`Contacts`]: on the leader that is the heartbeat-driven "last heard
+//! from" each member that membership checks use.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -29,24 +33,59 @@ use super::pb::raft_client::RaftClient;
 use super::pb::RaftRequest;
 use super::{ManagerNode, NodeId, TypeConfig};
 
-/// Makes the endpoint for a peer address: the pluggable part of the
-/// transport (plain TCP now, mutual TLS later).
+/// A boxed error a [`Connector`] may return.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Makes the channel to a peer address: the pluggable part of the transport
+/// (plain TCP in tests, mutual TLS in the daemon).
+///
+/// The channel must connect lazily (`Endpoint::connect_lazy`, or
+/// `Endpoint::connect_with_connector_lazy` with a custom TLS connector): it is
+/// made once per address, shared, and tonic reconnects it when the peer
+/// comes back. Start from [`endpoint`] to get the transport's timeouts.
 pub trait Connector: Send + Sync + 'static {
-    /// The endpoint for `addr` (`host:port`).
-    fn endpoint(&self, addr: &str) -> Result<Endpoint, tonic::transport::Error>;
+    /// A lazily connecting channel to `addr` (`host:port`).
+    fn channel(&self, addr: &str) -> Result<Channel, BoxError>;
 }
 
-/// Plain HTTP/2 over TCP, for tests and until TLS is wired in.
+/// The endpoint for `uri` (e.g. `http://host:port`) with the timeouts the
+/// Raft transport expects: 500 ms to connect, TCP_NODELAY, HTTP/2 keepalive
+/// every 5 s. Connectors build on it.
+pub fn endpoint(uri: &str) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(uri.to_string())?
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5)))
+}
+
+/// Plain HTTP/2 over TCP, for tests.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PlainConnector;
 
 impl Connector for PlainConnector {
-    fn endpoint(&self, addr: &str) -> Result<Endpoint, tonic::transport::Error> {
-        Ok(Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5)))
+    fn channel(&self, addr: &str) -> Result<Channel, BoxError> {
+        Ok(endpoint(&format!("http://{addr}"))?.connect_lazy())
+    }
+}
+
+/// When each peer last answered an RPC (any answer, including a Raft
+/// error: it proves the peer is up and reachable). Shared by clones.
+#[derive(Clone, Default)]
+pub struct Contacts {
+    last: Arc<Mutex<HashMap<NodeId, Instant>>>,
+}
+
+impl Contacts {
+    fn record(&self, id: NodeId) {
+        let mut m = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        m.insert(id, Instant::now());
+    }
+
+    /// How long ago `id` last answered, if it ever did.
+    pub fn since(&self, id: NodeId) -> Option<Duration> {
+        let m = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(&id).map(|t| t.elapsed())
     }
 }
 
@@ -55,6 +94,7 @@ impl Connector for PlainConnector {
 pub struct GrpcNetwork {
     connector: Arc<dyn Connector>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    contacts: Contacts,
 }
 
 impl GrpcNetwork {
@@ -63,17 +103,29 @@ impl GrpcNetwork {
         GrpcNetwork {
             connector,
             channels: Arc::default(),
+            contacts: Contacts::default(),
         }
     }
 
-    fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+    /// The shared channel to `addr`, made by the connector on first use.
+    pub fn channel(&self, addr: &str) -> Result<Channel, BoxError> {
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let c = self.connector.endpoint(addr)?.connect_lazy();
+        let c = self.connector.channel(addr)?;
         map.insert(addr.to_string(), c.clone());
         Ok(c)
+    }
+
+    /// A Raft-service client to `addr`.
+    pub fn client(&self, addr: &str) -> Result<RaftClient<Channel>, BoxError> {
+        self.channel(addr).map(RaftClient::new)
+    }
+
+    /// When each peer last answered.
+    pub fn contacts(&self) -> &Contacts {
+        &self.contacts
     }
 }
 
@@ -84,10 +136,8 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
         PeerConnection {
             target,
             node: node.clone(),
-            client: self
-                .channel(&node.raft_addr)
-                .map(RaftClient::new)
-                .map_err(|e| e.to_string()),
+            client: self.client(&node.raft_addr).map_err(|e| e.to_string()),
+            contacts: self.contacts.clone(),
         }
     }
 }
@@ -97,6 +147,7 @@ pub struct PeerConnection {
     target: NodeId,
     node: ManagerNode,
     client: Result<RaftClient<Channel>, String>,
+    contacts: Contacts,
 }
 
 /// Why a call failed before a Raft answer came back.
@@ -164,7 +215,10 @@ impl PeerConnection {
             Rpc::Snapshot => client.install_snapshot(request).await,
         };
         let reply = match reply {
-            Ok(r) => r.into_inner(),
+            Ok(r) => {
+                self.contacts.record(self.target);
+                r.into_inner()
+            }
             Err(status) => {
                 let err = TransportError::Call {
                     addr,

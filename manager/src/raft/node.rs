@@ -1,7 +1,8 @@
 //! One manager's Raft member, wired: the redb log and store files under a
-//! data directory, the openraft instance, its tonic server on a listener the
-//! caller bound, and the [`RaftProposer`] that makes the store's `update`
-//! go through Raft.
+//! data directory, the openraft instance, its peer service (mounted by the
+//! caller on its cluster port, or served here on a listener the caller
+//! bound), the [`RaftProposer`] that makes the store's `update` go through
+//! Raft from any member, and the [`Membership`] operations.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -9,15 +10,18 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::RaftError;
 use openraft::{Config, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use super::forward::Forwarder;
+use super::membership::{ClusterInfo, Membership, MembershipError};
 use super::network::{Connector, GrpcNetwork};
+use super::pb::raft_server::RaftServer;
 use super::service::RaftService;
-use super::typ::{ForwardToLeader, Raft, RaftMetrics};
+use super::typ::{Raft, RaftMetrics, StorageError};
 use super::{LogStore, ManagerNode, NodeId, StateMachine};
 use crate::store::{
     Batch, BatchOutcome, BoxFuture, Durability, ProposeError, Proposer, Store, StoreError,
@@ -41,8 +45,15 @@ pub struct RaftOptions {
     /// Entries kept in the log behind a snapshot, so briefly-lagging
     /// followers catch up from the log instead of a snapshot.
     pub keep_logs_after_snapshot: u64,
-    /// How long a write may wait for a commit before it fails as unavailable.
+    /// How long a write (or a linearizable read) may take, including finding
+    /// and reaching the leader, before it fails.
     pub write_timeout: Duration,
+    /// How long [`RaftNode::add_manager`] waits for a new member to catch up
+    /// (as a learner) before promoting it.
+    pub catch_up_timeout: Duration,
+    /// A member that answered the leader within this window counts as
+    /// reachable (leader heartbeats every `heartbeat_interval`).
+    pub reachable_within: Duration,
 }
 
 impl Default for RaftOptions {
@@ -53,6 +64,8 @@ impl Default for RaftOptions {
             snapshot_after_logs: 10_000,
             keep_logs_after_snapshot: 1_000,
             write_timeout: Duration::from_secs(5),
+            catch_up_timeout: Duration::from_secs(30),
+            reachable_within: Duration::from_secs(2),
         }
     }
 }
@@ -98,90 +111,71 @@ pub enum RaftNodeError {
     Initialize(
         #[source] Box<RaftError<NodeId, openraft::error::InitializeError<NodeId, ManagerNode>>>,
     ),
+    /// `--force-new-cluster` found no Raft state to keep.
+    #[error("failed to force a new cluster from {dir}: it holds no Raft state (no log, nothing applied)")]
+    NothingToRecover {
+        /// The data directory.
+        dir: String,
+    },
+    /// Reading or writing the Raft log or state failed.
+    #[error("failed to read or write the Raft state in {dir}: {source}")]
+    Storage {
+        /// The data directory.
+        dir: String,
+        /// openraft's storage error.
+        #[source]
+        source: Box<StorageError>,
+    },
 }
 
-/// Replicates store batches through openraft.
+/// Replicates store batches through openraft, from any member: the leader
+/// commits locally, a follower forwards to the leader (see
+/// `super::forward`).
 pub struct RaftProposer {
-    raft: Raft,
-    write_timeout: Duration,
-}
-
-impl RaftProposer {
-    /// Propose through `raft`, failing writes that do not commit within
-    /// `write_timeout`.
-    pub fn new(raft: Raft, write_timeout: Duration) -> RaftProposer {
-        RaftProposer {
-            raft,
-            write_timeout,
-        }
-    }
-}
-
-fn forward(f: ForwardToLeader) -> ProposeError {
-    let leader_addr = f.leader_node.map(|n| {
-        if n.api_addr.is_empty() {
-            n.raft_addr
-        } else {
-            n.api_addr
-        }
-    });
-    ProposeError::ForwardToLeader {
-        leader_id: f.leader_id,
-        leader_addr,
-    }
+    fwd: Forwarder,
 }
 
 impl Proposer for RaftProposer {
     fn propose(&self, batch: Batch) -> BoxFuture<'_, Result<BatchOutcome, ProposeError>> {
-        Box::pin(async move {
-            let res = tokio::time::timeout(self.write_timeout, self.raft.client_write(batch)).await;
-            match res {
-                Err(elapsed) => Err(ProposeError::Unavailable(Box::new(elapsed))),
-                Ok(Ok(resp)) => Ok(resp.data),
-                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                    Err(forward(f))
-                }
-                Ok(Err(RaftError::APIError(e))) => Err(ProposeError::Unavailable(Box::new(e))),
-                Ok(Err(RaftError::Fatal(f))) => Err(ProposeError::Fatal(Box::new(f))),
-            }
-        })
+        Box::pin(self.fwd.propose(batch))
     }
 
     fn ensure_linearizable(&self) -> BoxFuture<'_, Result<(), ProposeError>> {
-        Box::pin(async move {
-            let res =
-                tokio::time::timeout(self.write_timeout, self.raft.ensure_linearizable()).await;
-            match res {
-                Err(elapsed) => Err(ProposeError::Unavailable(Box::new(elapsed))),
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                    Err(forward(f))
-                }
-                Ok(Err(RaftError::APIError(e))) => Err(ProposeError::Unavailable(Box::new(e))),
-                Ok(Err(RaftError::Fatal(f))) => Err(ProposeError::Fatal(Box::new(f))),
-            }
-        })
+        Box::pin(self.fwd.ensure_linearizable())
     }
 }
 
-/// A running Raft member: openraft, its store, and its peer server.
+/// The peer server `RaftNode::start` runs.
+struct Server {
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    addr: SocketAddr,
+}
+
+/// A running Raft member: openraft, its store, its peer service and
+/// membership operations.
 pub struct RaftNode {
     id: NodeId,
-    addr: SocketAddr,
+    node: ManagerNode,
     raft: Raft,
     store: Store,
-    server: JoinHandle<Result<(), tonic::transport::Error>>,
-    stop_server: tokio::sync::oneshot::Sender<()>,
+    membership: Membership,
+    write_timeout: Duration,
+    server: Option<Server>,
 }
 
 impl RaftNode {
-    /// Open (or create) the member's files in `data_dir`, start openraft and
-    /// serve its peer RPCs on `listener`. A member that has state resumes it;
-    /// a new one waits to be initialized ([`RaftNode::initialize`]) or added.
-    pub async fn start(
+    /// Open (or create) the member's files in `data_dir` and start openraft,
+    /// **without** serving: mount [`RaftNode::service`] on the cluster port.
+    /// `node` is this member's record (its `raft_addr` is where peers reach
+    /// that service). Peer channels come from `connector`. A member that has
+    /// state resumes it; a new one waits to be initialized
+    /// ([`RaftNode::initialize`]) or added ([`RaftNode::add_manager`] on a
+    /// member of the cluster).
+    pub async fn open(
         id: NodeId,
         data_dir: &Path,
-        listener: TcpListener,
+        node: ManagerNode,
         options: &RaftOptions,
         connector: Arc<dyn Connector>,
     ) -> Result<RaftNode, RaftNodeError> {
@@ -194,27 +188,82 @@ impl RaftNode {
         let store =
             Store::open(data_dir.join(STORE_FILE), Durability::Eventual).map_err(open_err)?;
         let sm = StateMachine::new(store.clone());
-        let raft = Raft::new(id, config, GrpcNetwork::new(connector), log, sm)
+        let network = GrpcNetwork::new(connector);
+        let raft = Raft::new(id, config, network.clone(), log, sm)
             .await
             .map_err(|e| RaftNodeError::Start(Box::new(e)))?;
+        let fwd = Forwarder {
+            id,
+            raft: raft.clone(),
+            network,
+            write_timeout: options.write_timeout,
+        };
+        let membership = Membership::new(
+            fwd.clone(),
+            options.catch_up_timeout,
+            options.reachable_within,
+        );
+        let proposer = Arc::new(RaftProposer { fwd });
+        Ok(RaftNode {
+            id,
+            node,
+            store: store.with_proposer(proposer),
+            raft,
+            membership,
+            write_timeout: options.write_timeout,
+            server: None,
+        })
+    }
+
+    /// [`RaftNode::open`], then serve the peer service on `listener` (plain
+    /// HTTP/2: tests and tools). The member's record uses the listener's
+    /// address for both its Raft and API address.
+    pub async fn start(
+        id: NodeId,
+        data_dir: &Path,
+        listener: TcpListener,
+        options: &RaftOptions,
+        connector: Arc<dyn Connector>,
+    ) -> Result<RaftNode, RaftNodeError> {
         let addr = listener.local_addr().map_err(RaftNodeError::Io)?;
-        let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(
+        let node = ManagerNode {
+            raft_addr: addr.to_string(),
+            api_addr: addr.to_string(),
+        };
+        let mut n = RaftNode::open(id, data_dir, node, options, connector).await?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(RaftService::new(raft.clone()).into_server())
+                .add_service(n.service())
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                     let _ = stopped.await;
                 }),
         );
-        let proposer = Arc::new(RaftProposer::new(raft.clone(), options.write_timeout));
-        Ok(RaftNode {
-            id,
-            addr,
-            store: store.with_proposer(proposer),
-            raft,
-            server,
-            stop_server,
-        })
+        n.server = Some(Server { task, stop, addr });
+        Ok(n)
+    }
+
+    /// `--force-new-cluster`: make `data_dir` (not in use) a one-member
+    /// cluster of `id` at `node` that keeps all its state. Call before
+    /// [`RaftNode::open`]. See [`super::recovery`].
+    pub async fn force_new_cluster(
+        data_dir: &Path,
+        id: NodeId,
+        node: ManagerNode,
+    ) -> Result<super::ForcedCluster, RaftNodeError> {
+        super::recovery::force_new_cluster(data_dir, id, node).await
+    }
+
+    /// The peer service (`flotilla.raft.v1.Raft`: openraft's RPCs and the
+    /// forwarding RPCs), ready for `Server::add_service` or a
+    /// `tonic::service::Routes`. Expose it to managers only.
+    pub fn service(&self) -> RaftServer<RaftService> {
+        RaftService::new(
+            self.raft.clone(),
+            self.membership.clone(),
+            self.write_timeout,
+        )
+        .into_server()
     }
 
     /// This member's id.
@@ -222,18 +271,15 @@ impl RaftNode {
         self.id
     }
 
-    /// The address its peer service listens on.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+    /// The address of the listener [`RaftNode::start`] serves on (none for
+    /// a member made with [`RaftNode::open`]).
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.server.as_ref().map(|s| s.addr)
     }
 
-    /// Its membership record (raft and API address are the same listener
-    /// until the control API lands).
+    /// Its membership record.
     pub fn node(&self) -> ManagerNode {
-        ManagerNode {
-            raft_addr: self.addr.to_string(),
-            api_addr: self.addr.to_string(),
-        }
+        self.node.clone()
     }
 
     /// The openraft handle.
@@ -241,7 +287,8 @@ impl RaftNode {
         &self.raft
     }
 
-    /// The store, whose updates go through Raft.
+    /// The store, whose updates go through Raft (forwarded to the leader
+    /// from a follower).
     pub fn store(&self) -> &Store {
         &self.store
     }
@@ -249,6 +296,38 @@ impl RaftNode {
     /// Current Raft metrics.
     pub fn metrics(&self) -> RaftMetrics {
         self.raft.metrics().borrow().clone()
+    }
+
+    /// True if this member is the leader now.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id)
+    }
+
+    /// Membership operations (also available as the methods below).
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// See [`Membership::add_manager`]. Callable on any member.
+    pub async fn add_manager(&self, id: NodeId, node: ManagerNode) -> Result<(), MembershipError> {
+        self.membership.add_manager(id, node).await
+    }
+
+    /// See [`Membership::remove_manager`]. Callable on any member.
+    pub async fn remove_manager(&self, id: NodeId, force: bool) -> Result<(), MembershipError> {
+        self.membership.remove_manager(id, force).await
+    }
+
+    /// See [`Membership::members`]. Callable on any member.
+    pub async fn members(&self) -> Result<ClusterInfo, MembershipError> {
+        self.membership.members().await
+    }
+
+    /// See [`Membership::reachable_voters`]. Callable on any member.
+    pub async fn reachable_voters(
+        &self,
+    ) -> Result<std::collections::BTreeSet<NodeId>, MembershipError> {
+        self.membership.reachable_voters().await
     }
 
     /// Make this member the first of a new cluster with `members` as voters.
@@ -262,8 +341,8 @@ impl RaftNode {
             .map_err(|e| RaftNodeError::Initialize(Box::new(e)))
     }
 
-    /// Stop Raft and the peer server. Its files stay; start it again with the
-    /// same directory to resume.
+    /// Stop Raft (and the peer server, if [`RaftNode::start`] runs one). Its
+    /// files stay; open it again with the same directory to resume.
     ///
     /// The server shuts down gracefully (peers get an HTTP/2 GOAWAY and
     /// reconnect to whatever serves the address next), bounded to two
@@ -275,21 +354,26 @@ impl RaftNode {
             raft,
             store,
             server,
-            stop_server,
+            membership,
             ..
         } = self;
-        let _ = stop_server.send(());
+        let server = server.map(|s| {
+            let _ = s.stop.send(());
+            s.task
+        });
         if let Err(e) = raft.shutdown().await {
             tracing::warn!(id, "Raft shutdown reported an error: {e}");
         }
         drop(raft);
-        let mut server = server;
-        if tokio::time::timeout(Duration::from_secs(2), &mut server)
-            .await
-            .is_err()
-        {
-            server.abort();
-            let _ = server.await;
+        drop(membership);
+        if let Some(mut task) = server {
+            if tokio::time::timeout(Duration::from_secs(2), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+                let _ = task.await;
+            }
         }
         // openraft's state-machine worker and in-flight blocking applies hold
         // store handles for a moment after shutdown returns.

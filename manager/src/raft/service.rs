@@ -1,26 +1,39 @@
 //! The server side of the Raft transport: a tonic service that decodes a
 //! peer's request, hands it to the local `Raft`, and returns its answer
-//! (`Result<Response, RaftError>` as JSON). Only cluster members should reach
-//! it: mount it on the mutually-authenticated cluster port.
+//! (`Result<Response, RaftError>` as JSON); plus the forwarding RPCs a
+//! follower sends the leader (`Propose`, `ReadIndex`, `ChangeMembership`,
+//! see `super::forward`). Only cluster *managers* may reach it (the
+//! forwarding RPCs write the store): mount it on the mutually-authenticated
+//! cluster port and admit only the manager role.
+
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
+use super::forward;
+use super::membership::Membership;
 use super::pb::raft_server::{Raft as RaftRpc, RaftServer};
 use super::pb::{RaftReply, RaftRequest};
 use super::typ::Raft;
 
-/// Serves `flotilla.raft.v1.Raft` for one local Raft instance.
+/// Serves `flotilla.raft.v1.Raft` for one local Raft member. Made by
+/// `RaftNode::service`.
 #[derive(Clone)]
 pub struct RaftService {
     raft: Raft,
+    membership: Membership,
+    write_timeout: Duration,
 }
 
 impl RaftService {
-    /// Serve `raft`.
-    pub fn new(raft: Raft) -> RaftService {
-        RaftService { raft }
+    pub(crate) fn new(raft: Raft, membership: Membership, write_timeout: Duration) -> RaftService {
+        RaftService {
+            raft,
+            membership,
+            write_timeout,
+        }
     }
 
     /// The tonic server wrapper, ready for `Server::add_service`.
@@ -61,5 +74,25 @@ impl RaftRpc for RaftService {
     ) -> Result<Response<RaftReply>, Status> {
         let rpc = decode(request)?;
         encode(&self.raft.install_snapshot(rpc).await)
+    }
+
+    async fn propose(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let batch = decode(request)?;
+        encode(&forward::lead_propose(&self.raft, batch, self.write_timeout).await)
+    }
+
+    async fn read_index(
+        &self,
+        _request: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
+        encode(&forward::lead_read_index(&self.raft, self.write_timeout).await)
+    }
+
+    async fn change_membership(
+        &self,
+        request: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let req = decode(request)?;
+        encode(&self.membership.lead(req).await)
     }
 }

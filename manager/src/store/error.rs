@@ -74,6 +74,13 @@ pub enum ProposeError {
     /// elsewhere or later.
     #[error("failed to commit through Raft: {0}")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The batch may or may not have committed: it was handed to the leader
+    /// but no answer came back (the leader went away mid-call, or no commit
+    /// within the write timeout). Not blindly retryable: re-read first (a
+    /// retried create may meet `AlreadyExists`/`NameInUse`, a retried update
+    /// a `Conflict`, if the first attempt did commit).
+    #[error("the write may or may not have committed: {0}")]
+    Indeterminate(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Raft stopped for good on this node (storage failure, shutdown).
     #[error("Raft has stopped on this manager: {0}")]
     Fatal(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -101,6 +101,9 @@ pub struct Applied {
 }
 
 /// One change made by a committed batch.
+// Changes travel inside an `Arc<Commit>`; boxing the objects would only add
+// an allocation per change.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
     /// A new object.
