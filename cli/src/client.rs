@@ -41,8 +41,10 @@ pub type Control = agent_common::control_proto::control_client::ControlClient<Ch
 /// Connects to the control API of the daemon at `host`.
 pub async fn connect_control(host: &str) -> Result<Control> {
     let channel = connect_channel(host).await?;
-    Ok(agent_common::control_proto::control_client::ControlClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE))
+    Ok(
+        agent_common::control_proto::control_client::ControlClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE),
+    )
 }
 
 /// Dials the daemon at `host` and returns the gRPC channel.

@@ -12,6 +12,7 @@
 
 mod bins;
 mod cleanup;
+pub mod cluster;
 mod daemon;
 pub mod hosts;
 mod image;

@@ -53,7 +53,11 @@ struct Network {
     #[arg(long = "advertise-addr", value_name = "ADDR")]
     advertise_addr: Option<String>,
     /// Where the cluster port listens.
-    #[arg(long = "listen-addr", value_name = "ADDR[:PORT]", default_value = "0.0.0.0:2377")]
+    #[arg(
+        long = "listen-addr",
+        value_name = "ADDR[:PORT]",
+        default_value = "0.0.0.0:2377"
+    )]
     listen_addr: String,
 }
 
@@ -98,8 +102,9 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
-                .unwrap_or_else(|_| format!("{filter},openraft=warn").into()),
+                .unwrap_or_else(|_| format!("{filter},openraft=error").into()),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -120,6 +125,8 @@ fn main() {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let socket = serve::socket_path(&args.host)?;
+    // For a restart in place (after a demotion): the same socket.
+    let _ = daemon::LOCAL_HOST.set(args.host.clone());
     let (net, heartbeat_period, cert_expiry) = match &args.command {
         Some(Command::Init {
             net,
@@ -137,7 +144,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             agent_common::pki::DEFAULT_NODE_CERT_VALIDITY,
         ),
     };
-    if heartbeat_period < Duration::from_millis(100) || heartbeat_period > Duration::from_secs(600) {
+    if heartbeat_period < Duration::from_millis(100) || heartbeat_period > Duration::from_secs(600)
+    {
         bail!("--heartbeat-period must be between 100ms and 10m");
     }
     if cert_expiry < Duration::from_secs(3600) {

@@ -361,7 +361,11 @@ fn print_pretty(n: &NodeView) {
         }
     );
     println!("Availability:\t\t{}", availability_word(n.availability));
-    println!("Status:\n State:\t\t\t{}\n Addr:\t\t\t{}", status_word(n.status), n.addr);
+    println!(
+        "Status:\n State:\t\t\t{}\n Addr:\t\t\t{}",
+        status_word(n.status),
+        n.addr
+    );
     if let Some(m) = &n.manager_status {
         println!(
             "Manager Status:\n Address:\t\t{}\n Raft Status:\t\t{}\n Leader:\t\t{}",
@@ -400,7 +404,10 @@ pub async fn cluster(ctx: &mut Ctx, g: ClusterGroup) -> Result<i32> {
                             _ => "none (no quorum?)".into(),
                         }
                     );
-                    println!("Raft:\t\tterm {}, last index {}, applied index {}", info.raft_term, info.raft_last_index, info.raft_applied_index);
+                    println!(
+                        "Raft:\t\tterm {}, last index {}, applied index {}",
+                        info.raft_term, info.raft_last_index, info.raft_applied_index
+                    );
                     println!("Managers:\t{}", info.managers.len());
                     for m in &info.managers {
                         println!("  {}\t{}", m.addr, m.column());
@@ -442,7 +449,11 @@ pub async fn join_token(ctx: &mut Ctx, a: JoinTokenArgs) -> Result<i32> {
     if a.rotate {
         println!("Successfully rotated {role} join token.\n");
     }
-    let addr = reply.managers.first().cloned().unwrap_or_else(|| "MANAGER-ADDR".into());
+    let addr = reply
+        .managers
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "MANAGER-ADDR".into());
     println!(
         "To add a {role} to this cluster, run the following command on it:\n\n    {daemon} join --token {} {addr}\n",
         reply.token

@@ -51,7 +51,13 @@ impl ControlApi {
             .membership()
             .get_node(&raft_id)
             .is_some();
-        if !is_member {
+        let demoted = self
+            .m
+            .record
+            .lock()
+            .map(|r| r.role == "worker")
+            .unwrap_or(false);
+        if !is_member || demoted {
             let managers = self.m.manager_addrs().join(", ");
             return Err(Status::failed_precondition(format!(
                 "this node is not a manager (not a Raft member); run the command against a manager{}",
@@ -73,7 +79,11 @@ impl ControlApi {
         if local {
             Ok(self.m.store().view(f))
         } else {
-            self.m.store().read_linearizable(f).await.map_err(store_status)
+            self.m
+                .store()
+                .read_linearizable(f)
+                .await
+                .map_err(store_status)
         }
     }
 
@@ -320,7 +330,9 @@ impl Control for ControlApi {
             return json(&self.view(&n, &raft));
         }
         let managers = self
-            .read(false, |tx| tx.find::<Node>(|x| x.role == ObjRole::Manager).len())
+            .read(false, |tx| {
+                tx.find::<Node>(|x| x.role == ObjRole::Manager).len()
+            })
             .await?;
         if managers <= 1 {
             return Err(Status::failed_precondition(format!(
@@ -332,7 +344,9 @@ impl Control for ControlApi {
             .raft
             .remove_manager(n.raft_id, false)
             .await
-            .map_err(|e| Status::failed_precondition(format!("refusing to demote {}: {e}", n.hostname)))?;
+            .map_err(|e| {
+                Status::failed_precondition(format!("refusing to demote {}: {e}", n.hostname))
+            })?;
         let n = self
             .modify_node(&r.node, |n| {
                 n.role = ObjRole::Worker;
@@ -363,7 +377,9 @@ impl Control for ControlApi {
                 )));
             }
             let managers = self
-                .read(false, |tx| tx.find::<Node>(|x| x.role == ObjRole::Manager).len())
+                .read(false, |tx| {
+                    tx.find::<Node>(|x| x.role == ObjRole::Manager).len()
+                })
                 .await?;
             if managers <= 1 {
                 return Err(Status::failed_precondition(format!(
@@ -375,7 +391,9 @@ impl Control for ControlApi {
                 .raft
                 .remove_manager(n.raft_id, false)
                 .await
-                .map_err(|e| Status::failed_precondition(format!("refusing to remove {}: {e}", n.hostname)))?;
+                .map_err(|e| {
+                    Status::failed_precondition(format!("refusing to remove {}: {e}", n.hostname))
+                })?;
         } else if n.status == NodeStatus::Ready && !r.force {
             return Err(Status::failed_precondition(format!(
                 "node {} is ready (heartbeating): stop it first, or remove it anyway with --force",
@@ -409,7 +427,9 @@ impl Control for ControlApi {
                 Err(e) => return Err(store_status(e)),
             }
         }
-        Err(Status::aborted("the cluster kept changing while removing the node; try again"))
+        Err(Status::aborted(
+            "the cluster kept changing while removing the node; try again",
+        ))
     }
 
     async fn cluster_info(
@@ -432,7 +452,9 @@ impl Control for ControlApi {
         let by_raft: BTreeMap<u64, &Node> = nodes.iter().map(|n| (n.raft_id, n)).collect();
         let mut by_status = BTreeMap::new();
         for n in &nodes {
-            *by_status.entry(status_word(n.status).to_string()).or_insert(0u64) += 1;
+            *by_status
+                .entry(status_word(n.status).to_string())
+                .or_insert(0u64) += 1;
         }
         let managers = raft
             .members

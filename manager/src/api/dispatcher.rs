@@ -66,20 +66,26 @@ impl Dispatcher for DispatcherApi {
             .unwrap_or("flotilla-worker")
             .to_string();
         let req = request.into_inner();
-        let token = JoinToken::parse(&req.token)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let token =
+            JoinToken::parse(&req.token).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let m = &self.m;
         let cluster = m
             .store()
-            .read_linearizable(|tx| tx.list::<agent_common::objects::Cluster>().into_iter().next())
+            .read_linearizable(|tx| {
+                tx.list::<agent_common::objects::Cluster>()
+                    .into_iter()
+                    .next()
+            })
             .await
             .map_err(store_status)?
             .ok_or_else(|| Status::unavailable("the cluster is not initialized yet"))?;
         check_token(m, &cluster, &token).map_err(Status::permission_denied)?;
-        let csr = NodeCsr::from_pem(&req.csr_pem)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let csr =
+            NodeCsr::from_pem(&req.csr_pem).map_err(|e| Status::invalid_argument(e.to_string()))?;
         if req.hostname.trim().is_empty() || req.hostname.len() > 253 {
-            return Err(Status::invalid_argument("the joining node sent no valid hostname"));
+            return Err(Status::invalid_argument(
+                "the joining node sent no valid hostname",
+            ));
         }
         let role = token.role();
         let node_id = NodeId::generate().map_err(internal)?;
@@ -183,8 +189,8 @@ impl Dispatcher for DispatcherApi {
             .await
             .map_err(store_status)?
             .ok_or_else(|| Status::permission_denied("this node was removed from the cluster"))?;
-        let csr = NodeCsr::from_pem(&req.csr_pem)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let csr =
+            NodeCsr::from_pem(&req.csr_pem).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let validity = Duration::from_secs(
             m.cluster()
                 .map(|c| c.node_cert_validity_secs)
@@ -192,7 +198,13 @@ impl Dispatcher for DispatcherApi {
                 .unwrap_or(agent_common::pki::DEFAULT_NODE_CERT_VALIDITY.as_secs()),
         );
         let cert = m
-            .sign(&csr, &node_id, stored_role(&node), Some(&node.addr), validity)
+            .sign(
+                &csr,
+                &node_id,
+                stored_role(&node),
+                Some(&node.addr),
+                validity,
+            )
             .map_err(|e| Status::invalid_argument(format!("failed to sign the request: {e:#}")))?;
         Ok(Response::new(RenewReply {
             cert_pem: cert.to_pem(),
@@ -306,7 +318,9 @@ pub async fn monitor_liveness(m: Arc<Manager>) {
             let id = n.meta.id.clone();
             n.status = NodeStatus::Down;
             match m.store().put(n).await {
-                Ok(_) => tracing::warn!(node = %id, "node missed {MISSED_HEARTBEATS} heartbeats: marked down"),
+                Ok(_) => {
+                    tracing::warn!(node = %id, "node missed {MISSED_HEARTBEATS} heartbeats: marked down")
+                }
                 Err(e) => tracing::debug!(node = %id, "marking the node down failed: {e}"),
             }
         }

@@ -27,6 +27,9 @@ use crate::store::Store;
 
 pub mod serve;
 
+/// The `-H` the daemon was started with (kept for restarting in place).
+pub static LOCAL_HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 /// How the daemon was asked to start.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -168,7 +171,8 @@ impl Manager {
 
     /// The cluster object.
     pub fn cluster(&self) -> Option<Cluster> {
-        self.store().view(|tx| tx.list::<Cluster>().into_iter().next())
+        self.store()
+            .view(|tx| tx.list::<Cluster>().into_iter().next())
     }
 
     /// The managers' cluster addresses (from the Raft membership).
@@ -299,8 +303,13 @@ pub async fn init(opts: &Options) -> anyhow::Result<(Arc<Manager>, tokio::net::T
     let spec = NodeCertSpec::new(node_id.clone(), NodeRole::Manager)
         .validity(opts.cert_validity)
         .address(ip.clone());
-    let identity = NodeIdentity::issue(&ca, &spec).context("failed to issue this node's certificate")?;
-    files.save_identity(identity.key(), &identity.certificate().to_pem(), &ca.cert_pem())?;
+    let identity =
+        NodeIdentity::issue(&ca, &spec).context("failed to issue this node's certificate")?;
+    files.save_identity(
+        identity.key(),
+        &identity.certificate().to_pem(),
+        &ca.cert_pem(),
+    )?;
     files.save_ca_key(&ca.key_pem())?;
 
     let raft_id = random_raft_id();
@@ -400,8 +409,8 @@ pub async fn join(
     let cluster_addr = join_host_port(&ip, opts.listen_addr.port());
     let listener = bind_cluster_port(opts.listen_addr).await?;
     let hostname = worker::cluster::hostname();
-    let joined = worker::cluster::join(token, remote, &hostname, &cluster_addr, "flotilla-manager")
-        .await?;
+    let joined =
+        worker::cluster::join(token, remote, &hostname, &cluster_addr, "flotilla-manager").await?;
     let reply = &joined.reply;
     if reply.ca_key_pem.is_empty() || reply.raft_id == 0 {
         bail!("the manager did not send what a new manager needs (CA key, Raft ID)");
@@ -411,7 +420,13 @@ pub async fn join(
     files.save_identity(&joined.key, &reply.cert_pem, &reply.ca_pem)?;
     files.save_ca_key(&reply.ca_key_pem)?;
     let clients = ManagerClients::new(&joined.identity)?;
-    let raft = open_raft(&files, reply.raft_id, &cluster_addr, clients.config().clone()).await?;
+    let raft = open_raft(
+        &files,
+        reply.raft_id,
+        &cluster_addr,
+        clients.config().clone(),
+    )
+    .await?;
     let mut managers = reply.managers.clone();
     if managers.is_empty() {
         managers.push(grpc::with_port(remote, agent_common::DEFAULT_CLUSTER_PORT));
@@ -428,7 +443,15 @@ pub async fn join(
     files.save_record(&record)?;
     let ca_key_pem = reply.ca_key_pem.clone();
     Ok((
-        assemble(files, record, joined.identity, ca, ca_key_pem, raft, clients),
+        assemble(
+            files,
+            record,
+            joined.identity,
+            ca,
+            ca_key_pem,
+            raft,
+            clients,
+        ),
         listener,
     ))
 }
@@ -447,16 +470,25 @@ pub async fn resume(
     }
     let record = files.load_record()?;
     if record.raft_id == 0 {
-        bail!("this node's record has no Raft ID: it is not a manager ({})", files.dir().display());
+        bail!(
+            "this node's record has no Raft ID: it is not a manager ({})",
+            files.dir().display()
+        );
+    }
+    if record.role == "worker" {
+        // Demoted: keep no Raft state (a stale member could start elections);
+        // a later promotion joins again from scratch.
+        let dir = files.raft_dir();
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("failed to clear {}", dir.display()))?;
+        }
     }
     let identity = files.load_identity()?;
     let ca_key_pem = files.load_ca_key()?;
     let ca = RootCa::from_pem(&identity.ca().to_pem(), &ca_key_pem)
         .context("the stored CA key does not match the CA certificate")?;
-    let listen: SocketAddr = record
-        .listen_addr
-        .parse()
-        .unwrap_or(opts.listen_addr);
+    let listen: SocketAddr = record.listen_addr.parse().unwrap_or(opts.listen_addr);
     let listener = bind_cluster_port(listen).await?;
     if force_new_cluster {
         let node = ManagerNode {
@@ -469,8 +501,13 @@ pub async fn resume(
         tracing::warn!("forced a new one-manager cluster from this node's state");
     }
     let clients = ManagerClients::new(&identity)?;
-    let raft = open_raft(&files, record.raft_id, &record.advertise_addr, clients.config().clone())
-        .await?;
+    let raft = open_raft(
+        &files,
+        record.raft_id,
+        &record.advertise_addr,
+        clients.config().clone(),
+    )
+    .await?;
     Ok((
         assemble(files, record, identity, ca, ca_key_pem, raft, clients),
         listener,
@@ -553,20 +590,40 @@ pub fn spawn_background(m: &Arc<Manager>) {
     }
 }
 
+/// Keeps this node's Raft participation in line with its recorded role:
+/// a manager that is not a voter asks to become one (after a join, an
+/// interrupted join, or a promotion); a node demoted to worker restarts
+/// itself without Raft state, so it can never disturb the managers.
 async fn ensure_voter(m: &Arc<Manager>) {
     let raft_id = m.raft.id();
     let mut delay = Duration::from_millis(200);
+    let mut logged = false;
     loop {
+        let role = m.record.lock().map(|r| r.role.clone()).unwrap_or_default();
         let metrics = m.raft.metrics();
-        let is_voter = metrics
-            .membership_config
-            .membership()
-            .voter_ids()
-            .any(|id| id == raft_id);
-        if is_voter {
-            return;
+        let membership = metrics.membership_config.membership();
+        let is_voter = membership.voter_ids().any(|id| id == raft_id);
+        let has_state = membership.nodes().next().is_some();
+        if role == "worker" {
+            if has_state {
+                tracing::warn!("this node was demoted to worker: restarting without Raft state");
+                restart_as_resumed(m);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
         }
-        let managers = m.record.lock().map(|r| r.managers.clone()).unwrap_or_default();
+        if is_voter {
+            delay = Duration::from_millis(200);
+            logged = false;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        let managers = m
+            .record
+            .lock()
+            .map(|r| r.managers.clone())
+            .unwrap_or_default();
+        let mut joined = false;
         for addr in managers.iter().filter(|a| **a != m.cluster_addr) {
             let Ok(mut client) = m.clients.dispatcher(addr) else {
                 continue;
@@ -578,14 +635,37 @@ async fn ensure_voter(m: &Arc<Manager>) {
             match client.join_raft(req).await {
                 Ok(_) => {
                     tracing::info!("joined Raft as a voter through {addr}");
-                    return;
+                    joined = true;
+                    break;
                 }
-                Err(s) => tracing::info!("asking {addr} to add this manager to Raft: {}", s.message()),
+                Err(s) if !logged => {
+                    logged = true;
+                    tracing::info!("asking {addr} to add this manager to Raft: {}", s.message())
+                }
+                Err(_) => {}
             }
+        }
+        if joined {
+            continue;
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));
     }
+}
+
+/// Replaces this process with `flotilla-manager -H … --data-root …` (same
+/// PID), which resumes from the data root.
+fn restart_as_resumed(m: &Manager) {
+    use std::os::unix::process::CommandExt;
+    let host = LOCAL_HOST.get().cloned().unwrap_or_default();
+    let mut cmd = std::process::Command::new("/proc/self/exe");
+    if !host.is_empty() {
+        cmd.arg("-H").arg(host);
+    }
+    cmd.arg("--data-root")
+        .arg(m.files.dir().parent().unwrap_or(m.files.dir()));
+    let err = cmd.exec();
+    tracing::error!("failed to restart: {err}");
 }
 
 /// Checks a token against the cluster's current one for its role.

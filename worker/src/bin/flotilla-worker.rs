@@ -91,6 +91,7 @@ fn main() {
             tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
                 .unwrap_or_else(|_| filter.into()),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -235,7 +236,10 @@ async fn cluster_membership(
                 ..Default::default()
             };
             files.save_record(&record)?;
-            println!("This node joined the cluster as a worker (node ID {}).", record.node_id);
+            println!(
+                "This node joined the cluster as a worker (node ID {}).",
+                record.node_id
+            );
             (record, joined.identity)
         }
         _ if files.exists() => (files.load_record()?, files.load_identity()?),

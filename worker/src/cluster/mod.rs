@@ -225,7 +225,9 @@ pub async fn join(
     let mut req = tonic::Request::new(request);
     req.metadata_mut().insert(
         "x-flotilla-daemon",
-        daemon.parse().unwrap_or_else(|_| "unknown".parse().expect("ascii")),
+        daemon
+            .parse()
+            .unwrap_or_else(|_| "unknown".parse().expect("ascii")),
     );
     let reply = client
         .join(req)
@@ -249,11 +251,7 @@ pub async fn join(
             cert.role().as_str()
         )));
     }
-    let identity = NodeIdentity::new(
-        NodeKey::from_pem(&key.to_pem())?,
-        cert,
-        ca,
-    )?;
+    let identity = NodeIdentity::new(NodeKey::from_pem(&key.to_pem())?, cert, ca)?;
     Ok(Joined {
         identity,
         key,
@@ -346,11 +344,15 @@ impl ManagerClients {
         if let Some(c) = channels.get(&addr) {
             return Ok(c.clone());
         }
-        let channel = grpc::channel(&addr, self.config.clone(), tls::server_name(NodeRole::Manager))
-            .map_err(|e| ClusterError::Unreachable {
-                addr: addr.clone(),
-                reason: e.to_string(),
-            })?;
+        let channel = grpc::channel(
+            &addr,
+            self.config.clone(),
+            tls::server_name(NodeRole::Manager),
+        )
+        .map_err(|e| ClusterError::Unreachable {
+            addr: addr.clone(),
+            reason: e.to_string(),
+        })?;
         channels.insert(addr, channel.clone());
         Ok(channel)
     }
@@ -364,7 +366,11 @@ impl ManagerClients {
 /// Asks the manager at `addr` for a fresh certificate for `identity`'s key.
 /// Returns the new certificate's PEM (the role may differ after a promotion
 /// or demotion).
-pub async fn renew(clients: &ManagerClients, addr: &str, identity: &NodeIdentity) -> Result<String> {
+pub async fn renew(
+    clients: &ManagerClients,
+    addr: &str,
+    identity: &NodeIdentity,
+) -> Result<String> {
     let csr = identity.key().csr()?;
     let reply = clients
         .dispatcher(addr)?
