@@ -71,6 +71,94 @@ pub struct NetworkSettings {
     pub mac_address: String,
     /// `"80/tcp"` → where it is published (empty list: exposed only).
     pub ports: BTreeMap<String, Vec<PortBinding>>,
+    /// User-defined networks the container is connected to, by network name.
+    pub networks: BTreeMap<String, EndpointSettings>,
+}
+
+/// A container's endpoint on one network (Docker's `EndpointSettings`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct EndpointSettings {
+    /// Network-scoped names of the container (`--network-alias`).
+    pub aliases: Vec<String>,
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    /// Set while the container runs.
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+    pub gateway: String,
+    #[serde(rename = "IPAddress")]
+    pub ip_address: String,
+    #[serde(rename = "IPPrefixLen")]
+    pub ip_prefix_len: u8,
+    pub mac_address: String,
+    /// The interface inside the container (`eth0`, `eth1`, …).
+    pub interface: String,
+}
+
+/// What `create` asks for on a user-defined network (Docker's `EndpointSettings` config part).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct EndpointConfig {
+    pub aliases: Vec<String>,
+    /// A fixed address (`--ip`); empty for the next free one.
+    #[serde(rename = "IPv4Address")]
+    pub ipv4_address: String,
+}
+
+/// One subnet of a network (Docker's `IPAMConfig`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct IpamConfig {
+    pub subnet: String,
+    pub gateway: String,
+}
+
+/// A network's address management (Docker's `IPAM`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Ipam {
+    pub driver: String,
+    pub config: Vec<IpamConfig>,
+}
+
+/// A container attached to a network, as `network inspect` shows it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NetworkContainer {
+    pub name: String,
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+    pub mac_address: String,
+    /// `10.88.1.2/24`.
+    #[serde(rename = "IPv4Address")]
+    pub ipv4_address: String,
+    #[serde(rename = "IPv6Address")]
+    pub ipv6_address: String,
+}
+
+/// `network inspect` output, and one row of `network ls`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NetworkInspect {
+    pub name: String,
+    pub id: String,
+    pub created: String,
+    /// Always "local" on one host.
+    pub scope: String,
+    /// "bridge", "host" or "null".
+    pub driver: String,
+    #[serde(rename = "EnableIPv6")]
+    pub enable_ipv6: bool,
+    #[serde(rename = "IPAM")]
+    pub ipam: Ipam,
+    pub internal: bool,
+    pub attachable: bool,
+    /// Running containers on the network, by container ID.
+    pub containers: BTreeMap<String, NetworkContainer>,
+    /// Driver options; `com.docker.network.bridge.name` names the host bridge.
+    pub options: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Host-specific settings of a container (Docker's `HostConfig`).
@@ -86,7 +174,8 @@ pub struct HostConfig {
     pub extra_hosts: Vec<String>,
     /// `--dns` servers for /etc/resolv.conf (replacing the host's).
     pub dns: Vec<String>,
-    /// "bridge" (the default), "none" or "host".
+    /// "bridge" (the default), "none", "host", "container:NAME" or the name
+    /// of a user-defined network.
     pub network_mode: String,
     /// `-p`: `"80/tcp"` → host bindings.
     pub port_bindings: BTreeMap<String, Vec<PortBinding>>,
@@ -115,6 +204,9 @@ pub struct CreateContainer {
     pub name: Option<String>,
     pub config: ContainerConfig,
     pub host_config: HostConfig,
+    /// Per-network settings for the network named in `HostConfig.NetworkMode`
+    /// (Docker's `NetworkingConfig.EndpointsConfig`, keyed by network name).
+    pub endpoints_config: BTreeMap<String, EndpointConfig>,
 }
 
 /// A container's run state (Docker's `State`).

@@ -76,6 +76,10 @@ pub enum Command {
     #[command(subcommand)]
     Volume(VolumeGroup),
 
+    /// Manage networks.
+    #[command(subcommand)]
+    Network(commands::network::NetworkGroup),
+
     /// Return low-level information on containers, images or volumes.
     Inspect(InspectArgs),
     /// Show the client and daemon versions.
@@ -316,9 +320,15 @@ pub struct RunArgs {
     /// Set metadata on the container (KEY=VALUE or KEY).
     #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
-    /// Network mode: none, host or bridge.
-    #[arg(long, alias = "net", value_name = "MODE")]
+    /// Network: bridge (the default), none, host, container:NAME, or a user-defined network.
+    #[arg(long, alias = "net", value_name = "NETWORK")]
     pub network: Option<String>,
+    /// A network-scoped name of the container (user-defined networks; repeatable).
+    #[arg(long = "network-alias", alias = "net-alias", value_name = "NAME")]
+    pub network_alias: Vec<String>,
+    /// A fixed IPv4 address on the user-defined network.
+    #[arg(long = "ip", value_name = "IP")]
+    pub ip: Option<String>,
     /// Expose a port or range (80, 53/udp, 8000-8010).
     #[arg(long, value_name = "PORT")]
     pub expose: Vec<String>,

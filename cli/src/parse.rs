@@ -311,8 +311,9 @@ pub fn volume_name(input: &str) -> Result<String> {
     }
 }
 
-/// Parses `--network`: `none`, `host`, `bridge` (or `default`, its alias).
-/// Returns the engine's `NetworkMode`.
+/// Parses `--network`: `none`, `host`, `bridge` (or `default`, its alias),
+/// `container:NAME`, or the name of a user-defined network (the daemon
+/// checks that it exists). Returns the engine's `NetworkMode`.
 pub fn network_mode(input: &str) -> Result<String> {
     match input {
         "none" | "host" => Ok(input.to_string()),
@@ -320,8 +321,9 @@ pub fn network_mode(input: &str) -> Result<String> {
         _ if input.starts_with("container:") && input.len() > "container:".len() => {
             Ok(input.to_string())
         }
+        _ if volume_name(input).is_ok() => Ok(input.to_string()),
         _ => err(format!(
-            "invalid --network {input:?}: use bridge, none, host or container:NAME (user-defined networks are not supported yet)"
+            "invalid --network {input:?}: use bridge, none, host, container:NAME or a network name"
         )),
     }
 }
@@ -796,10 +798,11 @@ mod tests {
         assert_eq!(network_mode("bridge").unwrap(), "default");
         assert_eq!(network_mode("container:web").unwrap(), "container:web");
         assert!(network_mode("container:").is_err());
-        assert!(network_mode("mynet")
+        assert_eq!(network_mode("mynet").unwrap(), "mynet");
+        assert!(network_mode("my net")
             .unwrap_err()
             .0
-            .contains("bridge, none, host or container:NAME"));
+            .contains("bridge, none, host, container:NAME or a network name"));
     }
 
     #[test]

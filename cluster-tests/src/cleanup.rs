@@ -2,7 +2,8 @@
 //! daemon, so their processes are found and ended by PID (only PIDs proven to be ours: named
 //! in the data root's records and in a `flotilla/<id>` cgroup, or carrying this test's
 //! [`OWNER_ENV`] marker, or in the cgroup of such a process), then mounts under the data root
-//! are detached and those cgroups removed. Never matches processes by name.
+//! are detached and those cgroups removed, and the bridges of the daemon's user-defined networks
+//! deleted. Never matches processes by name.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -218,6 +219,7 @@ pub(crate) fn reap(owner: &Path, root: &Path) {
         }
     }
     unmount_under(root);
+    remove_network_bridges(root);
     let deadline = Instant::now() + Duration::from_secs(10);
     for rec in &recs {
         for dir in &rec.cgroups {
@@ -236,6 +238,38 @@ pub(crate) fn reap(owner: &Path, root: &Path) {
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(20)),
                 }
+            }
+        }
+    }
+}
+
+/// Deletes the host bridges of the daemon's user-defined networks
+/// (`<root>/networks/<id>.json` names each one, `fl-<12 hex>`), which outlive
+/// the daemon. Their nftables elements go with the daemon's table.
+fn remove_network_bridges(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root.join("networks")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let Some(bridge) = json["bridge"].as_str() else {
+            continue;
+        };
+        // Only a name this daemon's record gives, and only of Flotilla's form.
+        if !bridge.starts_with("fl-") || bridge.len() > 15 {
+            continue;
+        }
+        let exists = std::process::Command::new("ip")
+            .args(["link", "show", bridge])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if exists {
+            let out = std::process::Command::new("ip")
+                .args(["link", "del", bridge])
+                .output();
+            if !out.is_ok_and(|o| o.status.success()) {
+                eprintln!("cleanup: could not delete bridge {bridge}");
             }
         }
     }

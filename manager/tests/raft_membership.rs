@@ -228,6 +228,20 @@ async fn add_a_fourth_manager_while_writing_then_remove_it() -> anyhow::Result<(
         .store()
         .create(svc("after-removal"))
         .await?;
+
+    // Demote the leader itself (asked on a follower): it commits the new
+    // configuration without itself and steps down; the other two elect.
+    c.node(follower).remove_manager(leader, false).await?;
+    c.stop(leader).await;
+    let next = c
+        .wait_leader(Duration::from_secs(10))
+        .await
+        .expect("a leader among the other two");
+    assert_ne!(next, leader);
+    let info = c.node(follower).members().await?;
+    assert_eq!(info.voters().len(), 2);
+    assert!(!info.voters().contains(&leader));
+    c.node(follower).store().create(svc("after-demote")).await?;
     c.shutdown().await;
     Ok(())
 }

@@ -209,10 +209,21 @@ pub fn build_create(
             bail!("invalid --workdir {w:?}: the working directory must be an absolute path");
         }
     }
+    let mut endpoints_config = std::collections::BTreeMap::new();
+    if !a.network_alias.is_empty() || a.ip.is_some() {
+        endpoints_config.insert(
+            host_config.network_mode.clone(),
+            agent_common::engine::EndpointConfig {
+                aliases: a.network_alias.clone(),
+                ipv4_address: a.ip.clone().unwrap_or_default(),
+            },
+        );
+    }
     Ok(CreateContainer {
         name,
         config,
         host_config,
+        endpoints_config,
     })
 }
 
@@ -1076,8 +1087,8 @@ mod tests {
             ),
             (&["-v", "data:rel", "busybox"], "absolute"),
             (
-                &["--network", "overlay1", "busybox"],
-                "bridge, none, host or container:NAME",
+                &["--network", "over lay", "busybox"],
+                "bridge, none, host, container:NAME or a network name",
             ),
             (&["-l", "=x", "busybox"], "invalid label"),
             (&["--stop-signal", "NOPE", "busybox"], "invalid signal"),

@@ -7,6 +7,7 @@
 pub mod cluster;
 pub mod container;
 pub mod image;
+pub mod network;
 pub mod system;
 pub mod volume;
 
@@ -116,6 +117,7 @@ pub async fn dispatch(mut ctx: Ctx, command: Command) -> Result<i32> {
         }
         Command::ImageGroup(ImageGroup::Prune(a)) => image::prune(&mut ctx, a).await,
         Command::Volume(v) => volume::run(&mut ctx, v).await,
+        Command::Network(n) => network::run(&mut ctx, n).await,
         Command::Inspect(a) => {
             system::inspect(&mut ctx, a.kind.as_deref(), a.format, a.targets).await
         }

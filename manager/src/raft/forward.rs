@@ -191,6 +191,51 @@ pub(crate) async fn lead_read_index(
     }
 }
 
+/// Call forwarding `rpc` on the member at `addr` with `req` (JSON), bounded
+/// by `timeout`, and decode its JSON reply.
+pub(crate) async fn call<Req: Serialize, Resp: DeserializeOwned>(
+    network: &GrpcNetwork,
+    addr: &str,
+    rpc: Rpc,
+    req: &Req,
+    timeout: Duration,
+) -> Result<Resp, CallError> {
+    let mut client = network.client(addr).map_err(|e| CallError::NotSent {
+        addr: addr.to_string(),
+        reason: e.to_string(),
+    })?;
+    let data = serde_json::to_vec(req).map_err(|source| CallError::Codec {
+        addr: addr.to_string(),
+        source,
+    })?;
+    let mut request = tonic::Request::new(RaftRequest { data });
+    request.set_timeout(timeout);
+    let reply = match rpc {
+        Rpc::Propose => client.propose(request).await,
+        Rpc::ReadIndex => client.read_index(request).await,
+        Rpc::ChangeMembership => client.change_membership(request).await,
+    };
+    let reply = match reply {
+        Ok(r) => r.into_inner(),
+        Err(status) if never_sent(&status) => {
+            return Err(CallError::NotSent {
+                addr: addr.to_string(),
+                reason: status.to_string(),
+            })
+        }
+        Err(source) => {
+            return Err(CallError::Failed {
+                addr: addr.to_string(),
+                source,
+            })
+        }
+    };
+    serde_json::from_slice(&reply.data).map_err(|source| CallError::Codec {
+        addr: addr.to_string(),
+        source,
+    })
+}
+
 /// Sends requests to whoever leads. Clones share the Raft handle and the
 /// network's channels.
 #[derive(Clone)]
@@ -242,8 +287,7 @@ impl Forwarder {
         .await;
     }
 
-    /// Call `rpc` on the member at `addr` with `req` (JSON), bounded by
-    /// `timeout`, and decode its JSON reply.
+    /// Call `rpc` on the member at `addr` (see [`call`]).
     pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         addr: &str,
@@ -251,40 +295,7 @@ impl Forwarder {
         req: &Req,
         timeout: Duration,
     ) -> Result<Resp, CallError> {
-        let mut client = self.network.client(addr).map_err(|e| CallError::NotSent {
-            addr: addr.to_string(),
-            reason: e.to_string(),
-        })?;
-        let data = serde_json::to_vec(req).map_err(|source| CallError::Codec {
-            addr: addr.to_string(),
-            source,
-        })?;
-        let mut request = tonic::Request::new(RaftRequest { data });
-        request.set_timeout(timeout);
-        let reply = match rpc {
-            Rpc::Propose => client.propose(request).await,
-            Rpc::ReadIndex => client.read_index(request).await,
-            Rpc::ChangeMembership => client.change_membership(request).await,
-        };
-        let reply = match reply {
-            Ok(r) => r.into_inner(),
-            Err(status) if never_sent(&status) => {
-                return Err(CallError::NotSent {
-                    addr: addr.to_string(),
-                    reason: status.to_string(),
-                })
-            }
-            Err(source) => {
-                return Err(CallError::Failed {
-                    addr: addr.to_string(),
-                    source,
-                })
-            }
-        };
-        serde_json::from_slice(&reply.data).map_err(|source| CallError::Codec {
-            addr: addr.to_string(),
-            source,
-        })
+        call(&self.network, addr, rpc, req, timeout).await
     }
 
     /// Wait (bounded) until the local state machine has applied `index`.
@@ -426,5 +437,34 @@ impl Forwarder {
             }
             self.pause(leader.id, deadline).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::{call, CallError, ForwardError, Proposed, Rpc};
+    use crate::raft::{GrpcNetwork, PlainConnector};
+    use crate::store::Batch;
+
+    /// A peer that is down is "never sent" (safe to retry a write), not an
+    /// unknown outcome.
+    #[tokio::test]
+    async fn a_refused_connection_is_never_sent() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let network = GrpcNetwork::new(Arc::new(PlainConnector));
+        let res: Result<Result<Proposed, ForwardError>, CallError> = call(
+            &network,
+            &addr,
+            Rpc::Propose,
+            &Batch::default(),
+            Duration::from_secs(2),
+        )
+        .await;
+        assert!(matches!(res, Err(CallError::NotSent { .. })), "{res:?}");
     }
 }

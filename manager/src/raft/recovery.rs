@@ -64,7 +64,7 @@ pub async fn force_new_cluster(
     let state = log.get_log_state().await.map_err(storage_err)?;
     let vote = log.read_vote().await.map_err(storage_err)?;
     let (applied, old_membership) = sm.applied_state().await.map_err(storage_err)?;
-    let last = state.last_log_id.or(applied);
+    let last = state.last_log_id.max(applied);
     let Some(last) = last else {
         return Err(RaftNodeError::NothingToRecover { dir });
     };

@@ -62,7 +62,9 @@ pub enum Refusal {
 #[derive(Debug, thiserror::Error)]
 pub enum ProposeError {
     /// This node is not the leader. Retry on the leader (its address, when
-    /// known, is given). Retryable.
+    /// known, is given). Retryable. `crate::raft::RaftProposer` never
+    /// returns it (it forwards to the leader); kept for proposers that do
+    /// not forward.
     #[error("this manager is not the Raft leader; send the write to {}", leader_addr.as_deref().unwrap_or("the leader (unknown yet: retry shortly)"))]
     ForwardToLeader {
         /// The leader's Raft node id, when known.

@@ -155,6 +155,14 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let bridge = worker::network::Bridge::setup(&args.bridge, &args.bip, args.icc)
         .await
         .with_context(|| format!("failed to set up the bridge {}", args.bridge))?;
+    engine
+        .setup_networks(
+            &args.data_root.join("networks"),
+            bridge.table(),
+            &bridge.subnet(),
+        )
+        .await
+        .context("failed to set up the user-defined networks")?;
     let _ = engine.pool.bridge.set(std::sync::Arc::new(bridge));
     engine.adopt().await;
     engine.pool.refill_all();

@@ -17,6 +17,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::{Engine, EngineError};
 use crate::image::ImageError;
+use crate::network::user::{CreateRequest, UserNetworkError};
 use crate::volume::VolumeError;
 
 /// Metadata key carrying the exit code of a failed start.
@@ -32,6 +33,16 @@ pub fn to_status(e: EngineError) -> Status {
         EngineError::Image(ImageError::NotFound(_)) => Status::not_found(msg),
         EngineError::Volume(VolumeError::NotFound(_)) => Status::not_found(msg),
         EngineError::NameInUse { .. } => Status::already_exists(msg),
+        EngineError::Network(UserNetworkError::NotFound(_)) => Status::not_found(msg),
+        EngineError::Network(UserNetworkError::NameTaken(_)) => Status::already_exists(msg),
+        EngineError::Network(
+            UserNetworkError::Invalid(_)
+            | UserNetworkError::Ambiguous(_)
+            | UserNetworkError::Overlap { .. },
+        ) => Status::invalid_argument(msg),
+        EngineError::Network(
+            UserNetworkError::AddressInUse { .. } | UserNetworkError::PoolExhausted(_),
+        ) => Status::failed_precondition(msg),
         EngineError::Ambiguous(_)
         | EngineError::InvalidArgument(_)
         | EngineError::Volume(VolumeError::InvalidName(_) | VolumeError::Driver(_))
@@ -678,6 +689,80 @@ impl EngineApi for EngineService {
                 Ok(e.volumes.prune(false, &used))
             })
             .await?;
+        json(&report, vec![])
+    }
+
+    async fn create_network(
+        &self,
+        req: Request<CreateNetworkRequest>,
+    ) -> Result<Response<JsonReply>, Status> {
+        let r = req.into_inner();
+        let net = self
+            .engine
+            .create_network(CreateRequest {
+                name: r.name,
+                driver: r.driver,
+                subnet: r.subnet,
+                gateway: r.gateway,
+                internal: r.internal,
+                labels: r.labels.into_iter().collect(),
+            })
+            .await
+            .map_err(to_status)?;
+        json(&net, vec![])
+    }
+
+    async fn list_networks(&self, _: Request<Empty>) -> Result<Response<JsonReply>, Status> {
+        json(&self.engine.list_networks(), vec![])
+    }
+
+    async fn inspect_network(
+        &self,
+        req: Request<NetworkRef>,
+    ) -> Result<Response<JsonReply>, Status> {
+        let net = self
+            .engine
+            .inspect_network(&req.into_inner().network)
+            .map_err(to_status)?;
+        json(&net, vec![])
+    }
+
+    async fn remove_network(&self, req: Request<NetworkRef>) -> Result<Response<Empty>, Status> {
+        self.engine
+            .remove_network(&req.into_inner().network)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn connect_network(
+        &self,
+        req: Request<ConnectNetworkRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let r = req.into_inner();
+        let c = self.find(&r.container)?;
+        self.engine
+            .connect_network(&r.network, &c, &r.aliases, &r.ipv4_address)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn disconnect_network(
+        &self,
+        req: Request<DisconnectNetworkRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let r = req.into_inner();
+        let c = self.find(&r.container)?;
+        self.engine
+            .disconnect_network(&r.network, &c)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn prune_networks(&self, _: Request<Empty>) -> Result<Response<JsonReply>, Status> {
+        let report = self.engine.prune_networks().await.map_err(to_status)?;
         json(&report, vec![])
     }
 }

@@ -50,6 +50,15 @@ pub struct ContainerRecord {
     pub link_rules: Vec<String>,
     /// The bridge endpoint (host veth) while running on the bridge.
     pub endpoint: Option<crate::network::Endpoint>,
+    /// User-defined networks the container is connected to, in connection
+    /// order (the first is `eth0` unless it is on the default bridge); kept
+    /// while it is stopped.
+    pub attachments: Vec<crate::network::user::Attachment>,
+    /// Its endpoints on those networks while it runs.
+    pub user_endpoints: Vec<crate::network::user::UserEndpoint>,
+    /// Whether its resolv.conf points at the embedded DNS server (127.0.0.11),
+    /// which then serves it while it runs.
+    pub embedded_dns: bool,
     /// The running container's terminal on the host (`/dev/pts/N`), with `-t`.
     pub tty_path: Option<String>,
     /// Set by `stop`/`kill`: the restart policy must not bring it back.

@@ -196,16 +196,19 @@ fn validate(req: &CreateContainer) -> Result<()> {
     match hc.network_mode.as_str() {
         "" | "default" | "bridge" | "none" | "host" => {}
         m if m.starts_with("container:") && m.len() > "container:".len() => {}
+        // A user-defined network; create_container checks that it exists.
+        m if valid_name(m) => {}
         other => {
             return Err(invalid(format!(
-                "network {other} not found: use bridge (the default), none or host"
+                "network {other} not found: use bridge (the default), none, host, container:NAME or a network made with `network create`"
             )))
         }
     }
     let bridged = matches!(hc.network_mode.as_str(), "" | "default" | "bridge");
-    if !bridged && (!hc.port_bindings.is_empty() || hc.publish_all_ports) {
+    let on_a_bridge = bridged || super::networks::is_user_network_mode(&hc.network_mode);
+    if !on_a_bridge && (!hc.port_bindings.is_empty() || hc.publish_all_ports) {
         return Err(invalid(format!(
-            "ports cannot be published with --network {}: publishing needs the bridge network",
+            "ports cannot be published with --network {}: publishing needs a bridge network",
             hc.network_mode
         )));
     }
@@ -317,9 +320,20 @@ impl Engine {
             self.find(name)
                 .map_err(|_| invalid(format!("could not link to {name}: no such container")))?;
         }
+        let endpoint = req
+            .endpoints_config
+            .get(&req.host_config.network_mode)
+            .or_else(|| req.endpoints_config.values().next())
+            .cloned()
+            .unwrap_or_default();
+        let attachment = self.attachment_for_create(
+            &req.host_config.network_mode,
+            &endpoint.aliases,
+            &endpoint.ipv4_address,
+        )?;
         let image = self.images.resolve(&req.config.image)?;
         let mut undo = Undo::default();
-        match self.create_inner(req, &image, &mut undo) {
+        match self.create_inner(req, &image, attachment, &mut undo) {
             Ok(out) => Ok(out),
             Err(e) => {
                 for v in &undo.volumes {
@@ -337,6 +351,7 @@ impl Engine {
         self: &Arc<Self>,
         req: CreateContainer,
         image: &crate::image::Image,
+        attachment: Option<crate::network::user::Attachment>,
         undo: &mut Undo,
     ) -> Result<(String, Vec<String>)> {
         let mut warnings = Vec::new();
@@ -527,7 +542,7 @@ impl Engine {
                     id: other.id.clone(),
                 });
             }
-            let record = ContainerRecord {
+            let mut record = ContainerRecord {
                 id: id.clone(),
                 name: name.clone(),
                 created: now_rfc3339(),
@@ -542,8 +557,10 @@ impl Engine {
                     ..Default::default()
                 },
                 mounts,
+                attachments: attachment.into_iter().collect(),
                 ..Default::default()
             };
+            record.network_settings.networks = self.endpoint_settings(&record);
             record.save(&dir)?;
             self.insert(Arc::new(Container::new(record)));
             name

@@ -18,9 +18,10 @@ use nix::unistd::Pid;
 
 use super::container::Container;
 use super::create::parse_signal;
+use super::networks::{embedded_resolv_conf, is_user_network_mode};
 use super::pool::NetKind;
 use super::{now_rfc3339, Engine, EngineError, Result};
-use crate::network::{Bridge, Endpoint, Published};
+use crate::network::{Endpoint, Published};
 use crate::runtime::cgroups::Limits;
 use crate::runtime::spec::{self, BindMount, NetworkMode, SpecInput};
 use crate::runtime::{ExitRecord, ShimConfig, StartReport};
@@ -60,11 +61,12 @@ fn host_resolv_conf() -> String {
         .collect()
 }
 
-/// NetworkSettings for a container started on the bridge.
+/// NetworkSettings for a container started on the default bridge or a
+/// user-defined network (`ep` is its `eth0`, `bridge` the host bridge).
 fn network_settings(
     rec: &super::container::ContainerRecord,
     ep: Option<&Endpoint>,
-    bridge: Option<&Arc<Bridge>>,
+    bridge: Option<String>,
     published: &[Published],
 ) -> agent_common::engine::NetworkSettings {
     let Some(ep) = ep else {
@@ -89,12 +91,47 @@ fn network_settings(
             });
     }
     agent_common::engine::NetworkSettings {
-        bridge: bridge.map(|b| b.name.clone()).unwrap_or_default(),
+        bridge: bridge.unwrap_or_default(),
         ip_address: ep.ip.to_string(),
         ip_prefix_len: ep.prefix,
         gateway: ep.gateway.to_string(),
         mac_address: ep.mac.clone(),
         ports,
+        networks: Default::default(),
+    }
+}
+
+/// The address published ports lead to: the default bridge endpoint's, or
+/// that of the container's first user-defined network.
+fn published_ip(rec: &super::container::ContainerRecord) -> Option<std::net::Ipv4Addr> {
+    rec.endpoint.as_ref().map(|e| e.ip).or_else(|| {
+        is_user_network_mode(&rec.host_config.network_mode)
+            .then(|| rec.user_endpoints.first().map(|e| e.endpoint.ip))
+            .flatten()
+    })
+}
+
+/// Gives addresses reserved for a start back unless the start succeeded,
+/// and stops the DNS server opened for it.
+struct StartGuard<'a> {
+    engine: &'a Engine,
+    id: String,
+    endpoints: Vec<(Arc<crate::network::user::UserNetwork>, std::net::Ipv4Addr)>,
+    armed: bool,
+}
+
+impl Drop for StartGuard<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        for (net, ip) in &self.endpoints {
+            net.release(*ip);
+        }
+        if !self.endpoints.is_empty() {
+            self.engine.dns.stop(&self.id);
+            self.engine.dns.table().remove(&self.id);
+        }
     }
 }
 
@@ -208,6 +245,7 @@ impl Engine {
                 ));
                 NetKind::Joined(other.state.pid as i32)
             }
+            m if is_user_network_mode(m) => NetKind::Isolated,
             _ => NetKind::Bridged,
         };
         let network = match kind {
@@ -216,6 +254,36 @@ impl Engine {
             _ => NetworkMode::None,
         };
         let mut sandbox = self.pool.take(kind).await?;
+        // User-defined networks: eth0 (after the default bridge's, if any), eth1, …
+        let user_endpoints = if matches!(kind, NetKind::Bridged | NetKind::Isolated)
+            && !rec.attachments.is_empty()
+        {
+            let first = usize::from(kind == NetKind::Bridged);
+            self.attach_user_networks(&rec, sandbox.pid, first)
+                .await
+                .map_err(|e| EngineError::StartFailed {
+                    exit_code: 125,
+                    message: e.to_string(),
+                })?
+        } else {
+            Vec::new()
+        };
+        let mut guard = StartGuard {
+            engine: self,
+            id: c.id.clone(),
+            endpoints: user_endpoints
+                .iter()
+                .filter_map(|ep| {
+                    let net = self.networks.get()?.get(&ep.network_id)?;
+                    Some((net, ep.endpoint.ip))
+                })
+                .collect(),
+            armed: true,
+        };
+        let embedded_dns = !user_endpoints.is_empty();
+        let primary_user = (kind == NetKind::Isolated)
+            .then(|| user_endpoints.first())
+            .flatten();
         // Legacy links: variables and hosts entries from running, bridged containers.
         let mut link_hosts = String::new();
         let mut link_targets: Vec<(std::net::Ipv4Addr, Vec<String>)> = Vec::new();
@@ -252,21 +320,31 @@ impl Engine {
             env.extend(crate::network::links::link_env(&rec.name, alias, &linked));
             link_hosts.push_str(&crate::network::links::hosts_line(alias, &linked));
         }
-        let (hosts, resolv) = match (kind, &sandbox.endpoint) {
+        let own_ip = sandbox
+            .endpoint
+            .as_ref()
+            .map(|e| e.ip)
+            .or_else(|| primary_user.map(|e| e.endpoint.ip));
+        let (hosts, resolv) = match (kind, own_ip) {
             (NetKind::Joined(_), _) => joined_files.clone().unwrap_or_default(),
             (NetKind::Host, _) => (
                 fs::read_to_string("/etc/hosts").unwrap_or_else(|_| HOSTS.to_string()),
                 fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
             ),
-            (_, Some(ep)) => (
-                format!("{HOSTS}{}\t{}\n{link_hosts}", ep.ip, rec.config.hostname),
+            (_, Some(ip)) => (
+                format!("{HOSTS}{ip}\t{}\n{link_hosts}", rec.config.hostname),
                 host_resolv_conf(),
             ),
             _ => (HOSTS.to_string(), host_resolv_conf()),
         };
         // Published ports: -p bindings, and with -P every exposed port.
         let mut published = Vec::new();
-        if let Some(ep) = &sandbox.endpoint {
+        let publish_ip = sandbox
+            .endpoint
+            .as_ref()
+            .map(|e| e.ip)
+            .or_else(|| primary_user.map(|e| e.endpoint.ip));
+        if let Some(ip) = publish_ip {
             let bridge = self
                 .pool
                 .bridge
@@ -287,7 +365,7 @@ impl Engine {
             }
             published =
                 bridge
-                    .publish(ep.ip, &wanted)
+                    .publish(ip, &wanted)
                     .await
                     .map_err(|e| EngineError::StartFailed {
                         exit_code: 125,
@@ -300,7 +378,10 @@ impl Engine {
                 hosts.push_str(&format!("{ip}\t{host}\n"));
             }
         }
-        let resolv = if rec.host_config.dns.is_empty() {
+        let resolv = if embedded_dns {
+            // The embedded server answers; it forwards to --dns or the host's.
+            embedded_resolv_conf(&resolv)
+        } else if rec.host_config.dns.is_empty() {
             resolv
         } else {
             // --dns replaces the nameservers; the search/options lines stay.
@@ -392,6 +473,18 @@ impl Engine {
             *c.stdin.lock().await = Some(sender);
         }
 
+        if embedded_dns {
+            // Names and the DNS server are ready before the container runs.
+            let mut started = rec.clone();
+            started.state.running = true;
+            started.user_endpoints = user_endpoints.clone();
+            started.embedded_dns = true;
+            let probe = Container::new(started);
+            self.refresh_names(&probe);
+            if let Err(e) = self.dns.serve(&c.id, sandbox.pid).await {
+                tracing::warn!(container = %c.id, "failed to start the embedded DNS server: {e}");
+            }
+        }
         let t1 = t0.elapsed();
         let report = sandbox.go(&dir).await;
         tracing::debug!(container = %c.id, prepare_us = t1.as_micros() as u64, go_us = (t0.elapsed() - t1).as_micros() as u64, "started");
@@ -410,11 +503,27 @@ impl Engine {
                         link_rules.extend(bridge.link(ep.ip, *to, ports).await);
                     }
                 }
-                let settings =
-                    network_settings(&rec, endpoint.as_ref(), self.pool.bridge.get(), &published);
+                let (eth0, bridge_name) = match (&endpoint, primary_user) {
+                    (Some(ep), _) => (Some(ep), self.pool.bridge.get().map(|b| b.name.clone())),
+                    (None, Some(u)) => (
+                        Some(&u.endpoint),
+                        self.networks
+                            .get()
+                            .and_then(|n| n.get(&u.network_id))
+                            .map(|n| n.record.bridge.clone()),
+                    ),
+                    _ => (None, None),
+                };
+                let mut settings = network_settings(&rec, eth0, bridge_name, &published);
+                let mut with_endpoints = rec.clone();
+                with_endpoints.user_endpoints = user_endpoints.clone();
+                settings.networks = self.endpoint_settings(&with_endpoints);
+                guard.armed = false;
                 c.update(&dir, |r| {
                     r.link_rules = link_rules;
                     r.endpoint = endpoint;
+                    r.user_endpoints = user_endpoints;
+                    r.embedded_dns = embedded_dns;
                     r.network_settings = settings;
                     r.state.status = "running".into();
                     r.state.running = true;
@@ -448,8 +557,8 @@ impl Engine {
                 Ok(())
             }
             other => {
-                if let (Some(ep), Some(bridge)) = (&sandbox.endpoint, self.pool.bridge.get()) {
-                    bridge.unpublish(ep.ip, &published).await;
+                if let (Some(ip), Some(bridge)) = (publish_ip, self.pool.bridge.get()) {
+                    bridge.unpublish(ip, &published).await;
                 }
                 sandbox.wait_shim().await;
                 let failure =
@@ -517,17 +626,31 @@ impl Engine {
         };
         c.stdin.lock().await.take();
         let rec_now = c.record();
-        if let (Some(ep), Some(bridge)) = (&rec_now.endpoint, self.pool.bridge.get()) {
+        // The DNS sockets hold the namespace: close them first.
+        self.dns.stop(&c.id);
+        self.dns.table().remove(&c.id);
+        if let (Some(ip), Some(bridge)) = (published_ip(&rec_now), self.pool.bridge.get()) {
             bridge
-                .unpublish(ep.ip, &published_of(&rec_now.network_settings))
+                .unpublish(ip, &published_of(&rec_now.network_settings))
                 .await;
+        }
+        if let (Some(ep), Some(bridge)) = (&rec_now.endpoint, self.pool.bridge.get()) {
             bridge.unlink(&rec_now.link_rules).await;
             bridge.release(ep.ip);
         }
+        self.release_user_endpoints(&rec_now.user_endpoints).await;
+        let mut stopped = rec_now.clone();
+        stopped.user_endpoints.clear();
+        let networks = self.endpoint_settings(&stopped);
         let _ = c.update(&dir, |r| {
             r.link_rules.clear();
             r.endpoint = None;
-            r.network_settings = Default::default();
+            r.user_endpoints.clear();
+            r.embedded_dns = false;
+            r.network_settings = agent_common::engine::NetworkSettings {
+                networks,
+                ..Default::default()
+            };
             r.state.status = "exited".into();
             r.state.running = false;
             r.state.paused = false;
@@ -838,7 +961,9 @@ impl Engine {
         }
         c.update(&self.container_dir(&c.id), |r| {
             r.name = new_name.to_string()
-        })
+        })?;
+        self.refresh_names(c);
+        Ok(())
     }
 
     /// After a daemon restart: re-attach to the shims of running containers,
@@ -861,8 +986,14 @@ impl Engine {
             };
             match pidfd {
                 Some(fd) if rec.state.running => {
-                    if let (Some(ep), Some(bridge)) = (&rec.endpoint, self.pool.bridge.get()) {
-                        bridge.mark_used(ep.ip);
+                    if let Some(ep) = &rec.endpoint {
+                        if let Some(bridge) = self.pool.bridge.get() {
+                            bridge.mark_used(ep.ip);
+                            bridge.restore_links(&rec.link_rules).await;
+                        }
+                    }
+                    self.mark_user_endpoints(&rec);
+                    if let (Some(ip), Some(bridge)) = (published_ip(&rec), self.pool.bridge.get()) {
                         let wanted: Vec<_> = published_of(&rec.network_settings)
                             .into_iter()
                             .map(|p| {
@@ -878,11 +1009,12 @@ impl Engine {
                                 )
                             })
                             .collect();
-                        if let Err(e) = bridge.publish(ep.ip, &wanted).await {
+                        if let Err(e) = bridge.publish(ip, &wanted).await {
                             tracing::warn!(container = %c.id, "could not restore published ports: {e}");
                         }
-                        bridge.restore_links(&rec.link_rules).await;
                     }
+                    self.refresh_names(&c);
+                    self.serve_dns(&c).await;
                     if rec.config.open_stdin {
                         let fifo = self.container_dir(&c.id).join("stdin");
                         if let Ok(sender) = tokio::net::unix::pipe::OpenOptions::new()

@@ -5,6 +5,8 @@
 //! - [`create`]: validation and creation (config merge with the image, volumes)
 //! - [`lifecycle`]: start, stop, kill, restart policy, pause, remove, wait, and
 //!   re-adopting running containers after a daemon restart
+//! - [`networks`]: user-defined networks as containers see them: connect,
+//!   disconnect, inspect, and the names the embedded DNS server answers
 //! - [`io`]: attach, logs, exec
 //! - [`fsview`]: diff, export, commit, top
 //! - [`api`]: the tonic service that maps engine.proto onto all of the above
@@ -20,11 +22,12 @@ pub mod distribution;
 pub mod fsview;
 pub mod io;
 pub mod lifecycle;
+pub mod networks;
 pub mod pool;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::image::{ImageError, ImageStore};
 use crate::runtime::cgroups::Layout;
@@ -51,6 +54,8 @@ pub enum EngineError {
     Image(#[from] ImageError),
     #[error(transparent)]
     Volume(#[from] VolumeError),
+    #[error(transparent)]
+    Network(#[from] crate::network::user::UserNetworkError),
     #[error("failed to {action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -87,6 +92,10 @@ pub struct Engine {
     pub cgroups: Layout,
     /// Shims with namespaces and cgroups made in advance.
     pub pool: Arc<pool::SandboxPool>,
+    /// User-defined networks, once the daemon has set them up.
+    pub networks: OnceLock<Arc<crate::network::user::Networks>>,
+    /// The embedded DNS servers of containers on user-defined networks.
+    pub dns: Arc<crate::network::resolver::Resolver>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     /// Problems found while loading state (corrupt files), shown by `version` and `ps`.
     load_warnings: Mutex<Vec<String>>,
@@ -132,6 +141,8 @@ impl Engine {
             images,
             volumes,
             pool: pool::SandboxPool::new(cgroups.clone(), sandbox_pool),
+            networks: OnceLock::new(),
+            dns: crate::network::resolver::Resolver::new(),
             cgroups,
             containers: Mutex::new(containers),
             load_warnings: Mutex::new(warnings),
@@ -151,6 +162,9 @@ impl Engine {
             .map(|w| w.clone())
             .unwrap_or_default();
         w.extend(self.volumes.list().1);
+        if let Some(n) = self.networks.get() {
+            w.extend(n.warnings.iter().cloned());
+        }
         w
     }
 

@@ -50,6 +50,8 @@ pub struct Sandbox {
     pub endpoint: Option<Endpoint>,
     /// Gives the address back if the sandbox is dropped unused.
     release_on_drop: Option<(Arc<Bridge>, std::net::Ipv4Addr)>,
+    /// PID of the container's future init (in the sandbox's namespaces).
+    pub pid: i32,
     /// PID of the shim, and its start time.
     pub shim_pid: i32,
     pub shim_start_time: u64,
@@ -94,12 +96,14 @@ impl Sandbox {
             own_network,
             endpoint: None,
             release_on_drop: None,
+            pid: 0,
             shim_pid,
             shim_start_time,
         };
         let ready: Option<SandboxReady> = sandbox.read_line().await;
         match ready {
             Some(SandboxReady { pid: Some(pid), .. }) => {
+                sandbox.pid = pid;
                 if kind == NetKind::Bridged {
                     let bridge = bridge.ok_or_else(|| {
                         EngineError::Internal(

@@ -10,6 +10,11 @@
 //! for it, so bridged starts cost no more than unnetworked ones; published
 //! ports are map elements added at start and removed at exit.
 //!
+//! User-defined networks (`user`) share the table: their bridges and
+//! subnets are elements of sets the table's rules match on, and the embedded
+//! DNS server (`resolver`, `dns`) answers at 127.0.0.11 inside containers on
+//! them.
+//!
 //! Uses the `ip` and `nft` commands (iproute2, nftables): each call is one
 //! process, off the start path except for port publishing (one `nft` run per
 //! container with `-p`).
@@ -21,7 +26,10 @@ use std::sync::Mutex;
 
 use agent_common::engine::PortBinding;
 
+pub mod dns;
 pub mod links;
+pub mod resolver;
+pub mod user;
 
 /// Errors of the network layer.
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +179,10 @@ impl Bridge {
         let rules = format!(
             "add table ip {table}\ndelete table ip {table}\n\
 table ip {table} {{\n\
+  set unets {{ type ifname; }}\n\
+  set unets_internal {{ type ifname; }}\n\
+  set unet_self {{ type ifname . ifname; }}\n\
+  set unet_masq {{ type ipv4_addr; flags interval; }}\n\
   map ports {{ type inet_proto . inet_service : ipv4_addr . inet_service; }}\n\
   map ports_ip {{ type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }}\n\
   chain prerouting {{ type nat hook prerouting priority dstnat; policy accept;\n\
@@ -185,9 +197,19 @@ table ip {table} {{\n\
     ip saddr {subnet} oifname != \"{name}\" masquerade\n\
     ip saddr 127.0.0.0/8 oifname \"{name}\" masquerade\n\
     ip saddr {subnet} ip daddr {subnet} ct status dnat masquerade\n\
+    ip saddr @unet_masq oifname != @unets masquerade\n\
+    ip saddr 127.0.0.0/8 oifname @unets masquerade\n\
   }}\n\
   set links {{ type ipv4_addr . ipv4_addr . inet_proto . inet_service; }}\n\
   chain forward {{ type filter hook forward priority filter; policy accept;\n\
+    iifname . oifname @unet_self accept\n\
+    iifname @unets oifname @unets drop\n\
+    iifname @unets_internal drop\n\
+    oifname @unets_internal drop\n\
+    iifname @unets oifname \"{name}\" drop\n\
+    iifname \"{name}\" oifname @unets drop\n\
+    iifname @unets accept\n\
+    oifname @unets accept\n\
     iifname \"{name}\" oifname \"{name}\" ct state established,related accept\n\
     iifname \"{name}\" oifname \"{name}\" ip saddr . ip daddr . meta l4proto . th dport @links accept\n\
 {icc_rule}\
@@ -471,6 +493,11 @@ table ip {table} {{\n\
     /// The nftables table of this bridge (for tests and cleanup).
     pub fn table(&self) -> &str {
         &self.table
+    }
+
+    /// The bridge's subnet, e.g. `10.87.0.0/16`.
+    pub fn subnet(&self) -> String {
+        format!("{}/{}", Ipv4Addr::from(self.network), self.prefix)
     }
 }
 
