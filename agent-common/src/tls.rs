@@ -93,6 +93,7 @@ pub fn server_name(role: NodeRole) -> ServerName<'static> {
     match role {
         NodeRole::Manager => ServerName::try_from("flotilla-manager"),
         NodeRole::Worker => ServerName::try_from("flotilla-worker"),
+        NodeRole::Client => ServerName::try_from("flotilla-client"),
     }
     .expect("role server names are valid DNS names")
 }

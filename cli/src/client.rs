@@ -22,14 +22,25 @@ pub fn socket_path(host: &str) -> Result<PathBuf> {
     match host.strip_prefix("unix://") {
         Some(path) if !path.is_empty() => Ok(PathBuf::from(path)),
         _ => Err(anyhow!(
-            "invalid host {host:?}: use unix:///path/to/flotilla.sock (only unix sockets are supported)"
+            "invalid host {host:?}: use unix:///path/to/flotilla.sock, or tcp://MANAGER:2377 with client certificates"
         )),
     }
 }
 
+/// Certificate files for `-H tcp://…` (mutual TLS with the cluster CA).
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    /// The cluster CA certificate.
+    pub ca: Option<PathBuf>,
+    /// The client certificate.
+    pub cert: Option<PathBuf>,
+    /// The client key.
+    pub key: Option<PathBuf>,
+}
+
 /// Connects to the daemon at `host`.
-pub async fn connect(host: &str) -> Result<Engine> {
-    let channel = connect_channel(host).await?;
+pub async fn connect(host: &str, tls: &TlsFiles) -> Result<Engine> {
+    let channel = connect_channel(host, tls).await?;
     Ok(EngineClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE))
@@ -39,16 +50,50 @@ pub async fn connect(host: &str) -> Result<Engine> {
 pub type Control = agent_common::control_proto::control_client::ControlClient<Channel>;
 
 /// Connects to the control API of the daemon at `host`.
-pub async fn connect_control(host: &str) -> Result<Control> {
-    let channel = connect_channel(host).await?;
+pub async fn connect_control(host: &str, tls: &TlsFiles) -> Result<Control> {
+    let channel = connect_channel(host, tls).await?;
     Ok(
         agent_common::control_proto::control_client::ControlClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE),
     )
 }
 
+/// A channel to a manager's cluster port over mutual TLS.
+fn connect_tcp(addr: &str, tls: &TlsFiles) -> Result<Channel> {
+    use agent_common::pki::{NodeIdentity, NodeRole};
+    use agent_common::tls::{self, grpc};
+    let read = |what: &str, p: &Option<PathBuf>| -> Result<String> {
+        let p = p
+            .as_ref()
+            .ok_or_else(|| anyhow!("-H tcp://… needs --{what}"))?;
+        std::fs::read_to_string(p).map_err(|e| {
+            anyhow!(
+                "failed to read {} ({e}): get client certificates with `flotilla-manager client-cert` on a manager, and pass --tlscacert, --tlscert and --tlskey",
+                p.display()
+            )
+        })
+    };
+    let (ca, cert, key) = (
+        read("tlscacert", &tls.ca)?,
+        read("tlscert", &tls.cert)?,
+        read("tlskey", &tls.key)?,
+    );
+    let identity =
+        NodeIdentity::from_pem(&key, &cert, &ca).map_err(|e| anyhow!("unusable TLS files: {e}"))?;
+    let config = grpc::SharedClientConfig::new(tls::client_config(&identity)?);
+    let addr = grpc::with_port(addr, agent_common::DEFAULT_CLUSTER_PORT);
+    Ok(grpc::channel(
+        &addr,
+        config,
+        tls::server_name(NodeRole::Manager),
+    )?)
+}
+
 /// Dials the daemon at `host` and returns the gRPC channel.
-pub async fn connect_channel(host: &str) -> Result<Channel> {
+pub async fn connect_channel(host: &str, tls: &TlsFiles) -> Result<Channel> {
+    if let Some(addr) = host.strip_prefix("tcp://") {
+        return connect_tcp(addr, tls);
+    }
     let path = socket_path(host)?;
     let unreachable = || {
         anyhow!(
@@ -175,7 +220,10 @@ mod tests {
     async fn missing_socket_says_how_to_fix_it() {
         let dir = tempfile::tempdir().unwrap();
         let host = format!("unix://{}/none.sock", dir.path().display());
-        let e = connect(&host).await.unwrap_err().to_string();
+        let e = connect(&host, &TlsFiles::default())
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with("Cannot connect to the Flotilla daemon at unix://"),
             "{e}"

@@ -33,7 +33,7 @@ pub struct Cli {
         env = "FLOTILLA_HOST",
         default_value = client::DEFAULT_HOST,
         global = true,
-        value_name = "unix://PATH"
+        value_name = "unix://PATH|tcp://ADDR:PORT"
     )]
     pub host: String,
 
@@ -46,6 +46,17 @@ pub struct Cli {
         value_name = "DIR"
     )]
     pub config: Option<PathBuf>,
+
+    /// CA certificate to trust for `-H tcp://…` [default: DIR/ca.pem of --config].
+    #[arg(long = "tlscacert", global = true, value_name = "FILE")]
+    pub tls_ca_cert: Option<PathBuf>,
+    /// Client certificate for `-H tcp://…` (`flotilla-manager client-cert`)
+    /// [default: DIR/cert.pem of --config].
+    #[arg(long = "tlscert", global = true, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Client key for `-H tcp://…` [default: DIR/key.pem of --config].
+    #[arg(long = "tlskey", global = true, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -830,7 +841,12 @@ fn main() {
         }
     };
     let fail_code = engine_error_code(&cli.command);
-    let ctx = commands::Ctx::new(cli.host, cli.config);
+    let tls = client::TlsFiles {
+        ca: cli.tls_ca_cert,
+        cert: cli.tls_cert,
+        key: cli.tls_key,
+    };
+    let ctx = commands::Ctx::new(cli.host, cli.config).with_tls(tls);
     let result = runtime.block_on(commands::dispatch(ctx, cli.command));
     let code = match result {
         Ok(code) => code,

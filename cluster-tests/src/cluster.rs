@@ -147,21 +147,25 @@ impl ClusterLab {
 
     /// `flotilla-manager init` on `host`; returns once it answers.
     pub fn init(&self, host: &str) -> NodeProc {
+        self.init_with(host, &[])
+    }
+
+    /// `flotilla-manager init` with `extra` flags.
+    pub fn init_with(&self, host: &str, extra: &[&str]) -> NodeProc {
         let ip = self.lab.host(host).addr().to_string();
         let listen = format!("{ip}:{CLUSTER_PORT}");
         let hb = self.heartbeat.clone();
-        let n = self.spawn_manager(
-            host,
-            &[
-                "init",
-                "--advertise-addr",
-                &ip,
-                "--listen-addr",
-                &listen,
-                "--heartbeat-period",
-                &hb,
-            ],
-        );
+        let mut args = vec![
+            "init",
+            "--advertise-addr",
+            &ip,
+            "--listen-addr",
+            &listen,
+            "--heartbeat-period",
+            &hb,
+        ];
+        args.extend_from_slice(extra);
+        let n = self.spawn_manager(host, &args);
         self.wait_ready(host);
         n
     }

@@ -407,3 +407,112 @@ fn demote_promote_and_rm_keep_quorum_safe() {
     c.cli("m1", &["node", "rm", "w1"]).ok("rm down worker");
     assert!(!c.nodes("m2", false).iter().any(|n| n["Hostname"] == "w1"));
 }
+
+#[test]
+fn remote_clients_need_a_manager_or_client_certificate() {
+    let c = ClusterLab::new(&["m1", "w1"], "300ms");
+    c.init("m1");
+    c.join_worker("w1", "m1");
+    poll_until(T, "2 ready nodes", || {
+        ready_count(&c.nodes("m1", false)) == 2
+    });
+    let remote = format!("tcp://{}", c.node("m1").addr);
+    let w1 = c.lab.host("w1");
+    let flotilla = cluster_tests::bin("flotilla");
+    let with_files = |dir: &std::path::Path, args: &[&str]| {
+        let ca = dir.join("ca.pem").display().to_string();
+        let cert = dir.join("cert.pem").display().to_string();
+        let key = dir.join("key.pem").display().to_string();
+        let mut all = vec![
+            "-H",
+            &remote,
+            "--tlscacert",
+            &ca,
+            "--tlscert",
+            &cert,
+            "--tlskey",
+            &key,
+        ];
+        all.extend_from_slice(args);
+        let out = w1.run(&flotilla, &all);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The worker's own node certificate is refused by the control API.
+    let worker_files = c.node("w1").data_root.join("cluster");
+    let (ok, _, err) = with_files(&worker_files, &["node", "ls"]);
+    assert!(!ok);
+    assert!(err.contains("worker certificate"), "{err}");
+
+    // A client certificate issued on the manager works from the other host.
+    let out_dir = w1.dir().join("client-certs");
+    let out = std::process::Command::new(cluster_tests::bin("flotilla-manager"))
+        .arg("--data-root")
+        .arg(&c.node("m1").data_root)
+        .arg("client-cert")
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (ok, stdout, err) = with_files(&out_dir, &["node", "ls"]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("m1") && stdout.contains("w1"), "{stdout}");
+
+    // Missing files say where certificates come from.
+    let (ok, _, err) = with_files(&w1.dir().join("nothing-here"), &["node", "ls"]);
+    assert!(!ok);
+    assert!(err.contains("client-cert"), "{err}");
+}
+
+fn cert_pem(c: &ClusterLab, host: &str) -> String {
+    std::fs::read_to_string(c.node(host).data_root.join("cluster/cert.pem")).unwrap()
+}
+
+#[test]
+fn certificates_renew_before_expiry_and_expired_or_revoked_ones_are_refused() {
+    let c = ClusterLab::new(&["m1", "w1", "w2"], "300ms");
+    c.init_with("m1", &["--cert-expiry", "12s"]);
+    c.join_worker("w1", "m1");
+    c.join_worker("w2", "m1");
+    poll_until(T, "3 ready nodes", || {
+        ready_count(&c.nodes("m1", false)) == 3
+    });
+    let (m1_first, w1_first) = (cert_pem(&c, "m1"), cert_pem(&c, "w1"));
+    // A third of 12 s left: both renew; after the first certificates expired
+    // everyone is still ready (the manager's server certificate was renewed too).
+    poll_until(T, "renewed certificates", || {
+        cert_pem(&c, "m1") != m1_first && cert_pem(&c, "w1") != w1_first
+    });
+    std::thread::sleep(Duration::from_secs(13));
+    poll_until(T, "all ready after the first certificates expired", || {
+        ready_count(&c.nodes("m1", false)) == 3
+    });
+
+    // w2 frozen past its certificate's expiry: refused when it wakes up.
+    c.node("w2").proc.stop();
+    std::thread::sleep(Duration::from_secs(14));
+    c.node("w2").proc.cont();
+    std::thread::sleep(Duration::from_secs(3));
+    let w2 = c
+        .nodes("m1", false)
+        .into_iter()
+        .find(|n| n["Hostname"] == "w2")
+        .unwrap();
+    assert_eq!(w2["Status"], "down", "an expired certificate was accepted");
+
+    // A removed node is refused: it does not come back.
+    c.cli("m1", &["node", "rm", "--force", "w1"])
+        .ok("rm --force w1");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!c.nodes("m1", false).iter().any(|n| n["Hostname"] == "w1"));
+    let log = c.node("w1").proc.log();
+    assert!(log.contains("heartbeat to"), "{log}");
+}

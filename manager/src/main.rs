@@ -72,7 +72,7 @@ enum Command {
         #[arg(long = "heartbeat-period", default_value = "1s", value_parser = humantime::parse_duration)]
         heartbeat_period: Duration,
         /// Validity of node certificates (they renew themselves when a third
-        /// is left).
+        /// is left; a node offline until its certificate expired must join again).
         #[arg(long = "cert-expiry", default_value = "90d", value_parser = humantime::parse_duration)]
         cert_expiry: Duration,
     },
@@ -87,6 +87,56 @@ enum Command {
         #[arg(value_name = "MANAGER-ADDR[:PORT]")]
         remote: String,
     },
+    /// Issue a certificate for a remote `flotilla` client
+    /// (`flotilla -H tcp://MANAGER:2377 …`); run on a manager, as root.
+    /// Writes ca.pem, cert.pem and key.pem.
+    ClientCert {
+        /// Directory to write the files to.
+        #[arg(long = "out", value_name = "DIR", default_value = ".")]
+        out: PathBuf,
+        /// Validity of the certificate.
+        #[arg(long = "expiry", default_value = "90d", value_parser = humantime::parse_duration)]
+        expiry: Duration,
+    },
+}
+
+/// `client-cert`: signs a client certificate with this manager's CA key.
+fn client_cert(
+    data_root: &std::path::Path,
+    out: &std::path::Path,
+    expiry: Duration,
+) -> anyhow::Result<()> {
+    use agent_common::pki::{NodeCertSpec, NodeId, NodeIdentity, NodeRole, RootCa};
+    let files = worker::cluster::ClusterFiles::new(data_root);
+    if !files.exists() {
+        bail!(
+            "{} holds no cluster: run client-cert on a manager, with its --data-root",
+            data_root.display()
+        );
+    }
+    let identity = files.load_identity()?;
+    let key = files
+        .load_ca_key()
+        .context("this node holds no CA key: run client-cert on a manager")?;
+    let ca = RootCa::from_pem(&identity.ca().to_pem(), &key)?;
+    let spec = NodeCertSpec::new(NodeId::generate()?, NodeRole::Client).validity(expiry);
+    let client = NodeIdentity::issue(&ca, &spec)?;
+    std::fs::create_dir_all(out).with_context(|| format!("failed to create {}", out.display()))?;
+    let write = |name: &str, text: &str| -> anyhow::Result<()> {
+        agent_common::pki::write_private_file(&out.join(name), text.as_bytes())
+            .with_context(|| format!("failed to write {}", out.join(name).display()))
+    };
+    write("ca.pem", &ca.cert_pem())?;
+    write("cert.pem", &client.certificate().to_pem())?;
+    write("key.pem", &client.key().to_pem())?;
+    println!(
+        "Wrote ca.pem, cert.pem and key.pem to {} (client {}, valid {}).\n\
+         Use them with: flotilla -H tcp://MANAGER-ADDR:2377 --tlscacert ca.pem --tlscert cert.pem --tlskey key.pem node ls",
+        out.display(),
+        client.node_id(),
+        humantime::format_duration(expiry)
+    );
+    Ok(())
 }
 
 fn parse_listen(s: &str) -> anyhow::Result<SocketAddr> {
@@ -124,6 +174,9 @@ fn main() {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(Command::ClientCert { out, expiry }) = &args.command {
+        return client_cert(&args.data_root, out, *expiry);
+    }
     let socket = serve::socket_path(&args.host)?;
     // For a restart in place (after a demotion): the same socket.
     let _ = daemon::LOCAL_HOST.set(args.host.clone());
@@ -138,7 +191,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Duration::from_secs(1),
             agent_common::pki::DEFAULT_NODE_CERT_VALIDITY,
         ),
-        None => (
+        Some(Command::ClientCert { .. }) | None => (
             None,
             Duration::from_secs(1),
             agent_common::pki::DEFAULT_NODE_CERT_VALIDITY,
@@ -148,8 +201,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     {
         bail!("--heartbeat-period must be between 100ms and 10m");
     }
-    if cert_expiry < Duration::from_secs(3600) {
-        bail!("--cert-expiry must be at least 1h");
+    if cert_expiry < Duration::from_secs(10) {
+        bail!("--cert-expiry must be at least 10s (and should be hours or days outside tests)");
     }
     let opts = Options {
         data_root: args.data_root.clone(),
@@ -174,7 +227,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             daemon::init(&opts).await?
         }
         Some(Command::Join { token, remote, .. }) => daemon::join(&opts, token, remote).await?,
-        None => daemon::resume(&opts, args.force_new_cluster).await?,
+        Some(Command::ClientCert { .. }) | None => {
+            daemon::resume(&opts, args.force_new_cluster).await?
+        }
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

@@ -27,6 +27,9 @@ pub enum NodeRole {
     Manager,
     /// A node that only runs tasks.
     Worker,
+    /// A remote `flotilla` client (`flotilla-manager client-cert`): may call
+    /// the control API, never acts as a node.
+    Client,
 }
 
 impl NodeRole {
@@ -35,6 +38,7 @@ impl NodeRole {
         match self {
             NodeRole::Manager => "manager",
             NodeRole::Worker => "worker",
+            NodeRole::Client => "client",
         }
     }
 
@@ -43,6 +47,7 @@ impl NodeRole {
         match self {
             NodeRole::Manager => "flotilla-manager",
             NodeRole::Worker => "flotilla-worker",
+            NodeRole::Client => "flotilla-client",
         }
     }
 
@@ -58,6 +63,7 @@ impl NodeRole {
         match ou {
             "flotilla-manager" => Some(NodeRole::Manager),
             "flotilla-worker" => Some(NodeRole::Worker),
+            "flotilla-client" => Some(NodeRole::Client),
             _ => None,
         }
     }
@@ -76,6 +82,7 @@ impl FromStr for NodeRole {
         match s {
             "manager" => Ok(NodeRole::Manager),
             "worker" => Ok(NodeRole::Worker),
+            "client" => Ok(NodeRole::Client),
             _ => Err(PkiError::Role(s.to_string())),
         }
     }

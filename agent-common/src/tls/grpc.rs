@@ -259,6 +259,44 @@ impl Caller {
         }
     }
 
+    /// Refuses a certificate that expired or was revoked since the
+    /// connection was made: a TLS handshake checks a certificate once, but a
+    /// connection may live for days, so every call checks again. (Nodes dial
+    /// a fresh connection when they renew their certificate.)
+    #[allow(clippy::result_large_err)]
+    pub fn check_current(
+        &self,
+        revocations: &crate::pki::Revocations,
+    ) -> Result<(), tonic::Status> {
+        if let Caller::Node(cert) = self {
+            if cert.is_expired(std::time::SystemTime::now()) {
+                return Err(tonic::Status::unauthenticated(format!(
+                    "the certificate of node {} has expired; the node must join the cluster again",
+                    cert.node_id()
+                )));
+            }
+        }
+        self.check_revoked(revocations)
+    }
+
+    /// Refuses a certificate revoked since the connection was made (a
+    /// removed node).
+    #[allow(clippy::result_large_err)]
+    pub fn check_revoked(
+        &self,
+        revocations: &crate::pki::Revocations,
+    ) -> Result<(), tonic::Status> {
+        if let Caller::Node(cert) = self {
+            if revocations.is_revoked(cert) {
+                return Err(tonic::Status::permission_denied(format!(
+                    "node {} was removed from the cluster; its certificate is revoked",
+                    cert.node_id()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Allows local callers and certificates of `role`; refuses the rest
     /// with a message that says what is missing.
     #[allow(clippy::result_large_err)]

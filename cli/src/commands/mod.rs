@@ -23,6 +23,7 @@ pub struct Ctx {
     config_dir: Option<PathBuf>,
     engine: Option<Engine>,
     control: Option<client::Control>,
+    tls: client::TlsFiles,
 }
 
 impl Ctx {
@@ -33,6 +34,28 @@ impl Ctx {
             config_dir,
             engine: None,
             control: None,
+            tls: client::TlsFiles::default(),
+        }
+    }
+
+    /// Uses these certificate files for `-H tcp://…`.
+    pub fn with_tls(mut self, tls: client::TlsFiles) -> Ctx {
+        self.tls = tls;
+        self
+    }
+
+    fn tls_files(&self) -> client::TlsFiles {
+        let dir = self
+            .config_path()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.to_path_buf()));
+        let pick = |given: &Option<PathBuf>, name: &str| {
+            given.clone().or_else(|| dir.as_ref().map(|d| d.join(name)))
+        };
+        client::TlsFiles {
+            ca: pick(&self.tls.ca, "ca.pem"),
+            cert: pick(&self.tls.cert, "cert.pem"),
+            key: pick(&self.tls.key, "key.pem"),
         }
     }
 
@@ -41,7 +64,7 @@ impl Ctx {
         if let Some(e) = &self.engine {
             return Ok(e.clone());
         }
-        let e = client::connect(&self.host).await?;
+        let e = client::connect(&self.host, &self.tls_files()).await?;
         self.engine = Some(e.clone());
         Ok(e)
     }
@@ -51,7 +74,7 @@ impl Ctx {
         if let Some(c) = &self.control {
             return Ok(c.clone());
         }
-        let c = client::connect_control(&self.host).await?;
+        let c = client::connect_control(&self.host, &self.tls_files()).await?;
         self.control = Some(c.clone());
         Ok(c)
     }

@@ -41,7 +41,13 @@ impl ControlApi {
     /// node must still be a manager.
     #[allow(clippy::result_large_err)]
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        Caller::of(request).require(NodeRole::Manager)?;
+        // Managers and remote clients (`flotilla-manager client-cert`) may
+        // call; workers' certificates may not.
+        let caller = Caller::of(request);
+        caller.check_current(&self.m.revocations)?;
+        if !matches!(&caller, Caller::Node(cert) if cert.role() == NodeRole::Client) {
+            caller.require(NodeRole::Manager)?;
+        }
         let raft_id = self.m.raft.id();
         let is_member = self
             .m
@@ -518,12 +524,12 @@ impl Control for ControlApi {
                 };
                 match role {
                     NodeRole::Worker => c.worker_token_nonce = nonce,
-                    NodeRole::Manager => c.manager_token_nonce = nonce,
+                    _ => c.manager_token_nonce = nonce,
                 }
                 let token = self.m.join_token(&c, role);
                 match role {
                     NodeRole::Worker => c.worker_token_hash = token.token_hash().to_hex(),
-                    NodeRole::Manager => c.manager_token_hash = token.token_hash().to_hex(),
+                    _ => c.manager_token_hash = token.token_hash().to_hex(),
                 }
                 match self.m.store().put(c).await {
                     Ok(c) => {

@@ -44,7 +44,8 @@ fn period(m: &Manager) -> Duration {
     Duration::from_millis(ms)
 }
 
-fn caller_node(caller: &Caller) -> Result<String, Status> {
+fn caller_node(m: &Manager, caller: &Caller) -> Result<String, Status> {
+    caller.check_current(&m.revocations)?;
     match caller {
         Caller::Node(cert) => Ok(cert.node_id().to_string()),
         Caller::Local => Err(Status::failed_precondition(
@@ -88,6 +89,9 @@ impl Dispatcher for DispatcherApi {
             ));
         }
         let role = token.role();
+        if role == NodeRole::Client {
+            return Err(Status::invalid_argument("a client cannot join as a node"));
+        }
         let node_id = NodeId::generate().map_err(internal)?;
         let advertise = req.advertise_addr.trim().to_string();
         let host_only = advertise
@@ -115,7 +119,7 @@ impl Dispatcher for DispatcherApi {
             hostname: req.hostname.trim().to_string(),
             role: match role {
                 NodeRole::Manager => ObjRole::Manager,
-                NodeRole::Worker => ObjRole::Worker,
+                _ => ObjRole::Worker,
             },
             status: NodeStatus::Unknown,
             addr: host_only,
@@ -151,7 +155,7 @@ impl Dispatcher for DispatcherApi {
     ) -> Result<Response<JoinRaftReply>, Status> {
         let caller = Caller::of(&request);
         caller.require(NodeRole::Manager)?;
-        let node_id = caller_node(&caller)?;
+        let node_id = caller_node(&self.m, &caller)?;
         let req = request.into_inner();
         let m = &self.m;
         let node: Node = m
@@ -180,7 +184,7 @@ impl Dispatcher for DispatcherApi {
 
     async fn renew(&self, request: Request<RenewRequest>) -> Result<Response<RenewReply>, Status> {
         let caller = Caller::of(&request);
-        let node_id = caller_node(&caller)?;
+        let node_id = caller_node(&self.m, &caller)?;
         let req = request.into_inner();
         let m = &self.m;
         let node: Node = m
@@ -217,7 +221,7 @@ impl Dispatcher for DispatcherApi {
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatReply>, Status> {
         let caller = Caller::of(&request);
-        let node_id = caller_node(&caller)?;
+        let node_id = caller_node(&self.m, &caller)?;
         let req = request.into_inner();
         let m = &self.m;
         let period_ms = period(m).as_millis() as u64;

@@ -145,11 +145,14 @@ impl Manager {
     /// The current join token for `role`, derived from the CA key and the
     /// stored nonce.
     pub fn join_token(&self, cluster: &Cluster, role: NodeRole) -> JoinToken {
+        // There are no client tokens: clients get certificates from
+        // `flotilla-manager client-cert`; a client role shares nothing.
         let nonce = match role {
-            NodeRole::Manager => &cluster.manager_token_nonce,
-            NodeRole::Worker => &cluster.worker_token_nonce,
+            NodeRole::Manager => cluster.manager_token_nonce.clone(),
+            NodeRole::Worker => cluster.worker_token_nonce.clone(),
+            NodeRole::Client => format!("no-client-tokens-{}", cluster.manager_token_nonce),
         };
-        JoinToken::derive(role, self.ca.digest(), self.ca_key_pem.as_bytes(), nonce)
+        JoinToken::derive(role, self.ca.digest(), self.ca_key_pem.as_bytes(), &nonce)
     }
 
     /// Signs `csr` for `node_id` with `role`.
@@ -352,12 +355,12 @@ pub async fn init(opts: &Options) -> anyhow::Result<(Arc<Manager>, tokio::net::T
         for role in [NodeRole::Worker, NodeRole::Manager] {
             let nonce = match role {
                 NodeRole::Worker => c.worker_token_nonce.clone(),
-                NodeRole::Manager => c.manager_token_nonce.clone(),
+                _ => c.manager_token_nonce.clone(),
             };
             let t = JoinToken::derive(role, ca.digest(), ca_key.as_bytes(), &nonce);
             match role {
                 NodeRole::Worker => c.worker_token_hash = t.token_hash().to_hex(),
-                NodeRole::Manager => c.manager_token_hash = t.token_hash().to_hex(),
+                _ => c.manager_token_hash = t.token_hash().to_hex(),
             }
         }
     };

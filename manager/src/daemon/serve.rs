@@ -75,10 +75,15 @@ pub async fn serve_cluster_port(
             }
         });
     }
+    let revocations = m.revocations.clone();
     let raft = tonic::service::interceptor::InterceptedService::new(
         m.raft.service(),
-        |req: tonic::Request<()>| {
-            grpc::Caller::of(&req).require(NodeRole::Manager)?;
+        move |req: tonic::Request<()>| {
+            let caller = grpc::Caller::of(&req);
+            // Raft peers keep their connections across certificate renewals
+            // (the handshake checked validity); revocation is checked per call.
+            caller.check_revoked(&revocations)?;
+            caller.require(NodeRole::Manager)?;
             Ok(req)
         },
     );

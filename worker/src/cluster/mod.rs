@@ -328,9 +328,14 @@ impl ManagerClients {
         &self.config
     }
 
-    /// Presents `identity` from the next dial on.
+    /// Presents `identity` from now on: the cached connections (made with
+    /// the old certificate, which managers stop accepting once it expires)
+    /// are dropped, so the next call dials with the new one.
     pub fn replace_identity(&self, identity: &NodeIdentity) -> Result<()> {
         self.config.replace(tls::client_config(identity)?);
+        if let Ok(mut channels) = self.channels.lock() {
+            channels.clear();
+        }
         Ok(())
     }
 
