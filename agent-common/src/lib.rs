@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod engine;
 pub mod objects;
 pub mod pki;
+pub mod spec;
 pub mod task_state;
 pub mod tls;
 

@@ -6,6 +6,9 @@
 //! and `crun run` on an equivalent bundle (same busybox root, new pid, mount,
 //! ipc, uts and network namespaces), and of create+start+wait through the
 //! engine API alone. Prints medians and ratios.
+//!
+//! `flotilla-bench scheduler [--nodes 1000,10000] [--tasks N]`: placement
+//! decisions per second of the scheduler core, in process (`scheduler.rs`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -15,6 +18,8 @@ use agent_common::proto::engine_client::EngineClient;
 use agent_common::proto::{ContainerRef, CreateContainerRequest, RemoveContainerRequest};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+
+mod scheduler;
 
 #[derive(Parser)]
 #[command(
@@ -49,6 +54,21 @@ enum Cmd {
         /// Directory with the flotilla and flotilla-worker binaries.
         #[arg(long, default_value = "target/release")]
         bin_dir: PathBuf,
+    },
+    /// Scheduler placement decisions per second, in process, on synthetic clusters.
+    Scheduler {
+        /// Cluster sizes to measure, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [1000, 10000])]
+        nodes: Vec<usize>,
+        /// Tasks per scheduling batch.
+        #[arg(long, default_value_t = 20_000)]
+        tasks: usize,
+        /// Replicas per service in the batch (tasks of one service are placed as a group).
+        #[arg(long, default_value_t = 100)]
+        service_size: usize,
+        /// Timed runs per scenario (the median is printed).
+        #[arg(short = 'n', long, default_value_t = 7)]
+        runs: usize,
     },
 }
 
@@ -502,5 +522,11 @@ fn main() -> Result<()> {
             megabytes,
             bin_dir,
         } => network(runs.max(1), megabytes.max(1), &bin_dir),
+        Cmd::Scheduler {
+            nodes,
+            tasks,
+            service_size,
+            runs,
+        } => scheduler::run(&nodes, tasks.max(1), service_size.max(1), runs.max(1)),
     }
 }

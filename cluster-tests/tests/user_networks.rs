@@ -270,6 +270,21 @@ fn http(d: &Daemon, c: &str, target: &str) -> (i32, String) {
     (code, format!("{out}{err}"))
 }
 
+/// A plain HTTP/1.0 `GET /` from the host.
+fn host_get(addr: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let sock: SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2))
+        .map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).map_err(|e| e.to_string())?;
+    Ok(body)
+}
+
 fn network_json(d: &Daemon, name: &str) -> serde_json::Value {
     let out = d.ok(&["network", "inspect", name]);
     let v: serde_json::Value = serde_json::from_str(&out).expect("network inspect is JSON");
@@ -395,6 +410,29 @@ fn internal_networks_have_no_route_out_and_others_are_masqueraded() {
                 Err(format!("{code} {out} {err}"))
             }
         },
+    );
+    // Published ports work on a user network, also from the host's loopback.
+    let port = 21000 + (std::process::id() % 1000) as u16;
+    serve(
+        &d,
+        &img,
+        "published",
+        &["--network", "open", "-p", &format!("{port}:80")],
+        "published-on-user-net",
+    );
+    poll_for(T, "the published port on a user network", || {
+        host_get(&format!("127.0.0.1:{port}")).and_then(|b| {
+            if b.contains("published-on-user-net") {
+                Ok(())
+            } else {
+                Err(b)
+            }
+        })
+    });
+    d.ok(&["rm", "-f", "published"]);
+    assert!(
+        host_get(&format!("127.0.0.1:{port}")).is_err(),
+        "unpublished at rm"
     );
     let out = d.ok(&[
         "run",
@@ -546,6 +584,41 @@ fn tcp_query_in(pid: i64, query: Vec<u8>) -> Result<Vec<u8>, String> {
     .unwrap_or_else(|_| Err("query thread panicked".into()))
 }
 
+/// The median time of `n` UDP queries for `name` to 127.0.0.11:53, sent from inside the
+/// network namespace of process `pid`.
+fn udp_latency_in(pid: i64, name: &str, n: u16) -> Result<Duration, String> {
+    let name = name.to_string();
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(|e| e.to_string())?;
+        // SAFETY: setns on a valid fd, for this short-lived thread only.
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(format!("setns: {}", std::io::Error::last_os_error()));
+        }
+        let u = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        u.connect("127.0.0.11:53").map_err(|e| e.to_string())?;
+        u.set_read_timeout(Some(Duration::from_secs(2)))
+            .map_err(|e| e.to_string())?;
+        let mut times = Vec::new();
+        let mut buf = [0u8; 512];
+        for i in 0..n {
+            let t = std::time::Instant::now();
+            u.send(&query(i, &name)).map_err(|e| e.to_string())?;
+            loop {
+                let len = u.recv(&mut buf).map_err(|e| e.to_string())?;
+                if len >= 2 && u16::from_be_bytes([buf[0], buf[1]]) == i {
+                    break;
+                }
+            }
+            times.push(t.elapsed());
+        }
+        times.sort();
+        Ok(times[times.len() / 2])
+    })
+    .join()
+    .unwrap_or_else(|_| Err("query thread panicked".into()))
+}
+
 fn query(id: u16, name: &str) -> Vec<u8> {
     let mut q = vec![(id >> 8) as u8, id as u8, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
     for l in name.split('.') {
@@ -593,6 +666,9 @@ fn other_names_are_forwarded_to_the_containers_dns_servers() {
     assert_eq!(&reply[..2], &[0x42, 0x42], "same ID");
     assert_eq!(reply[3] & 0xf, 0, "NOERROR");
     assert!(reply.ends_with(&asker_ip.octets()), "{reply:?}");
+    let median = udp_latency_in(pid, "asker", 200).expect("UDP answers");
+    eprintln!("embedded DNS: median UDP query latency from inside a container: {median:?}");
+    assert!(median < Duration::from_millis(50), "{median:?}");
     // An upstream that does not answer: SERVFAIL, said honestly.
     let dead = Responder::start(&[]);
     let dead_addr = dead.addr();

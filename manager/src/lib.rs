@@ -7,4 +7,5 @@
 pub mod api;
 pub mod daemon;
 pub mod raft;
+pub mod scheduler;
 pub mod store;
