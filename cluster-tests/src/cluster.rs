@@ -113,7 +113,7 @@ impl ClusterLab {
     fn spawn_manager(&self, host: &str, extra: &[&str]) -> NodeProc {
         let (socket, data, ip) = self.paths(host);
         let data_s = data.display().to_string();
-        let mut args = vec!["-H", &socket, "--data-root", &data_s];
+        let mut args = vec!["-H", &socket, "--data-root", &data_s, "--sandbox-pool", "0"];
         args.extend_from_slice(extra);
         let restarts = self
             .all()

@@ -516,3 +516,28 @@ fn certificates_renew_before_expiry_and_expired_or_revoked_ones_are_refused() {
     let log = c.node("w1").proc.log();
     assert!(log.contains("heartbeat to"), "{log}");
 }
+
+#[test]
+fn a_manager_runs_containers_on_its_own_socket() {
+    let c = ClusterLab::new(&["m1"], "300ms");
+    c.init("m1");
+    let tar = c.lab.host("m1").dir().join("busybox-rootfs.tar");
+    cluster_tests::busybox_rootfs_tar(&tar);
+    c.cli("m1", &["import", &tar.display().to_string(), "busybox"])
+        .ok("import");
+    let out = c
+        .cli(
+            "m1",
+            &[
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "busybox",
+                "echo",
+                "hello from a manager",
+            ],
+        )
+        .ok("run on a manager");
+    assert_eq!(out.trim(), "hello from a manager");
+}

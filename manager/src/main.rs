@@ -38,6 +38,18 @@ struct Args {
     /// Log at debug level.
     #[arg(short = 'D', long, global = true)]
     debug: bool,
+    /// Containers to keep prepared in advance for the local engine (0 disables).
+    #[arg(long = "sandbox-pool", default_value_t = 8, global = true, value_parser = clap::value_parser!(u16).range(0..=64))]
+    sandbox_pool: u16,
+    /// Name of the local engine's default bridge device.
+    #[arg(long = "bridge", default_value = "flotilla0", global = true)]
+    bridge: String,
+    /// Address and prefix of the default bridge (its gateway).
+    #[arg(long = "bip", default_value = "10.87.0.1/16", global = true)]
+    bip: String,
+    /// Inter-container communication on the default bridge.
+    #[arg(long = "icc", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    icc: bool,
     /// Recover a cluster from this manager's state alone: it becomes the only
     /// manager, keeping every object; other managers must join again.
     #[arg(long = "force-new-cluster")]
@@ -87,6 +99,12 @@ enum Command {
         #[arg(value_name = "MANAGER-ADDR[:PORT]")]
         remote: String,
     },
+    /// (internal) hold one container: started by the engine.
+    #[command(hide = true)]
+    Shim { sandbox: String },
+    /// (internal) run a process in a container: started by the engine.
+    #[command(hide = true)]
+    ExecHelper { request: String },
     /// Issue a certificate for a remote `flotilla` client
     /// (`flotilla -H tcp://MANAGER:2377 …`); run on a manager, as root.
     /// Writes ca.pem, cert.pem and key.pem.
@@ -148,6 +166,15 @@ fn parse_listen(s: &str) -> anyhow::Result<SocketAddr> {
 
 fn main() {
     let args = Args::parse();
+    match &args.command {
+        // The engine re-executes this binary for each container's shim and
+        // each exec: they must stay single-threaded until they fork.
+        Some(Command::Shim { sandbox }) => std::process::exit(worker::runtime::shim::main(sandbox)),
+        Some(Command::ExecHelper { request }) => {
+            std::process::exit(worker::runtime::exec::main(request))
+        }
+        _ => {}
+    }
     let filter = if args.debug { "debug" } else { "info" };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -177,9 +204,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(Command::ClientCert { out, expiry }) = &args.command {
         return client_cert(&args.data_root, out, *expiry);
     }
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!(
+            "flotilla-manager must run as root (its engine creates namespaces, mounts and cgroups)"
+        );
+    }
     let socket = serve::socket_path(&args.host)?;
-    // For a restart in place (after a demotion): the same socket.
-    let _ = daemon::LOCAL_HOST.set(args.host.clone());
+    // For a restart in place (after a demotion): the same flags, no subcommand.
+    let _ = daemon::RESTART_ARGS.set(vec![
+        "-H".into(),
+        args.host.clone(),
+        "--data-root".into(),
+        args.data_root.display().to_string(),
+        "--sandbox-pool".into(),
+        args.sandbox_pool.to_string(),
+        "--bridge".into(),
+        args.bridge.clone(),
+        "--bip".into(),
+        args.bip.clone(),
+        format!("--icc={}", args.icc),
+    ]);
     let (net, heartbeat_period, cert_expiry) = match &args.command {
         Some(Command::Init {
             net,
@@ -191,7 +235,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Duration::from_secs(1),
             agent_common::pki::DEFAULT_NODE_CERT_VALIDITY,
         ),
-        Some(Command::ClientCert { .. }) | None => (
+        _ => (
             None,
             Duration::from_secs(1),
             agent_common::pki::DEFAULT_NODE_CERT_VALIDITY,
@@ -227,10 +271,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
             daemon::init(&opts).await?
         }
         Some(Command::Join { token, remote, .. }) => daemon::join(&opts, token, remote).await?,
-        Some(Command::ClientCert { .. }) | None => {
-            daemon::resume(&opts, args.force_new_cluster).await?
-        }
+        _ => daemon::resume(&opts, args.force_new_cluster).await?,
     };
+    // The local engine: managers run containers too.
+    let engine = worker::daemon::start_engine(&worker::daemon::EngineOptions {
+        data_root: args.data_root.clone(),
+        sandbox_pool: args.sandbox_pool as usize,
+        bridge: args.bridge.clone(),
+        bip: args.bip.clone(),
+        icc: args.icc,
+    })
+    .await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -242,6 +293,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     ));
     let local_server = tokio::spawn(serve::serve_local(
         Arc::clone(&m),
+        engine,
         local,
         stopped(stop_rx.clone()),
     ));

@@ -7,6 +7,7 @@
 #![deny(unsafe_code)]
 
 pub mod cluster;
+pub mod daemon;
 pub mod engine;
 pub mod image;
 pub mod network;

@@ -27,8 +27,9 @@ use crate::store::Store;
 
 pub mod serve;
 
-/// The `-H` the daemon was started with (kept for restarting in place).
-pub static LOCAL_HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// The daemon's flags without subcommand (for restarting in place, which
+/// resumes from the data root).
+pub static RESTART_ARGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
 
 /// How the daemon was asked to start.
 #[derive(Clone, Debug)]
@@ -660,13 +661,16 @@ async fn ensure_voter(m: &Arc<Manager>) {
 /// PID), which resumes from the data root.
 fn restart_as_resumed(m: &Manager) {
     use std::os::unix::process::CommandExt;
-    let host = LOCAL_HOST.get().cloned().unwrap_or_default();
     let mut cmd = std::process::Command::new("/proc/self/exe");
-    if !host.is_empty() {
-        cmd.arg("-H").arg(host);
+    match RESTART_ARGS.get() {
+        Some(args) => {
+            cmd.args(args);
+        }
+        None => {
+            cmd.arg("--data-root")
+                .arg(m.files.dir().parent().unwrap_or(m.files.dir()));
+        }
     }
-    cmd.arg("--data-root")
-        .arg(m.files.dir().parent().unwrap_or(m.files.dir()));
     let err = cmd.exec();
     tracing::error!("failed to restart: {err}");
 }

@@ -96,14 +96,17 @@ pub async fn serve_cluster_port(
         .context("the cluster port server failed")
 }
 
-/// Serves the local socket until `shutdown` resolves.
+/// Serves the local socket (control API and the local engine) until
+/// `shutdown` resolves.
 pub async fn serve_local(
     m: Arc<Manager>,
+    engine: Arc<worker::engine::Engine>,
     listener: tokio::net::UnixListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     tonic::transport::Server::builder()
         .add_service(ControlServer::new(ControlApi::new(m)))
+        .add_service(worker::engine::api::EngineService::server(engine))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(listener),
             shutdown,

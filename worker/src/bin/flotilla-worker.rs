@@ -146,26 +146,15 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     }
     let socket = socket_path(&args.host)?;
     let membership = cluster_membership(&args).await?;
-    let engine = worker::engine::Engine::open(&args.data_root, args.sandbox_pool as usize)
-        .with_context(|| format!("failed to open the data root {}", args.data_root.display()))?;
-    for w in engine.warnings() {
-        tracing::error!("{w}");
-    }
     let listener = bind(&socket).await?;
-    let bridge = worker::network::Bridge::setup(&args.bridge, &args.bip, args.icc)
-        .await
-        .with_context(|| format!("failed to set up the bridge {}", args.bridge))?;
-    engine
-        .setup_networks(
-            &args.data_root.join("networks"),
-            bridge.table(),
-            &bridge.subnet(),
-        )
-        .await
-        .context("failed to set up the user-defined networks")?;
-    let _ = engine.pool.bridge.set(std::sync::Arc::new(bridge));
-    engine.adopt().await;
-    engine.pool.refill_all();
+    let engine = worker::daemon::start_engine(&worker::daemon::EngineOptions {
+        data_root: args.data_root.clone(),
+        sandbox_pool: args.sandbox_pool as usize,
+        bridge: args.bridge.clone(),
+        bip: args.bip.clone(),
+        icc: args.icc,
+    })
+    .await?;
     tracing::info!(socket = %socket.display(), data_root = %args.data_root.display(), cgroups = engine.cgroups.describe(), "flotilla-worker ready");
     let shutdown = async {
         let mut term =
