@@ -151,10 +151,8 @@ impl Outside {
     fn new() -> Outside {
         let n = NEXT.fetch_add(1, Ordering::SeqCst) % 60;
         let id = format!("{:x}{n}", std::process::id() % 0xfff);
-        let base = format!("10.198.{}.{}", std::process::id() % 250, n * 4);
         let host = format!("10.198.{}.{}", std::process::id() % 250, n * 4 + 1);
         let inside = format!("10.198.{}.{}", std::process::id() % 250, n * 4 + 2);
-        let _ = base;
         let ns = format!("fltout-{id}");
         let host_if = format!("fou{id}");
         sh_ok(&["ip", "netns", "add", &ns]);

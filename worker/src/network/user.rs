@@ -25,7 +25,7 @@ use super::{mac_for, run, Endpoint, NetworkError};
 /// Where subnets of networks created without `--subnet` come from: 10.88.0.0/13
 /// (10.88.0.0–10.95.255.255) in /24s. It stays clear of the default bridge
 /// (10.87.0.0/16), Docker's 172.17.0.0/16, and the ranges the test harness
-/// gives its daemons and namespaces (10.199.0.0/16, 10.200.0.0/13 and up).
+/// gives its daemons and namespaces (10.198.0.0/15, 10.200.0.0/13 and up).
 pub const POOL: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 88, 0, 0), 13);
 
 /// A host-wide lock taken while a subnet is chosen and its bridge gets its
