@@ -2,7 +2,10 @@
 //! whether a node can take one more task of a group, and say why not.
 //!
 //! A filter is enabled per group (a filter with nothing to check, such as the
-//! resource filter for a task reserving nothing, is skipped). Each failure is
+//! resource filter for a task reserving nothing, is skipped). Static filters
+//! (readiness, availability, constraints, platform) answer the same for the
+//! whole batch and run once per batch and requirements; dynamic ones
+//! (memory, CPU, max replicas) are re-checked as tasks land. Each failure is
 //! charged to the first filter that refuses the node, and [`Pipeline::explain`]
 //! turns those counts into the text a pending task carries, most common
 //! reason first: `insufficient memory on 3 nodes; scheduling constraints not
@@ -17,8 +20,13 @@ use crate::scheduler::constraint::arch_eq;
 pub(crate) trait Filter: Sync {
     /// Whether this filter has anything to check for the group.
     fn enabled(&self, group: &Group) -> bool;
-    /// Whether `node` can take one more task of the group.
-    fn check(&self, group: &Group, node: &NodeInfo) -> bool;
+    /// Whether the answer depends only on the node and the group's
+    /// requirements, never on the tasks placed so far in a batch (so it is
+    /// computed once per batch and requirements).
+    fn is_static(&self) -> bool;
+    /// Whether `node`, holding `service_tasks` tasks of the group's service,
+    /// can take one more task of the group.
+    fn check(&self, group: &Group, node: &NodeInfo, service_tasks: u64) -> bool;
     /// What a failure on `nodes` nodes means.
     fn explain(&self, group: &Group, nodes: usize) -> String;
 }
@@ -39,7 +47,10 @@ impl Filter for ReadyFilter {
     fn enabled(&self, _: &Group) -> bool {
         true
     }
-    fn check(&self, _: &Group, node: &NodeInfo) -> bool {
+    fn is_static(&self) -> bool {
+        true
+    }
+    fn check(&self, _: &Group, node: &NodeInfo, _: u64) -> bool {
         node.status == NodeStatus::Ready
     }
     fn explain(&self, _: &Group, nodes: usize) -> String {
@@ -57,7 +68,10 @@ impl Filter for AvailabilityFilter {
     fn enabled(&self, _: &Group) -> bool {
         true
     }
-    fn check(&self, _: &Group, node: &NodeInfo) -> bool {
+    fn is_static(&self) -> bool {
+        true
+    }
+    fn check(&self, _: &Group, node: &NodeInfo, _: u64) -> bool {
         node.availability == Availability::Active
     }
     fn explain(&self, _: &Group, nodes: usize) -> String {
@@ -75,7 +89,10 @@ impl Filter for MemoryFilter {
     fn enabled(&self, group: &Group) -> bool {
         group.reservations.memory_bytes > 0
     }
-    fn check(&self, group: &Group, node: &NodeInfo) -> bool {
+    fn is_static(&self) -> bool {
+        false
+    }
+    fn check(&self, group: &Group, node: &NodeInfo, _: u64) -> bool {
         node.available.memory_bytes >= group.reservations.memory_bytes
     }
     fn explain(&self, _: &Group, nodes: usize) -> String {
@@ -90,7 +107,10 @@ impl Filter for CpuFilter {
     fn enabled(&self, group: &Group) -> bool {
         group.reservations.nano_cpus > 0
     }
-    fn check(&self, group: &Group, node: &NodeInfo) -> bool {
+    fn is_static(&self) -> bool {
+        false
+    }
+    fn check(&self, group: &Group, node: &NodeInfo, _: u64) -> bool {
         node.available.nano_cpus >= group.reservations.nano_cpus
     }
     fn explain(&self, _: &Group, nodes: usize) -> String {
@@ -105,7 +125,10 @@ impl Filter for ConstraintFilter {
     fn enabled(&self, group: &Group) -> bool {
         !group.constraints.is_empty()
     }
-    fn check(&self, group: &Group, node: &NodeInfo) -> bool {
+    fn is_static(&self) -> bool {
+        true
+    }
+    fn check(&self, group: &Group, node: &NodeInfo, _: u64) -> bool {
         group.constraints.iter().all(|c| c.matches(node))
     }
     fn explain(&self, _: &Group, nodes: usize) -> String {
@@ -123,7 +146,10 @@ impl Filter for PlatformFilter {
     fn enabled(&self, group: &Group) -> bool {
         !group.platforms.is_empty()
     }
-    fn check(&self, group: &Group, node: &NodeInfo) -> bool {
+    fn is_static(&self) -> bool {
+        true
+    }
+    fn check(&self, group: &Group, node: &NodeInfo, _: u64) -> bool {
         group.platforms.iter().any(|p| {
             (p.os.is_empty() || p.os.eq_ignore_ascii_case(&node.platform.os))
                 && (p.architecture.is_empty()
@@ -142,8 +168,11 @@ impl Filter for MaxReplicasFilter {
     fn enabled(&self, group: &Group) -> bool {
         group.max_replicas_per_node > 0
     }
-    fn check(&self, group: &Group, node: &NodeInfo) -> bool {
-        node.service_tasks(group.service_id) < group.max_replicas_per_node
+    fn is_static(&self) -> bool {
+        false
+    }
+    fn check(&self, group: &Group, _: &NodeInfo, service_tasks: u64) -> bool {
+        service_tasks < group.max_replicas_per_node
     }
     fn explain(&self, group: &Group, nodes: usize) -> String {
         format!(
@@ -167,24 +196,47 @@ static FILTERS: [&dyn Filter; 7] = [
 
 /// The filters enabled for one group.
 pub(crate) struct Pipeline {
+    /// Every enabled filter, in pipeline order (for explanations).
     enabled: Vec<&'static dyn Filter>,
+    /// The enabled filters whose answer cannot change within a batch.
+    fixed: Vec<&'static dyn Filter>,
+    /// The enabled filters that tasks placed in the batch can turn to failing.
+    dynamic: Vec<&'static dyn Filter>,
 }
 
 impl Pipeline {
     /// The pipeline for `group`: only the filters with something to check.
     pub(crate) fn for_group(group: &Group) -> Pipeline {
+        let enabled: Vec<&'static dyn Filter> = FILTERS
+            .iter()
+            .copied()
+            .filter(|f| f.enabled(group))
+            .collect();
+        let (fixed, dynamic) = enabled.iter().partition(|f| f.is_static());
         Pipeline {
-            enabled: FILTERS
-                .iter()
-                .copied()
-                .filter(|f| f.enabled(group))
-                .collect(),
+            enabled,
+            fixed,
+            dynamic,
         }
     }
 
-    /// Whether `node` can take one more task of `group`.
-    pub(crate) fn check(&self, group: &Group, node: &NodeInfo) -> bool {
-        self.enabled.iter().all(|f| f.check(group, node))
+    /// Whether `node` passes the static filters (readiness, availability,
+    /// constraints, platform).
+    pub(crate) fn check_static(&self, group: &Group, node: &NodeInfo) -> bool {
+        self.fixed.iter().all(|f| f.check(group, node, 0))
+    }
+
+    /// Whether any filter depends on what the batch placed.
+    pub(crate) fn has_dynamic(&self) -> bool {
+        !self.dynamic.is_empty()
+    }
+
+    /// Whether `node`, holding `service_tasks` tasks of the service, passes
+    /// the filters that placements change (resources, max replicas).
+    pub(crate) fn check_dynamic(&self, group: &Group, node: &NodeInfo, service_tasks: u64) -> bool {
+        self.dynamic
+            .iter()
+            .all(|f| f.check(group, node, service_tasks))
     }
 
     /// Why no node in `nodes` can take a task of `group` (empty if one can):
@@ -197,7 +249,12 @@ impl Pipeline {
     ) -> String {
         let mut failures = vec![0usize; self.enabled.len()];
         for node in nodes {
-            if let Some(i) = self.enabled.iter().position(|f| !f.check(group, node)) {
+            let service_tasks = node.service_tasks(group.service_id);
+            if let Some(i) = self
+                .enabled
+                .iter()
+                .position(|f| !f.check(group, node, service_tasks))
+            {
                 failures[i] += 1;
             }
         }

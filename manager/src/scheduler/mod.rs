@@ -243,12 +243,19 @@ impl NodeSet {
     /// Deterministic: the same node set and batch give the same decisions.
     pub fn schedule(&mut self, batch: &[PendingTask]) -> Decisions {
         let mut decisions = Decisions::default();
-        for tasks in group_tasks(batch) {
+        let groups = group_tasks(batch);
+        let mut shared =
+            placement::Batch::new(&self.nodes, groups.iter().map(|g| g[0].service_id.as_str()));
+        for tasks in groups {
             let first = tasks[0];
             match Group::new(&first.service_id, &first.spec) {
-                Ok(group) => {
-                    placement::place_group(&mut self.nodes, &group, &tasks, &mut decisions)
-                }
+                Ok(group) => placement::place_group(
+                    &mut self.nodes,
+                    &mut shared,
+                    &group,
+                    &tasks,
+                    &mut decisions,
+                ),
                 Err(e) => {
                     let reason = format!("invalid placement: {e}");
                     decisions

@@ -588,3 +588,147 @@ fn random_clusters_respect_filters_and_spread_evenly() {
         }
     }
 }
+
+/// The decisions taken the slow, obvious way: for every task, filter every
+/// node, walk the preferences choosing the value with the fewest tasks of
+/// the service (over all nodes with it) among values with an eligible node,
+/// then take the eligible node with the fewest service tasks, total tasks,
+/// smallest ID.
+fn reference_schedule(set: &mut NodeSet, batch: &[PendingTask]) -> Decisions {
+    let mut d = Decisions::default();
+    for tasks in group_tasks(batch) {
+        let group = Group::new(&tasks[0].service_id, &tasks[0].spec).unwrap();
+        let pipeline = filter::Pipeline::for_group(&group);
+        for task in tasks {
+            let nodes = &mut set.nodes;
+            let mut candidates: Vec<usize> = (0..nodes.len())
+                .filter(|&i| {
+                    let n = &nodes[i];
+                    pipeline.check_static(&group, n)
+                        && pipeline.check_dynamic(&group, n, n.service_tasks(group.service_id))
+                })
+                .collect();
+            if candidates.is_empty() {
+                d.unschedulable.push(Unschedulable {
+                    task_id: task.id.clone(),
+                    reason: String::new(),
+                });
+                continue;
+            }
+            let mut all: Vec<usize> = (0..nodes.len()).collect();
+            for key in &group.spread {
+                let mut values: Vec<&str> =
+                    candidates.iter().map(|&i| key.value(&nodes[i])).collect();
+                values.sort();
+                values.dedup();
+                let count = |v: &str| -> u64 {
+                    all.iter()
+                        .filter(|&&i| key.value(&nodes[i]) == v)
+                        .map(|&i| nodes[i].service_tasks(group.service_id))
+                        .sum()
+                };
+                let best = values
+                    .iter()
+                    .min_by_key(|v| (count(v), **v))
+                    .unwrap()
+                    .to_string();
+                candidates.retain(|&i| key.value(&nodes[i]) == best);
+                all.retain(|&i| key.value(&nodes[i]) == best);
+            }
+            let &i = candidates
+                .iter()
+                .min_by_key(|&&i| {
+                    let n = &nodes[i];
+                    (
+                        n.service_tasks(group.service_id),
+                        n.total_tasks,
+                        n.id.clone(),
+                    )
+                })
+                .unwrap();
+            nodes[i].add_task(group.service_id, group.reservations);
+            d.assignments.push(Assignment {
+                task_id: task.id.clone(),
+                node_id: nodes[i].id.clone(),
+            });
+        }
+    }
+    d
+}
+
+/// The heap-based placement decides exactly what the per-task scan decides,
+/// on random clusters and batches (several services, two spec versions of
+/// one service, preferences of one or two levels, reservations, caps).
+#[test]
+fn heap_placement_matches_a_per_task_scan() {
+    let mut rng = StdRng::seed_from_u64(42);
+    for round in 0..300 {
+        let n_nodes = rng.gen_range(0..30);
+        let mut ns = Vec::new();
+        for i in 0..n_nodes {
+            let mut n = node(&format!("n{i:02}"));
+            if rng.gen_bool(0.8) {
+                n.labels
+                    .insert("zone".into(), format!("z{}", rng.gen_range(0..3)));
+            }
+            if rng.gen_bool(0.7) {
+                n.labels
+                    .insert("rack".into(), format!("r{}", rng.gen_range(0..2)));
+            }
+            if rng.gen_bool(0.5) {
+                n.labels.insert("disk".into(), "ssd".into());
+            }
+            if rng.gen_bool(0.1) {
+                n.availability = Availability::Drain;
+            }
+            n.available.memory_bytes = rng.gen_range(0..6) * GB;
+            for s in ["a", "b", "c"] {
+                let c = rng.gen_range(0..3);
+                if c > 0 {
+                    n.tasks_by_service.insert(s.to_string(), c);
+                    n.total_tasks += c;
+                }
+            }
+            n.total_tasks += rng.gen_range(0..3);
+            ns.push(n);
+        }
+        let mut batch = Vec::new();
+        for (k, service) in ["a", "b", "a", "c"].iter().enumerate() {
+            let mut spec = reserving(rng.gen_range(0..2) * GB, 0);
+            spec.placement.max_replicas_per_node = rng.gen_range(0..4);
+            if rng.gen_bool(0.3) {
+                spec.placement.constraints = vec!["node.labels.disk==ssd".into()];
+            }
+            let prefs = ["node.labels.zone", "node.labels.rack"];
+            spec.placement.preferences = prefs[..rng.gen_range(0..3)]
+                .iter()
+                .map(|p| PlacementPreference {
+                    spread: p.to_string(),
+                })
+                .collect();
+            let mut ts = tasks(service, rng.gen_range(0..15), spec);
+            for t in &mut ts {
+                t.id.push_str(&format!("-g{k}"));
+            }
+            batch.extend(ts);
+        }
+        let mut fast = NodeSet::new(ns.clone());
+        let mut slow = NodeSet::new(ns);
+        let got = fast.schedule(&batch);
+        let want = reference_schedule(&mut slow, &batch);
+        assert_eq!(got.assignments, want.assignments, "round {round}");
+        let ids = |d: &Decisions| -> Vec<String> {
+            d.unschedulable.iter().map(|u| u.task_id.clone()).collect()
+        };
+        assert_eq!(ids(&got), ids(&want), "round {round}");
+        assert!(got
+            .unschedulable
+            .iter()
+            .all(|u| u.reason.starts_with("no suitable node")));
+        assert_eq!(
+            fast.iter().cloned().collect::<Vec<_>>(),
+            slow.iter().cloned().collect::<Vec<_>>(),
+            "round {round}"
+        );
+    }
+}
