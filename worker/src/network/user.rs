@@ -583,8 +583,8 @@ impl Networks {
         Ok(())
     }
 
-    /// Creates a network: validates, picks or checks the subnet, makes the
-    /// bridge and rules, then writes the record. Nothing is left behind on
+    /// Creates a network: validates, picks or checks the subnet, writes the
+    /// record, then makes the bridge and rules. Nothing is left behind on
     /// failure.
     pub async fn create(&self, req: CreateRequest) -> Result<Arc<UserNetwork>> {
         let _changes = self.changes.lock().await;
@@ -669,12 +669,12 @@ impl Networks {
             internal: req.internal,
             labels: req.labels,
         };
+        // The record first: a daemon that dies half-way through finds it at
+        // its next start and finishes the bridge, rather than leaking one.
+        self.save(&record)?;
         if let Err(e) = self.plumb(&record, &subnet).await {
             self.unplumb(&record).await;
-            return Err(e);
-        }
-        if let Err(e) = self.save(&record) {
-            self.unplumb(&record).await;
+            let _ = std::fs::remove_file(self.record_path(&record.id));
             return Err(e);
         }
         let net = Arc::new(UserNetwork::new(record)?);
