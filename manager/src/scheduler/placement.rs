@@ -28,10 +28,14 @@
 //! then costs one pass over its statically eligible nodes plus `O(log n)`
 //! per task, and a leaf keeps only as many nodes as the group has tasks
 //! (no other node could be chosen: a node leaves the running only by
-//! taking a task).
+//! taking a task). From the second group sharing static filters and tree
+//! shape on, the eligible nodes of each leaf are also kept ordered by load
+//! (`ByLoad`), so a group reads only its first few nodes per leaf plus the
+//! nodes already holding tasks of its service: many small services in one
+//! batch no longer cost a pass over every node each.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 
 use agent_common::spec::Platform;
 
@@ -115,13 +119,32 @@ impl Shape {
 /// The static-filter requirements of a group: its constraints and platforms.
 type StaticKey = (Vec<Constraint>, Vec<Platform>);
 
+/// Nodes of one leaf by (total tasks, index): least loaded first.
+type ByLoad = BTreeSet<(u64, u32)>;
+
+/// The nodes passing one set of static filters.
+struct Eligible {
+    /// The constraints and platforms.
+    key: StaticKey,
+    /// The nodes passing, by index.
+    nodes: Vec<u32>,
+    /// Per tree shape (index into `Batch::shapes`): groups that used this
+    /// set with that shape so far.
+    uses: Vec<(usize, u32)>,
+    /// Per tree shape: the same nodes, per leaf, ordered by (total tasks,
+    /// index) and kept in step as tasks land. Built when a second group uses
+    /// the set with the shape, so that small groups read only the first few
+    /// nodes of each leaf instead of every node.
+    by_load: Vec<(usize, Vec<ByLoad>)>,
+}
+
 /// What a batch computes once and its groups share.
 pub(crate) struct Batch {
     /// Per service of the batch: (node index, tasks) for the nodes holding
     /// some; a node may appear several times (the counts add up).
     service_tasks: HashMap<String, Vec<(u32, u64)>>,
     /// Nodes passing the static filters, per (constraints, platforms).
-    eligible: Vec<(StaticKey, Vec<u32>)>,
+    eligible: Vec<Eligible>,
     /// Tree shapes per list of preferences.
     shapes: Vec<(Vec<SpreadKey>, Shape)>,
     /// Scratch: tasks of the current group's service per node, zero between groups.
@@ -179,15 +202,19 @@ impl Batch {
         if let Some(i) = self
             .eligible
             .iter()
-            .position(|((c, p), _)| *c == group.constraints && p.as_slice() == group.platforms)
+            .position(|e| e.key.0 == group.constraints && e.key.1.as_slice() == group.platforms)
         {
             return i;
         }
         let list = (0..nodes.len() as u32)
             .filter(|&i| pipeline.check_static(group, &nodes[i as usize]))
             .collect();
-        self.eligible
-            .push(((group.constraints.clone(), group.platforms.to_vec()), list));
+        self.eligible.push(Eligible {
+            key: (group.constraints.clone(), group.platforms.to_vec()),
+            nodes: list,
+            uses: Vec::new(),
+            by_load: Vec::new(),
+        });
         self.eligible.len() - 1
     }
 
@@ -231,7 +258,6 @@ pub(crate) fn place_group(
         dense,
         totals,
     } = batch;
-    let eligible = &eligible[eligible_at].1;
     let shape = &shapes[shape_at].1;
     let counts = service_tasks
         .entry(group.service_id.to_string())
@@ -253,10 +279,53 @@ pub(crate) fn place_group(
     }
     let mut leaf_keys: Vec<Vec<(u64, u64, u32)>> = vec![Vec::new(); tree.len()];
     let dynamic = pipeline.has_dynamic();
-    for &i in eligible {
-        let s = dense[i as usize];
-        if !dynamic || pipeline.check_dynamic(group, &nodes[i as usize], s) {
-            leaf_keys[shape.leaf_of(i) as usize].push((s, totals[i as usize], i));
+    let fits = |node: &NodeInfo, s: u64| !dynamic || pipeline.check_dynamic(group, node, s);
+    let entry = &mut eligible[eligible_at];
+    let uses = match entry.uses.iter_mut().find(|(s, _)| *s == shape_at) {
+        Some((_, n)) => n,
+        None => {
+            entry.uses.push((shape_at, 0));
+            &mut entry.uses.last_mut().expect("just pushed").1
+        }
+    };
+    *uses += 1;
+    if *uses >= 2 && !entry.by_load.iter().any(|(s, _)| *s == shape_at) {
+        let mut sets: Vec<ByLoad> = vec![BTreeSet::new(); shape.parent.len()];
+        for &i in &entry.nodes {
+            sets[shape.leaf_of(i) as usize].insert((totals[i as usize], i));
+        }
+        entry.by_load.push((shape_at, sets));
+    }
+    match entry.by_load.iter().find(|(s, _)| *s == shape_at) {
+        Some((_, sets)) => {
+            // Per leaf, the least loaded nodes without tasks of the service,
+            // as many as the group has tasks; then every node with some
+            // (the sparse list).
+            for (keys, set) in leaf_keys.iter_mut().zip(sets) {
+                for &(total, i) in set {
+                    if keys.len() == tasks.len() {
+                        break;
+                    }
+                    if dense[i as usize] == 0 && fits(&nodes[i as usize], 0) {
+                        keys.push((0, total, i));
+                    }
+                }
+            }
+            for &(i, _) in counts.iter() {
+                let s = std::mem::take(&mut dense[i as usize]);
+                let node = &nodes[i as usize];
+                if s > 0 && pipeline.check_static(group, node) && fits(node, s) {
+                    leaf_keys[shape.leaf_of(i) as usize].push((s, totals[i as usize], i));
+                }
+            }
+        }
+        None => {
+            for &i in &entry.nodes {
+                let s = dense[i as usize];
+                if fits(&nodes[i as usize], s) {
+                    leaf_keys[shape.leaf_of(i) as usize].push((s, totals[i as usize], i));
+                }
+            }
         }
     }
     for &(i, _) in counts.iter() {
@@ -319,7 +388,13 @@ pub(crate) fn place_group(
         };
         let node = &mut nodes[index as usize];
         node.add_task(group.service_id, group.reservations);
-        totals[index as usize] = node.total_tasks;
+        let old_total = std::mem::replace(&mut totals[index as usize], node.total_tasks);
+        for (shape_index, sets) in eligible.iter_mut().flat_map(|e| e.by_load.iter_mut()) {
+            let leaf = shapes[*shape_index].1.leaf_of(index) as usize;
+            if sets[leaf].remove(&(old_total, index)) {
+                sets[leaf].insert((node.total_tasks, index));
+            }
+        }
         counts.push((index, 1));
         decisions.assignments.push(Assignment {
             task_id: task.id.clone(),
