@@ -240,8 +240,8 @@ pub struct Platform {
 
 /// How a rolling update (or rollback) proceeds (`--update-*`, `--rollback-*`).
 ///
-/// `Eq` holds because `max_failure_ratio` is validated to lie in `0.0..=1.0`
-/// (never NaN) before a spec is stored.
+/// `Eq` holds because the control API refuses a `max_failure_ratio` outside
+/// `0.0..=1.0` (so never NaN) with [`UpdateConfig::validate`] before a spec is stored.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(default)]
 pub struct UpdateConfig {
@@ -262,6 +262,24 @@ pub struct UpdateConfig {
 }
 
 impl Eq for UpdateConfig {}
+
+/// A refused spec value.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SpecError {
+    /// `max_failure_ratio` outside `0.0..=1.0`.
+    #[error("invalid max failure ratio {0}: it is a fraction between 0 and 1 (0.25 allows a quarter of the updated tasks to fail)")]
+    MaxFailureRatio(f64),
+}
+
+impl UpdateConfig {
+    /// Refuses values the orchestrator cannot act on.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if !(0.0..=1.0).contains(&self.max_failure_ratio) {
+            return Err(SpecError::MaxFailureRatio(self.max_failure_ratio));
+        }
+        Ok(())
+    }
+}
 
 impl Default for UpdateConfig {
     /// Docker's defaults: one task at a time, no delay, pause on failure,
@@ -369,5 +387,18 @@ mod tests {
         assert_eq!(back, spec);
         let global: ServiceMode = serde_json::from_str("\"global\"").unwrap();
         assert_eq!(global, ServiceMode::Global);
+    }
+
+    #[test]
+    fn max_failure_ratio_must_be_a_fraction() {
+        assert!(UpdateConfig::default().validate().is_ok());
+        for bad in [-0.1, 1.5, f64::NAN] {
+            let u = UpdateConfig {
+                max_failure_ratio: bad,
+                ..Default::default()
+            };
+            let msg = u.validate().unwrap_err().to_string();
+            assert!(msg.contains("between 0 and 1"), "{msg}");
+        }
     }
 }
