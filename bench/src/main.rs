@@ -7,6 +7,9 @@
 //! ipc, uts and network namespaces), and of create+start+wait through the
 //! engine API alone. Prints medians and ratios.
 //!
+//! `flotilla-bench cluster [--runs N] [--writes N]`: leader failover and
+//! committed writes per second of three real managers (`cluster.rs`).
+//!
 //! `flotilla-bench scheduler [--nodes 1000,10000] [--tasks N]`: placement
 //! decisions per second of the scheduler core, in process (`scheduler.rs`).
 
@@ -19,6 +22,7 @@ use agent_common::proto::{ContainerRef, CreateContainerRequest, RemoveContainerR
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod cluster;
 mod scheduler;
 
 #[derive(Parser)]
@@ -54,6 +58,16 @@ enum Cmd {
         /// Directory with the flotilla and flotilla-worker binaries.
         #[arg(long, default_value = "target/release")]
         bin_dir: PathBuf,
+    },
+    /// Three real managers: leader failover time and committed writes per second
+    /// (set FLOTILLA_BIN_DIR to the release binaries).
+    Cluster {
+        /// Failover runs (the median is reported).
+        #[arg(short = 'n', long, default_value_t = 11)]
+        runs: usize,
+        /// Writes per control-API measurement.
+        #[arg(long, default_value_t = 500)]
+        writes: usize,
     },
     /// Scheduler placement decisions per second, in process, on synthetic clusters.
     Scheduler {
@@ -522,6 +536,7 @@ fn main() -> Result<()> {
             megabytes,
             bin_dir,
         } => network(runs.max(1), megabytes.max(1), &bin_dir),
+        Cmd::Cluster { runs, writes } => cluster::run(runs.max(1), writes.max(1)),
         Cmd::Scheduler {
             nodes,
             tasks,

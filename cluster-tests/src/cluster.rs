@@ -14,7 +14,17 @@ use crate::hosts::{Lab, Proc};
 pub const CLUSTER_PORT: u16 = 2377;
 
 /// How long a node gets to come up.
-pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long one CLI call may take before it is killed.
+pub const CLI_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Cluster tests start several daemons each: they take this lock so that
+/// only one runs at a time, whatever the test thread count.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// One node's daemon.
 #[derive(Clone)]
@@ -299,17 +309,38 @@ impl ClusterLab {
     }
 
     /// Runs the CLI against the node on `host` (from the machine's own
-    /// namespace: the socket is a file).
+    /// namespace: the socket is a file). A call still running after
+    /// [`CLI_TIMEOUT`] is killed and reported with code -1.
     pub fn cli(&self, host: &str, args: &[&str]) -> CliOut {
         let socket = self.node(host).socket;
-        let out = std::process::Command::new(bin("flotilla"))
+        let mut child = std::process::Command::new(bin("flotilla"))
             .arg("-H")
             .arg(socket)
             .args(args)
             .stdin(std::process::Stdio::null())
-            .output()
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .expect("run flotilla");
-        CliOut::from(out)
+        let deadline = Instant::now() + CLI_TIMEOUT;
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return CliOut {
+                        code: -1,
+                        stdout: String::new(),
+                        stderr: format!("flotilla {args:?} did not finish within {CLI_TIMEOUT:?}"),
+                    };
+                }
+            }
+        }
+        CliOut::from(child.wait_with_output().expect("collect flotilla output"))
     }
 
     /// The current join token of `role`, from the manager on `host`.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use cluster_tests::cluster::ClusterLab;
 use cluster_tests::poll_until;
 
-const T: Duration = Duration::from_secs(30);
+const T: Duration = Duration::from_secs(60);
 
 fn ready_count(nodes: &[serde_json::Value]) -> usize {
     nodes.iter().filter(|n| n["Status"] == "ready").count()
@@ -15,6 +15,7 @@ fn ready_count(nodes: &[serde_json::Value]) -> usize {
 
 #[test]
 fn three_managers_and_two_workers_join_and_are_listed() {
+    let _serial = cluster_tests::cluster::serial();
     let c = ClusterLab::new(&["m1", "m2", "m3", "w1", "w2"], "300ms");
     c.init("m1");
     c.join_manager("m2", "m1");
@@ -103,6 +104,7 @@ fn failing_worker_join(c: &ClusterLab, host: &str, token: &str, via: &str) -> St
 
 #[test]
 fn wrong_and_rotated_tokens_are_refused() {
+    let _serial = cluster_tests::cluster::serial();
     let c = ClusterLab::new(&["m1", "w1", "w2"], "300ms");
     c.init("m1");
     let worker = c.token("m1", "worker");
@@ -204,6 +206,7 @@ fn labels_on(c: &ClusterLab, via: &str, node: &str) -> Option<serde_json::Value>
 
 #[test]
 fn no_acknowledged_write_is_lost_while_leaders_are_killed() {
+    let _serial = cluster_tests::cluster::serial();
     let c = ClusterLab::new(&["m1", "m2", "m3"], "300ms");
     c.init("m1");
     c.join_manager("m2", "m1");
@@ -216,7 +219,8 @@ fn no_acknowledged_write_is_lost_while_leaders_are_killed() {
     let acked = std::thread::scope(|s| {
         let writer = s.spawn(|| write_sequence(&c, &["m1", "m2", "m3"], "m1", 0..100_000, &stop));
         let mut kills = 0;
-        while kills < 3 {
+        let started = std::time::Instant::now();
+        while kills < 3 && started.elapsed() < Duration::from_secs(120) {
             std::thread::sleep(Duration::from_millis(700));
             let leader = c.wait_leader(T);
             c.node(&leader).proc.kill9();
@@ -255,6 +259,7 @@ fn no_acknowledged_write_is_lost_while_leaders_are_killed() {
 
 #[test]
 fn a_cut_off_minority_cannot_commit_and_the_majority_can() {
+    let _serial = cluster_tests::cluster::serial();
     let c = ClusterLab::new(&["m1", "m2", "m3"], "300ms");
     c.init("m1");
     c.join_manager("m2", "m1");
@@ -293,6 +298,7 @@ fn a_cut_off_minority_cannot_commit_and_the_majority_can() {
 
 #[test]
 fn all_managers_restarted_keep_the_state() {
+    let _serial = cluster_tests::cluster::serial();
     let c = ClusterLab::new(&["m1", "m2", "m3", "w1"], "300ms");
     c.init("m1");
     c.join_manager("m2", "m1");
@@ -338,6 +344,7 @@ fn all_managers_restarted_keep_the_state() {
 
 #[test]
 fn demote_promote_and_rm_keep_quorum_safe() {
+    let _serial = cluster_tests::cluster::serial();
     let c = ClusterLab::new(&["m1", "m2", "m3", "w1"], "300ms");
     c.init("m1");
     // The last manager cannot be demoted.
@@ -410,6 +417,7 @@ fn demote_promote_and_rm_keep_quorum_safe() {
 
 #[test]
 fn remote_clients_need_a_manager_or_client_certificate() {
+    let _serial = cluster_tests::cluster::serial();
     let c = ClusterLab::new(&["m1", "w1"], "300ms");
     c.init("m1");
     c.join_worker("w1", "m1");
@@ -478,6 +486,7 @@ fn cert_pem(c: &ClusterLab, host: &str) -> String {
 
 #[test]
 fn certificates_renew_before_expiry_and_expired_or_revoked_ones_are_refused() {
+    let _serial = cluster_tests::cluster::serial();
     let c = ClusterLab::new(&["m1", "w1", "w2"], "300ms");
     c.init_with("m1", &["--cert-expiry", "12s"]);
     c.join_worker("w1", "m1");
@@ -519,6 +528,7 @@ fn certificates_renew_before_expiry_and_expired_or_revoked_ones_are_refused() {
 
 #[test]
 fn a_manager_runs_containers_on_its_own_socket() {
+    let _serial = cluster_tests::cluster::serial();
     let c = ClusterLab::new(&["m1"], "300ms");
     c.init("m1");
     let tar = c.lab.host("m1").dir().join("busybox-rootfs.tar");
@@ -540,4 +550,42 @@ fn a_manager_runs_containers_on_its_own_socket() {
         )
         .ok("run on a manager");
     assert_eq!(out.trim(), "hello from a manager");
+}
+
+#[test]
+fn force_new_cluster_recovers_from_one_surviving_manager() {
+    let _serial = cluster_tests::cluster::serial();
+    let c = ClusterLab::new(&["m1", "m2", "m3", "m4"], "300ms");
+    c.init("m1");
+    c.join_manager("m2", "m1");
+    c.join_manager("m3", "m1");
+    poll_until(T, "3 ready managers", || {
+        ready_count(&c.nodes("m1", false)) == 3
+    });
+    c.cli("m2", &["node", "update", "--label-add", "kept=yes", "m1"])
+        .ok("write before the disaster");
+    poll_until(T, "m1 has the write", || {
+        labels_on(&c, "m1", "m1").is_some_and(|l| l["kept"] == "yes")
+    });
+    // Lose m2 and m3 for good; m1 alone has no quorum.
+    for h in ["m1", "m2", "m3"] {
+        c.node(h).proc.kill9();
+    }
+    c.resume_manager("m1", &["--force-new-cluster"]);
+    poll_until(T, "m1 leads alone", || {
+        c.leader("m1").as_deref() == Some("m1")
+    });
+    let info = c.info("m1");
+    assert_eq!(info["Managers"].as_array().unwrap().len(), 1, "{info}");
+    assert_eq!(labels_on(&c, "m1", "m1").unwrap()["kept"], "yes");
+    c.cli("m1", &["node", "update", "--label-add", "after=yes", "m1"])
+        .ok("write after recovery");
+    // The cluster grows again.
+    c.join_manager("m4", "m1");
+    poll_until(T, "2 managers", || {
+        c.info("m1")["Managers"].as_array().unwrap().len() == 2
+    });
+    poll_until(T, "m4 has the old and new writes", || {
+        labels_on(&c, "m4", "m1").is_some_and(|l| l["kept"] == "yes" && l["after"] == "yes")
+    });
 }

@@ -230,8 +230,17 @@ pub fn stored_role(node: &Node) -> NodeRole {
     }
 }
 
+/// Raft timing of the daemon: heartbeats every 50 ms and elections after
+/// 200–400 ms of silence. openraft's leader lease equals the longest election
+/// timeout (a follower refuses to vote while its leader may still be alive),
+/// so the lease, not the detection, dominates failover: these values put the
+/// first write on a new leader at about half a second (bench/README.md).
 fn raft_options() -> RaftOptions {
-    RaftOptions::default()
+    RaftOptions {
+        heartbeat_interval: Duration::from_millis(50),
+        election_timeout: (Duration::from_millis(200), Duration::from_millis(400)),
+        ..RaftOptions::default()
+    }
 }
 
 async fn open_raft(
