@@ -163,6 +163,17 @@ pub struct Service {
     /// Operator labels.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// What to run and how (the whole service definition). `name`, `image`
+    /// and `replicas` above mirror it for listings.
+    #[serde(default)]
+    pub spec: crate::spec::ServiceSpec,
+    /// The previous definition, kept for `service rollback`.
+    #[serde(default)]
+    pub previous_spec: Option<crate::spec::ServiceSpec>,
+    /// Bumped by every spec change (and `update --force`): tasks carry the
+    /// generation they were made from, so the updater knows which are stale.
+    #[serde(default)]
+    pub spec_generation: u64,
 }
 
 /// One scheduled instance of a service.
@@ -186,6 +197,24 @@ pub struct Task {
     /// Human-readable explanation of the current state.
     #[serde(default)]
     pub message: String,
+    /// The service's name (containers are named `<service>.<slot>.<task id>`).
+    #[serde(default)]
+    pub service_name: String,
+    /// What to run (a copy of the service's task spec when the task was made).
+    #[serde(default)]
+    pub spec: crate::spec::TaskSpec,
+    /// The service's `spec_generation` this task was made from.
+    #[serde(default)]
+    pub spec_generation: u64,
+    /// The container running the task, once the agent created it.
+    #[serde(default)]
+    pub container_id: String,
+    /// The container's exit code, once it exited.
+    #[serde(default)]
+    pub exit_code: Option<i64>,
+    /// Why it failed or was rejected (empty otherwise).
+    #[serde(default)]
+    pub error: String,
 }
 
 impl Default for Task {
@@ -198,6 +227,12 @@ impl Default for Task {
             state: TaskState::New,
             desired_state: TaskState::Running,
             message: String::new(),
+            service_name: String::new(),
+            spec: crate::spec::TaskSpec::default(),
+            spec_generation: 0,
+            container_id: String::new(),
+            exit_code: None,
+            error: String::new(),
         }
     }
 }
