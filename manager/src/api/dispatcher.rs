@@ -8,9 +8,12 @@ use std::time::{Duration, Instant};
 
 use agent_common::dispatcher_proto::dispatcher_server::Dispatcher;
 use agent_common::dispatcher_proto::{
-    HeartbeatReply, HeartbeatRequest, JoinRaftReply, JoinRaftRequest, JoinReply, JoinRequest,
-    RenewReply, RenewRequest,
+    AssignmentsReply, AssignmentsRequest, HeartbeatReply, HeartbeatRequest, JoinRaftReply,
+    JoinRaftRequest, JoinReply, JoinRequest, RenewReply, RenewRequest, TaskStatusReply,
+    TaskStatusRequest,
 };
+use agent_common::objects::Task;
+use agent_common::task_state::{TaskState, Writer};
 use agent_common::objects::{Meta, Node, NodeRole as ObjRole, NodeStatus};
 use agent_common::pki::{JoinToken, NodeCsr, NodeId, NodeRole};
 use agent_common::tls::grpc::Caller;
@@ -216,6 +219,88 @@ impl Dispatcher for DispatcherApi {
         }))
     }
 
+    async fn assignments(
+        &self,
+        request: Request<AssignmentsRequest>,
+    ) -> Result<Response<AssignmentsReply>, Status> {
+        let caller = Caller::of(&request);
+        let node_id = caller_node(&self.m, &caller)?;
+        let req = request.into_inner();
+        let m = &self.m;
+        let wait = Duration::from_millis(u64::from(req.wait_ms).min(30_000));
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut watch = m.store().watch();
+        loop {
+            let tasks = node_tasks(m, &node_id);
+            let version = assignment_version(&tasks);
+            if version != req.known_version || tokio::time::Instant::now() >= deadline {
+                let tasks_json = serde_json::to_string(&tasks).map_err(internal)?;
+                return Ok(Response::new(AssignmentsReply {
+                    version,
+                    tasks_json,
+                }));
+            }
+            // Wait for any commit (or the deadline), then look again.
+            let _ = tokio::time::timeout_at(deadline, watch.recv()).await;
+        }
+    }
+
+    async fn update_task_status(
+        &self,
+        request: Request<TaskStatusRequest>,
+    ) -> Result<Response<TaskStatusReply>, Status> {
+        let caller = Caller::of(&request);
+        let node_id = caller_node(&self.m, &caller)?;
+        let req = request.into_inner();
+        let m = &self.m;
+        for st in req.statuses {
+            let Some(to) = parse_state(&st.state) else {
+                return Err(Status::invalid_argument(format!(
+                    "unknown task state {:?}",
+                    st.state
+                )));
+            };
+            for _attempt in 0..10 {
+                let Some(mut task) = m.store().view(|tx| tx.get::<Task>(&st.task_id)) else {
+                    break; // removed meanwhile: nothing to report to
+                };
+                if task.node_id.as_deref() != Some(node_id.as_str()) {
+                    return Err(Status::permission_denied(format!(
+                        "task {} is not assigned to node {node_id}",
+                        st.task_id
+                    )));
+                }
+                if task.state == to {
+                    break;
+                }
+                if let Err(e) = task.state.transition(to, Writer::Agent) {
+                    // Stale or repeated reports are normal after reconnects.
+                    tracing::debug!(task = %task.meta.id, "ignored status report: {e}");
+                    break;
+                }
+                task.state = to;
+                task.message = st.message.clone();
+                if !st.container_id.is_empty() {
+                    task.container_id = st.container_id.clone();
+                }
+                if st.has_exit_code {
+                    task.exit_code = Some(st.exit_code);
+                }
+                if !st.error.is_empty() {
+                    task.error = st.error.clone();
+                }
+                match m.store().put(task).await {
+                    Ok(_) => break,
+                    Err(crate::store::StoreError::Refused(crate::store::Refusal::Conflict {
+                        ..
+                    })) => continue,
+                    Err(e) => return Err(store_status(e)),
+                }
+            }
+        }
+        Ok(Response::new(TaskStatusReply {}))
+    }
+
     async fn heartbeat(
         &self,
         request: Request<HeartbeatRequest>,
@@ -275,6 +360,31 @@ impl Dispatcher for DispatcherApi {
             role,
         }))
     }
+}
+
+/// A fingerprint of a node's assigned tasks (ids and versions): changes
+/// whenever one of them is written, added or removed.
+fn assignment_version(tasks: &[Task]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for t in tasks {
+        t.meta.id.hash(&mut h);
+        t.meta.version.hash(&mut h);
+    }
+    // 0 means "nothing known yet" to the agent.
+    h.finish().max(1)
+}
+
+fn node_tasks(m: &Manager, node_id: &str) -> Vec<Task> {
+    let mut tasks = m
+        .store()
+        .view(|tx| tx.find::<Task>(|t| t.node_id.as_deref() == Some(node_id)));
+    tasks.sort_by(|a, b| a.meta.id.cmp(&b.meta.id));
+    tasks
+}
+
+fn parse_state(s: &str) -> Option<TaskState> {
+    serde_json::from_value(serde_json::Value::String(s.to_ascii_lowercase())).ok()
 }
 
 fn rand_raft_id() -> u64 {
