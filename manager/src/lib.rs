@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod daemon;
+pub mod orchestrator;
 pub mod raft;
 pub mod scheduler;
 pub mod store;

@@ -1,0 +1,417 @@
+//! The leader's reconcilers: the orchestrator (services → tasks: replicas,
+//! global, restarts, drained and down nodes, spec updates, history) and the
+//! scheduling pass (pending tasks → nodes, with the scheduler core). Both
+//! run on the leader only, read a consistent view of the store and write
+//! what they decided in few batches (one Raft entry each).
+//!
+//! Every decision is a pure function of the view ([`plan`]), so it is tested
+//! without a cluster; [`run`] drives it on the leader.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_common::objects::{
+    Availability, Meta, Node, NodeStatus, Object, Service, Task, Timestamp,
+};
+use agent_common::spec::{RestartCondition, ServiceMode};
+use agent_common::task_state::TaskState;
+
+use crate::daemon::Manager;
+use crate::scheduler::{NodeInfo, NodeSet, PendingTask};
+use crate::store::Action;
+
+/// Terminal tasks kept per slot (and per node for global services).
+pub const TASK_HISTORY: usize = 5;
+
+/// Largest number of actions in one store batch.
+const BATCH: usize = 500;
+
+fn is_live_desired(t: &Task) -> bool {
+    t.desired_state <= TaskState::Running
+}
+
+/// The key a task occupies: its slot (replicated) or node (global).
+fn slot_key(service: &Service, t: &Task) -> String {
+    match service.spec.mode {
+        ServiceMode::Global | ServiceMode::GlobalJob => t.node_id.clone().unwrap_or_default(),
+        _ => t.slot.to_string(),
+    }
+}
+
+fn new_task(service: &Service, slot: u64, node: Option<&str>, now: Timestamp) -> Task {
+    Task {
+        meta: Meta {
+            created_at: now,
+            ..Default::default()
+        },
+        service_id: service.meta.id.clone(),
+        service_name: service.spec.name.clone(),
+        slot,
+        node_id: node.map(str::to_string),
+        state: if node.is_some() {
+            TaskState::Assigned
+        } else {
+            TaskState::Pending
+        },
+        desired_state: TaskState::Running,
+        message: if node.is_some() {
+            "assigned to its node".into()
+        } else {
+            "waiting for a node".into()
+        },
+        spec: service.spec.task.clone(),
+        spec_generation: service.spec_generation,
+        ..Default::default()
+    }
+}
+
+fn node_usable(n: &Node) -> bool {
+    n.status != NodeStatus::Down && n.availability != Availability::Drain
+}
+
+/// Whether a terminal task should be replaced, by its service's restart policy.
+fn restarts(service: &Service, t: &Task, restarts_in_slot: u64) -> bool {
+    let policy = &service.spec.task.restart;
+    if policy.max_attempts > 0 && restarts_in_slot >= policy.max_attempts {
+        return false;
+    }
+    let jobs = matches!(
+        service.spec.mode,
+        ServiceMode::ReplicatedJob { .. } | ServiceMode::GlobalJob
+    );
+    match t.state {
+        TaskState::Complete => !jobs && policy.condition == RestartCondition::Any,
+        TaskState::Failed | TaskState::Rejected | TaskState::Orphaned => {
+            policy.condition != RestartCondition::None
+        }
+        TaskState::Shutdown => false,
+        _ => false,
+    }
+}
+
+/// What the orchestrator decides for one view of the store.
+pub fn plan(
+    services: &[Service],
+    tasks: &[Task],
+    nodes: &[Node],
+    now: Timestamp,
+) -> Vec<Action> {
+    let mut actions = Vec::new();
+    let nodes_by_id: HashMap<&str, &Node> = nodes.iter().map(|n| (n.meta.id.as_str(), n)).collect();
+    let mut by_service: HashMap<&str, Vec<&Task>> = HashMap::new();
+    for t in tasks {
+        by_service.entry(t.service_id.as_str()).or_default().push(t);
+    }
+    let shutdown = |t: &Task, why: &str| -> Action {
+        let mut t = t.clone();
+        t.desired_state = TaskState::Shutdown;
+        if !t.state.is_terminal() {
+            t.message = why.to_string();
+        }
+        Action::Update(Object::Task(t))
+    };
+    let services_by_id: HashMap<&str, &Service> =
+        services.iter().map(|s| (s.meta.id.as_str(), s)).collect();
+
+    // Tasks of removed services: stop them; delete once stopped (or never placed,
+    // or on a node that is gone or down).
+    for t in tasks {
+        if services_by_id.contains_key(t.service_id.as_str()) {
+            continue;
+        }
+        let node_gone = t
+            .node_id
+            .as_deref()
+            .map(|n| nodes_by_id.get(n).is_none_or(|n| n.status == NodeStatus::Down))
+            .unwrap_or(true);
+        if t.state.is_terminal() || node_gone || t.state < TaskState::Assigned {
+            actions.push(Action::Delete {
+                kind: agent_common::objects::Kind::Task,
+                id: t.meta.id.clone(),
+                version: Some(t.meta.version),
+            });
+        } else if t.desired_state <= TaskState::Running {
+            actions.push(shutdown(t, "service removed"));
+        }
+    }
+
+    for service in services {
+        let empty = Vec::new();
+        let stasks = by_service.get(service.meta.id.as_str()).unwrap_or(&empty);
+        // Group by slot (or node for global services).
+        let mut slots: BTreeMap<String, Vec<&Task>> = BTreeMap::new();
+        for t in stasks {
+            slots.entry(slot_key(service, t)).or_default().push(t);
+        }
+        let wanted: Vec<(String, u64, Option<String>)> = match &service.spec.mode {
+            ServiceMode::Replicated { replicas } => (1..=*replicas)
+                .map(|s| (s.to_string(), s, None))
+                .collect(),
+            ServiceMode::ReplicatedJob {
+                total_completions, ..
+            } => {
+                let total = (*total_completions).max(1);
+                (1..=total).map(|s| (s.to_string(), s, None)).collect()
+            }
+            ServiceMode::Global | ServiceMode::GlobalJob => {
+                let constraints =
+                    crate::scheduler::parse_constraints(&service.spec.task.placement.constraints)
+                        .unwrap_or_default();
+                nodes
+                    .iter()
+                    .filter(|n| n.status == NodeStatus::Ready && n.availability == Availability::Active)
+                    .filter(|n| {
+                        let info = NodeInfo::from_node(n);
+                        constraints.iter().all(|c| c.matches(&info))
+                    })
+                    .map(|n| (n.meta.id.clone(), 0, Some(n.meta.id.clone())))
+                    .collect()
+            }
+        };
+        let wanted_keys: std::collections::HashSet<&str> =
+            wanted.iter().map(|(k, _, _)| k.as_str()).collect();
+
+        for (key, slot, node) in &wanted {
+            let in_slot = slots.get(key).cloned().unwrap_or_default();
+            let mut live: Vec<&Task> = in_slot.iter().copied().filter(|t| is_live_desired(t)).collect();
+            let restarts_so_far = in_slot.len().saturating_sub(1) as u64;
+            let jobs = matches!(
+                service.spec.mode,
+                ServiceMode::ReplicatedJob { .. } | ServiceMode::GlobalJob
+            );
+            // A job slot that completed is done.
+            if jobs && in_slot.iter().any(|t| t.state == TaskState::Complete) {
+                continue;
+            }
+            let mut need_new = live.is_empty();
+            let mut replaced = Vec::new();
+            for t in &live {
+                let on_bad_node = t
+                    .node_id
+                    .as_deref()
+                    .and_then(|n| nodes_by_id.get(n))
+                    .map(|n| !node_usable(n))
+                    .unwrap_or(t.node_id.is_some());
+                if t.state.is_terminal() {
+                    actions.push(shutdown(t, ""));
+                    replaced.push(t.meta.id.clone());
+                    if restarts(service, t, restarts_so_far) {
+                        need_new = true;
+                    }
+                } else if on_bad_node {
+                    let why = match t.node_id.as_deref().and_then(|n| nodes_by_id.get(n)) {
+                        Some(n) if n.availability == Availability::Drain => "node drained",
+                        Some(_) => "node down",
+                        None => "node removed",
+                    };
+                    actions.push(shutdown(t, why));
+                    replaced.push(t.meta.id.clone());
+                    need_new = true;
+                } else if t.spec_generation != service.spec_generation {
+                    actions.push(shutdown(t, "service updated"));
+                    replaced.push(t.meta.id.clone());
+                    need_new = true;
+                }
+            }
+            live.retain(|t| !replaced.contains(&t.meta.id));
+            // Never two live tasks in a slot: keep the newest.
+            if live.len() > 1 {
+                live.sort_by_key(|t| t.meta.created_at);
+                for t in &live[..live.len() - 1] {
+                    actions.push(shutdown(t, "duplicate task in slot"));
+                }
+            }
+            if need_new && live.is_empty() {
+                actions.push(Action::Create(Object::Task(new_task(
+                    service,
+                    *slot,
+                    node.as_deref(),
+                    now,
+                ))));
+            }
+            // History: keep the newest TASK_HISTORY finished tasks of the slot.
+            let mut finished: Vec<&Task> = in_slot
+                .iter()
+                .copied()
+                .filter(|t| t.state.is_terminal() && !is_live_desired(t))
+                .collect();
+            if finished.len() > TASK_HISTORY {
+                finished.sort_by_key(|t| std::cmp::Reverse(t.meta.created_at));
+                for t in &finished[TASK_HISTORY..] {
+                    actions.push(Action::Delete {
+                        kind: agent_common::objects::Kind::Task,
+                        id: t.meta.id.clone(),
+                        version: Some(t.meta.version),
+                    });
+                }
+            }
+        }
+        // Slots no longer wanted (scale down, node left a global service).
+        for (key, in_slot) in &slots {
+            if wanted_keys.contains(key.as_str()) {
+                continue;
+            }
+            for t in in_slot {
+                if is_live_desired(t) {
+                    actions.push(shutdown(t, "scaled down"));
+                } else if t.state.is_terminal() {
+                    actions.push(Action::Delete {
+                        kind: agent_common::objects::Kind::Task,
+                        id: t.meta.id.clone(),
+                        version: Some(t.meta.version),
+                    });
+                }
+            }
+        }
+    }
+    actions
+}
+
+/// The scheduling pass: pending tasks onto nodes.
+pub fn schedule(tasks: &[Task], nodes: &[Node], services: &[Service]) -> Vec<Action> {
+    let mut infos: HashMap<String, NodeInfo> = nodes
+        .iter()
+        .map(|n| {
+            let mut info = NodeInfo::from_node(n);
+            // Nodes do not report their capacity yet: treat it as ample.
+            info.available.nano_cpus = u64::MAX / 4;
+            info.available.memory_bytes = u64::MAX / 4;
+            info.platform.os = "linux".into();
+            info.platform.architecture = std::env::consts::ARCH.into();
+            (n.meta.id.clone(), info)
+        })
+        .collect();
+    for t in tasks {
+        if let Some(node) = t.node_id.as_deref() {
+            if is_live_desired(t) && !t.state.is_terminal() {
+                if let Some(info) = infos.get_mut(node) {
+                    info.add_task(&t.service_id, t.spec.resources.reservations);
+                }
+            }
+        }
+    }
+    let specs: HashMap<&str, Arc<agent_common::spec::TaskSpec>> = services
+        .iter()
+        .map(|s| (s.meta.id.as_str(), Arc::new(s.spec.task.clone())))
+        .collect();
+    let pending: Vec<PendingTask> = tasks
+        .iter()
+        .filter(|t| {
+            t.state == TaskState::Pending && t.node_id.is_none() && is_live_desired(t)
+        })
+        .map(|t| PendingTask {
+            id: t.meta.id.clone(),
+            service_id: t.service_id.clone(),
+            spec: specs
+                .get(t.service_id.as_str())
+                .cloned()
+                .unwrap_or_else(|| Arc::new(t.spec.clone())),
+        })
+        .collect();
+    if pending.is_empty() {
+        return Vec::new();
+    }
+    let mut set = NodeSet::new(infos.into_values().collect::<Vec<_>>());
+    let decisions = set.schedule(&pending);
+    let by_id: HashMap<&str, &Task> = tasks.iter().map(|t| (t.meta.id.as_str(), t)).collect();
+    let mut actions = Vec::new();
+    for a in decisions.assignments {
+        if let Some(t) = by_id.get(a.task_id.as_str()) {
+            let mut t = (*t).clone();
+            t.node_id = Some(a.node_id.clone());
+            t.state = TaskState::Assigned;
+            t.message = "scheduled".into();
+            actions.push(Action::Update(Object::Task(t)));
+        }
+    }
+    for u in decisions.unschedulable {
+        if let Some(t) = by_id.get(u.task_id.as_str()) {
+            if t.message != u.reason {
+                let mut t = (*t).clone();
+                t.message = u.reason.clone();
+                actions.push(Action::Update(Object::Task(t)));
+            }
+        }
+    }
+    actions
+}
+
+fn now_ns() -> Timestamp {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+async fn write(m: &Manager, actions: Vec<Action>) {
+    for chunk in actions.chunks(BATCH) {
+        if let Err(e) = m.store().update(chunk.to_vec()).await {
+            // A conflict means the view was stale: the next pass re-plans.
+            tracing::debug!("orchestrator batch not applied: {e}");
+        }
+    }
+}
+
+/// Runs the reconcilers while this manager leads.
+pub async fn run(m: Arc<Manager>) {
+    let mut watch = m.store().watch();
+    let mut restart_delays: HashMap<String, tokio::time::Instant> = HashMap::new();
+    loop {
+        // Wake on any commit, or every half second (restart delays, node changes).
+        let _ = tokio::time::timeout(Duration::from_millis(500), watch.recv()).await;
+        while watch.try_recv().is_ok() {}
+        if !m.raft.is_leader() {
+            restart_delays.clear();
+            continue;
+        }
+        let (services, tasks, nodes) = m.store().view(|tx| {
+            (
+                tx.list::<Service>(),
+                tx.list::<Task>(),
+                tx.list::<Node>(),
+            )
+        });
+        let mut actions = plan(&services, &tasks, &nodes, now_ns());
+        // Restart delay: a replacement for a failed task waits `delay`.
+        let now = tokio::time::Instant::now();
+        actions.retain(|a| {
+            let Action::Create(Object::Task(t)) = a else {
+                return true;
+            };
+            let Some(service) = services.iter().find(|s| s.meta.id == t.service_id) else {
+                return true;
+            };
+            let delay = Duration::from_millis(service.spec.task.restart.delay_ms);
+            let had_failure = tasks.iter().any(|old| {
+                old.service_id == t.service_id
+                    && old.slot == t.slot
+                    && old.state.is_terminal()
+                    && old.state != TaskState::Shutdown
+                    && old.node_id == t.node_id.clone().or(old.node_id.clone())
+            });
+            if delay.is_zero() || !had_failure {
+                return true;
+            }
+            let key = format!("{}/{}", t.service_id, t.slot);
+            let due = *restart_delays.entry(key.clone()).or_insert(now + delay);
+            if now >= due {
+                restart_delays.remove(&key);
+                true
+            } else {
+                false
+            }
+        });
+        if !actions.is_empty() {
+            write(&m, actions).await;
+            continue;
+        }
+        let actions = schedule(&tasks, &nodes, &services);
+        if !actions.is_empty() {
+            write(&m, actions).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
