@@ -104,3 +104,67 @@ pub struct ClusterInfo {
     /// Heartbeat period in milliseconds.
     pub heartbeat_period_ms: u64,
 }
+
+/// A service as `service ls` / `service inspect` show it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct ServiceView {
+    /// The service ID.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// Store version (for updates that must not overwrite a concurrent one).
+    pub version: u64,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it was last written.
+    pub updated_at: Timestamp,
+    /// The definition.
+    pub spec: crate::spec::ServiceSpec,
+    /// The definition before the last update, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_spec: Option<crate::spec::ServiceSpec>,
+    /// `replicated`, `global`, `replicated-job`, `global-job`.
+    pub mode: String,
+    /// Tasks running now.
+    pub running: u64,
+    /// Tasks wanted (replicas, or eligible nodes for global services).
+    pub desired: u64,
+}
+
+/// A task as `service ps` shows it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct TaskView {
+    /// Task ID.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// `<service>.<slot>` (or `<service>.<node id>` for global services).
+    pub name: String,
+    /// Service ID.
+    #[serde(rename = "ServiceID")]
+    pub service_id: String,
+    /// Slot (0 for global tasks).
+    pub slot: u64,
+    /// Image.
+    pub image: String,
+    /// Node ID, once assigned.
+    #[serde(rename = "NodeID")]
+    pub node_id: String,
+    /// The node's hostname.
+    pub node: String,
+    /// Desired state (running, shutdown, ...).
+    pub desired_state: String,
+    /// Observed state.
+    pub current_state: String,
+    /// When the task last changed (ns since the epoch).
+    pub updated_at: Timestamp,
+    /// Error of a failed or rejected task, or why it is pending.
+    pub error: String,
+    /// Message of the current state.
+    pub message: String,
+    /// Container ID on its node.
+    #[serde(rename = "ContainerID")]
+    pub container_id: String,
+    /// Exit code, once exited.
+    pub exit_code: Option<i64>,
+}

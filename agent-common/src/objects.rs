@@ -297,6 +297,9 @@ pub struct Cluster {
 /// Any stored object, tagged by kind.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(tag = "kind", content = "object", rename_all = "lowercase")]
+// A service carries its spec twice (current and previous): boxing it would
+// change every match on objects for little gain.
+#[allow(clippy::large_enum_variant)]
 pub enum Object {
     /// A [`Node`].
     Node(Node),

@@ -106,6 +106,10 @@ pub enum Command {
     Cluster(commands::cluster::ClusterGroup),
     /// Show, or rotate, the token a node joins the cluster with (run against a manager).
     JoinToken(commands::cluster::JoinTokenArgs),
+    /// Manage services: replicated or global tasks scheduled onto the cluster's nodes
+    /// (run against a manager).
+    #[command(subcommand)]
+    Service(commands::service::ServiceGroup),
 }
 
 /// Container verbs available both at the top level and under `container`.

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod container;
 pub mod image;
 pub mod network;
+pub mod service;
 pub mod system;
 pub mod volume;
 
@@ -149,5 +150,6 @@ pub async fn dispatch(mut ctx: Ctx, command: Command) -> Result<i32> {
         Command::Node(g) => cluster::node(&mut ctx, g).await,
         Command::Cluster(g) => cluster::cluster(&mut ctx, g).await,
         Command::JoinToken(a) => cluster::join_token(&mut ctx, a).await,
+        Command::Service(g) => service::run(&mut ctx, g).await,
     }
 }

@@ -13,8 +13,9 @@ use std::time::Duration;
 use agent_common::cluster::{ClusterInfo, ManagerStatus, NodeView};
 use agent_common::control_proto::control_server::Control;
 use agent_common::control_proto::{
-    ClientCertReply, ClientCertRequest, Empty, JoinTokenReply, JoinTokenRequest, JsonReply,
-    NodeRef, ReadRequest, RemoveNodeRequest, UpdateNodeRequest,
+    ClientCertReply, ClientCertRequest, CreateServiceRequest, Empty, JoinTokenReply,
+    JoinTokenRequest, JsonReply, ListTasksRequest, NodeRef, ReadRequest, RemoveNodeRequest,
+    ServiceRef, UpdateNodeRequest, UpdateServiceRequest,
 };
 use agent_common::objects::{Availability, Cluster, Node, NodeRole as ObjRole, NodeStatus};
 use agent_common::pki::NodeRole;
@@ -551,6 +552,89 @@ impl Control for ControlApi {
             token: token.to_string(),
             managers: self.m.manager_addrs(),
         }))
+    }
+
+    async fn create_service(
+        &self,
+        request: Request<CreateServiceRequest>,
+    ) -> Result<Response<JsonReply>, Status> {
+        self.authorize(&request)?;
+        let spec: agent_common::spec::ServiceSpec =
+            serde_json::from_str(&request.get_ref().spec_json)
+                .map_err(|e| Status::invalid_argument(format!("unreadable service spec: {e}")))?;
+        json(&super::services::create(&self.m, spec).await?)
+    }
+
+    async fn list_services(
+        &self,
+        request: Request<ReadRequest>,
+    ) -> Result<Response<JsonReply>, Status> {
+        self.authorize(&request)?;
+        let local = request.get_ref().local;
+        json(&self.read(local, super::services::list).await?)
+    }
+
+    async fn inspect_service(
+        &self,
+        request: Request<ServiceRef>,
+    ) -> Result<Response<JsonReply>, Status> {
+        self.authorize(&request)?;
+        let r = request.into_inner();
+        let v = self
+            .read(r.local, |tx| {
+                super::services::resolve(tx, &r.service).map(|s| {
+                    super::services::view(
+                        &s,
+                        &tx.list::<agent_common::objects::Task>(),
+                        &tx.list::<Node>(),
+                    )
+                })
+            })
+            .await??;
+        json(&v)
+    }
+
+    async fn update_service(
+        &self,
+        request: Request<UpdateServiceRequest>,
+    ) -> Result<Response<JsonReply>, Status> {
+        self.authorize(&request)?;
+        let r = request.into_inner();
+        let spec =
+            if r.spec_json.is_empty() {
+                None
+            } else {
+                Some(serde_json::from_str(&r.spec_json).map_err(|e| {
+                    Status::invalid_argument(format!("unreadable service spec: {e}"))
+                })?)
+            };
+        json(
+            &super::services::update(&self.m, &r.service, spec, r.force, r.rollback, r.version)
+                .await?,
+        )
+    }
+
+    async fn remove_service(
+        &self,
+        request: Request<ServiceRef>,
+    ) -> Result<Response<Empty>, Status> {
+        self.authorize(&request)?;
+        super::services::remove(&self.m, &request.get_ref().service).await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn list_tasks(
+        &self,
+        request: Request<ListTasksRequest>,
+    ) -> Result<Response<JsonReply>, Status> {
+        self.authorize(&request)?;
+        let r = request.into_inner();
+        let v = self
+            .read(r.local, |tx| {
+                super::services::tasks(tx, &r.service, &r.node)
+            })
+            .await??;
+        json(&v)
     }
 
     async fn issue_client_cert(

@@ -13,9 +13,9 @@ use agent_common::dispatcher_proto::{
     TaskStatusRequest,
 };
 use agent_common::objects::Task;
-use agent_common::task_state::{TaskState, Writer};
 use agent_common::objects::{Meta, Node, NodeRole as ObjRole, NodeStatus};
 use agent_common::pki::{JoinToken, NodeCsr, NodeId, NodeRole};
+use agent_common::task_state::{TaskState, Writer};
 use agent_common::tls::grpc::Caller;
 use tonic::{Request, Response, Status};
 

@@ -596,6 +596,11 @@ pub fn spawn_background(m: &Arc<Manager>) {
             }
         });
     }
+    // Services → tasks → nodes (acts only while leader).
+    {
+        let m = Arc::clone(m);
+        tokio::spawn(async move { crate::orchestrator::run(m).await });
+    }
     // Node liveness (acts only while leader).
     {
         let m = Arc::clone(m);

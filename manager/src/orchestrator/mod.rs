@@ -91,12 +91,7 @@ fn restarts(service: &Service, t: &Task, restarts_in_slot: u64) -> bool {
 }
 
 /// What the orchestrator decides for one view of the store.
-pub fn plan(
-    services: &[Service],
-    tasks: &[Task],
-    nodes: &[Node],
-    now: Timestamp,
-) -> Vec<Action> {
+pub fn plan(services: &[Service], tasks: &[Task], nodes: &[Node], now: Timestamp) -> Vec<Action> {
     let mut actions = Vec::new();
     let nodes_by_id: HashMap<&str, &Node> = nodes.iter().map(|n| (n.meta.id.as_str(), n)).collect();
     let mut by_service: HashMap<&str, Vec<&Task>> = HashMap::new();
@@ -123,7 +118,11 @@ pub fn plan(
         let node_gone = t
             .node_id
             .as_deref()
-            .map(|n| nodes_by_id.get(n).is_none_or(|n| n.status == NodeStatus::Down))
+            .map(|n| {
+                nodes_by_id
+                    .get(n)
+                    .is_none_or(|n| n.status == NodeStatus::Down)
+            })
             .unwrap_or(true);
         if t.state.is_terminal() || node_gone || t.state < TaskState::Assigned {
             actions.push(Action::Delete {
@@ -145,9 +144,9 @@ pub fn plan(
             slots.entry(slot_key(service, t)).or_default().push(t);
         }
         let wanted: Vec<(String, u64, Option<String>)> = match &service.spec.mode {
-            ServiceMode::Replicated { replicas } => (1..=*replicas)
-                .map(|s| (s.to_string(), s, None))
-                .collect(),
+            ServiceMode::Replicated { replicas } => {
+                (1..=*replicas).map(|s| (s.to_string(), s, None)).collect()
+            }
             ServiceMode::ReplicatedJob {
                 total_completions, ..
             } => {
@@ -160,7 +159,9 @@ pub fn plan(
                         .unwrap_or_default();
                 nodes
                     .iter()
-                    .filter(|n| n.status == NodeStatus::Ready && n.availability == Availability::Active)
+                    .filter(|n| {
+                        n.status == NodeStatus::Ready && n.availability == Availability::Active
+                    })
                     .filter(|n| {
                         let info = NodeInfo::from_node(n);
                         constraints.iter().all(|c| c.matches(&info))
@@ -174,7 +175,11 @@ pub fn plan(
 
         for (key, slot, node) in &wanted {
             let in_slot = slots.get(key).cloned().unwrap_or_default();
-            let mut live: Vec<&Task> = in_slot.iter().copied().filter(|t| is_live_desired(t)).collect();
+            let mut live: Vec<&Task> = in_slot
+                .iter()
+                .copied()
+                .filter(|t| is_live_desired(t))
+                .collect();
             let restarts_so_far = in_slot.len().saturating_sub(1) as u64;
             let jobs = matches!(
                 service.spec.mode,
@@ -297,9 +302,7 @@ pub fn schedule(tasks: &[Task], nodes: &[Node], services: &[Service]) -> Vec<Act
         .collect();
     let pending: Vec<PendingTask> = tasks
         .iter()
-        .filter(|t| {
-            t.state == TaskState::Pending && t.node_id.is_none() && is_live_desired(t)
-        })
+        .filter(|t| t.state == TaskState::Pending && t.node_id.is_none() && is_live_desired(t))
         .map(|t| PendingTask {
             id: t.meta.id.clone(),
             service_id: t.service_id.clone(),
@@ -365,13 +368,9 @@ pub async fn run(m: Arc<Manager>) {
             restart_delays.clear();
             continue;
         }
-        let (services, tasks, nodes) = m.store().view(|tx| {
-            (
-                tx.list::<Service>(),
-                tx.list::<Task>(),
-                tx.list::<Node>(),
-            )
-        });
+        let (services, tasks, nodes) = m
+            .store()
+            .view(|tx| (tx.list::<Service>(), tx.list::<Task>(), tx.list::<Node>()));
         let mut actions = plan(&services, &tasks, &nodes, now_ns());
         // Restart delay: a replacement for a failed task waits `delay`.
         let now = tokio::time::Instant::now();

@@ -91,8 +91,11 @@ fn replicas_are_created_spread_and_scaled() {
     s.spec.mode = ServiceMode::Replicated { replicas: 5 };
     converge(&[s.clone()], &mut tasks, &nodes, &mut next);
     assert_eq!(running_per_node(&tasks).values().sum::<usize>(), 5);
-    let slots: std::collections::BTreeSet<u64> =
-        tasks.iter().filter(|t| is_live_desired(t)).map(|t| t.slot).collect();
+    let slots: std::collections::BTreeSet<u64> = tasks
+        .iter()
+        .filter(|t| is_live_desired(t))
+        .map(|t| t.slot)
+        .collect();
     assert_eq!(slots, (1..=5).collect());
 }
 
@@ -134,7 +137,9 @@ fn a_removed_service_stops_then_deletes_its_tasks_and_history_is_bounded() {
     }
     assert!(tasks.len() <= TASK_HISTORY + 1, "{}", tasks.len());
     converge(&[], &mut tasks, &nodes, &mut next);
-    assert!(tasks.iter().all(|t| !is_live_desired(t) || t.state.is_terminal()));
+    assert!(tasks
+        .iter()
+        .all(|t| !is_live_desired(t) || t.state.is_terminal()));
     for t in tasks.iter_mut() {
         t.state = TaskState::Shutdown;
     }

@@ -511,4 +511,40 @@ impl agent_common::control_proto::control_server::Control for NotAManager {
     ) -> Result<tonic::Response<agent_common::control_proto::ClientCertReply>, tonic::Status> {
         self.refuse()
     }
+    async fn create_service(
+        &self,
+        _: tonic::Request<agent_common::control_proto::CreateServiceRequest>,
+    ) -> Result<tonic::Response<agent_common::control_proto::JsonReply>, tonic::Status> {
+        self.refuse()
+    }
+    async fn list_services(
+        &self,
+        _: tonic::Request<agent_common::control_proto::ReadRequest>,
+    ) -> Result<tonic::Response<agent_common::control_proto::JsonReply>, tonic::Status> {
+        self.refuse()
+    }
+    async fn inspect_service(
+        &self,
+        _: tonic::Request<agent_common::control_proto::ServiceRef>,
+    ) -> Result<tonic::Response<agent_common::control_proto::JsonReply>, tonic::Status> {
+        self.refuse()
+    }
+    async fn update_service(
+        &self,
+        _: tonic::Request<agent_common::control_proto::UpdateServiceRequest>,
+    ) -> Result<tonic::Response<agent_common::control_proto::JsonReply>, tonic::Status> {
+        self.refuse()
+    }
+    async fn remove_service(
+        &self,
+        _: tonic::Request<agent_common::control_proto::ServiceRef>,
+    ) -> Result<tonic::Response<agent_common::control_proto::Empty>, tonic::Status> {
+        self.refuse()
+    }
+    async fn list_tasks(
+        &self,
+        _: tonic::Request<agent_common::control_proto::ListTasksRequest>,
+    ) -> Result<tonic::Response<agent_common::control_proto::JsonReply>, tonic::Status> {
+        self.refuse()
+    }
 }
