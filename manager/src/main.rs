@@ -291,6 +291,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         cluster_listener,
         stopped(stop_rx.clone()),
     ));
+    let agent_engine = Arc::clone(&engine);
     let local_server = tokio::spawn(serve::serve_local(
         Arc::clone(&m),
         engine,
@@ -298,6 +299,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         stopped(stop_rx.clone()),
     ));
     daemon::spawn_background(&m);
+    // Managers run tasks too: the worker agent of this node.
+    worker::agent::spawn(
+        agent_engine,
+        m.clients.clone(),
+        Arc::clone(&m.record),
+        m.node_id.clone(),
+    );
     announce(&m, &args).await;
     tracing::info!(
         node = %m.node_id,

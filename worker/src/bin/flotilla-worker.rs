@@ -166,7 +166,15 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         tracing::info!("shutting down; containers keep running");
     };
     let managers_hint = membership.as_ref().map(|(_, record)| Arc::clone(record));
-    if let Some((heartbeats, _)) = membership {
+    if let Some((heartbeats, record)) = membership {
+        // Only a node in a cluster runs tasks the managers assign.
+        let node_id = record.lock().map(|r| r.node_id.clone()).unwrap_or_default();
+        worker::agent::spawn(
+            Arc::clone(&engine),
+            heartbeats.clients.clone(),
+            record,
+            node_id,
+        );
         tokio::spawn(heartbeats.run());
     }
     tonic::transport::Server::builder()

@@ -296,15 +296,13 @@ impl Engine {
         Ok(())
     }
 
-    /// `exec`: runs a process in the running container through the exec
-    /// helper, streaming its output; the last message carries its exit code.
-    pub async fn exec(
-        self: &Arc<Self>,
-        c: Arc<Container>,
-        start: agent_common::proto::ExecStart,
-        mut input: Streaming<ExecInput>,
-        tx: mpsc::Sender<OutputChunk>,
-    ) -> Result<()> {
+    /// The exec helper's command line running `start` in the running
+    /// container `c` (stdio left to the caller).
+    pub fn exec_helper_command(
+        &self,
+        c: &Container,
+        start: &agent_common::proto::ExecStart,
+    ) -> Result<tokio::process::Command> {
         let rec = c.record();
         if !rec.state.running {
             return Err(EngineError::Conflict(format!(
@@ -368,9 +366,23 @@ impl Engine {
             serde_json::to_string(&request).map_err(|e| EngineError::Internal(e.to_string()))?;
         let mut cmd = tokio::process::Command::new(crate::runtime::self_exe());
         cmd.arg("exec-helper").arg(json);
+        Ok(cmd)
+    }
+
+    /// `exec`: runs a process in the running container through the exec
+    /// helper, streaming its output; the last message carries its exit code.
+    pub async fn exec(
+        self: &Arc<Self>,
+        c: Arc<Container>,
+        start: agent_common::proto::ExecStart,
+        mut input: Streaming<ExecInput>,
+        tx: mpsc::Sender<OutputChunk>,
+    ) -> Result<()> {
+        let mut cmd = self.exec_helper_command(&c, &start)?;
         if start.tty {
             return self.exec_tty(cmd, input, tx).await;
         }
+        let root = format!("/proc/{}/root", c.record().state.pid);
         let mut child = cmd
             .stdin(if start.stdin {
                 std::process::Stdio::piped()

@@ -1,0 +1,266 @@
+//! The agent's way back to the managers: an outbox of state reports, sent in
+//! order by one loop with `UpdateTaskStatus`, and kept (and resent, with
+//! backoff, to the next manager) until a manager took them. The reconcile
+//! loop only queues; it never waits on the network.
+//!
+//! The outbox also remembers the last state queued per task, so a state is
+//! queued once and never a backwards one (the dispatcher ignores those
+//! anyway, silently).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agent_common::dispatcher_proto::{TaskStatus, TaskStatusRequest};
+use agent_common::task_state::TaskState;
+use tokio::sync::Notify;
+
+use super::reconcile::Status;
+use super::Managers;
+
+/// Reports not sent yet, and the last state queued per task.
+#[derive(Default)]
+struct Queue {
+    pending: Vec<Status>,
+    reported: HashMap<String, TaskState>,
+}
+
+/// The outbox: shared by the reconcile loop, its jobs and the sending loop.
+#[derive(Clone, Default)]
+pub struct Outbox {
+    queue: Arc<Mutex<Queue>>,
+    wake: Arc<Notify>,
+}
+
+impl Outbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `status` unless the task already reached that state or a later
+    /// one (as queued here, or as `floor`, the state the managers hold).
+    /// Returns whether it was queued.
+    pub fn report(&self, status: Status, floor: TaskState) -> bool {
+        {
+            let mut q = self.lock();
+            let known = q
+                .reported
+                .get(&status.task_id)
+                .map_or(floor, |r| (*r).max(floor));
+            if status.state <= known || known.is_terminal() {
+                return false;
+            }
+            q.reported.insert(status.task_id.clone(), status.state);
+            q.pending.push(status);
+        }
+        self.wake.notify_one();
+        true
+    }
+
+    /// The last state queued per task.
+    pub fn reported(&self) -> HashMap<String, TaskState> {
+        self.lock().reported.clone()
+    }
+
+    /// Forgets tasks that left the assignments (and have nothing to send).
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        let mut q = self.lock();
+        let Queue { pending, reported } = &mut *q;
+        reported.retain(|id, _| keep(id) || pending.iter().any(|s| &s.task_id == id));
+    }
+
+    /// Reports waiting to be sent.
+    pub fn pending(&self) -> usize {
+        self.lock().pending.len()
+    }
+
+    fn peek(&self) -> Vec<Status> {
+        self.lock().pending.clone()
+    }
+
+    /// Drops the first `n` pending reports (sent).
+    fn ack(&self, n: usize) {
+        let mut q = self.lock();
+        let n = n.min(q.pending.len());
+        q.pending.drain(..n);
+    }
+
+    /// Drops the pending reports of `task_id` (refused for good).
+    fn drop_task(&self, task_id: &str) {
+        self.lock().pending.retain(|s| s.task_id != task_id);
+    }
+
+    /// Sends the queued reports for ever.
+    pub async fn run(self, managers: Managers) {
+        let mut backoff = Backoff::default();
+        loop {
+            let batch = self.peek();
+            if batch.is_empty() {
+                self.wake.notified().await;
+                continue;
+            }
+            let Some(addr) = managers.current() else {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            };
+            match send(&managers, &addr, &batch).await {
+                Ok(()) => {
+                    self.ack(batch.len());
+                    backoff.reset();
+                }
+                Err(status) if status.code() == tonic::Code::PermissionDenied => {
+                    // One of them is not (or no longer) this node's: send one
+                    // task at a time and drop what is refused.
+                    self.send_one_by_one(&managers, &addr, batch).await;
+                }
+                Err(status) => {
+                    if backoff.failures % 20 == 0 {
+                        tracing::warn!(
+                            manager = %addr,
+                            pending = batch.len(),
+                            "failed to report task states (will retry): {}",
+                            status.message()
+                        );
+                    }
+                    managers.rotate(&addr);
+                    tokio::time::sleep(backoff.failed()).await;
+                }
+            }
+        }
+    }
+
+    async fn send_one_by_one(&self, managers: &Managers, addr: &str, batch: Vec<Status>) {
+        let mut ids: Vec<&str> = Vec::new();
+        for s in &batch {
+            if !ids.contains(&s.task_id.as_str()) {
+                ids.push(&s.task_id);
+            }
+        }
+        for id in ids {
+            let mine: Vec<Status> = batch.iter().filter(|s| s.task_id == id).cloned().collect();
+            match send(managers, addr, &mine).await {
+                Ok(()) => self.remove_sent(&mine),
+                Err(s) if s.code() == tonic::Code::PermissionDenied => {
+                    tracing::info!(task = %id, "dropping state reports: {}", s.message());
+                    self.drop_task(id);
+                }
+                Err(_) => return, // the main loop retries
+            }
+        }
+    }
+
+    fn remove_sent(&self, sent: &[Status]) {
+        let mut q = self.lock();
+        for s in sent {
+            if let Some(i) = q.pending.iter().position(|p| p == s) {
+                q.pending.remove(i);
+            }
+        }
+    }
+}
+
+/// The wire form of a report.
+pub fn to_proto(s: &Status) -> TaskStatus {
+    let state = serde_json::to_value(s.state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    TaskStatus {
+        task_id: s.task_id.clone(),
+        state,
+        message: s.message.clone(),
+        container_id: s.container_id.clone(),
+        has_exit_code: s.exit_code.is_some(),
+        exit_code: s.exit_code.unwrap_or_default(),
+        error: s.error.clone(),
+    }
+}
+
+async fn send(managers: &Managers, addr: &str, batch: &[Status]) -> Result<(), tonic::Status> {
+    let mut client = managers
+        .clients
+        .dispatcher(addr)
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let request = TaskStatusRequest {
+        statuses: batch.iter().map(to_proto).collect(),
+    };
+    match tokio::time::timeout(Duration::from_secs(10), client.update_task_status(request)).await {
+        Ok(r) => r.map(|_| ()),
+        Err(_) => Err(tonic::Status::unavailable(format!(
+            "{addr} did not answer within 10 s"
+        ))),
+    }
+}
+
+/// Exponential backoff from 100 ms to 5 s.
+#[derive(Default)]
+pub struct Backoff {
+    /// Consecutive failures.
+    pub failures: u32,
+}
+
+impl Backoff {
+    /// The wait after one more failure.
+    pub fn failed(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let ms = 100u64.saturating_mul(1 << self.failures.min(7).saturating_sub(1));
+        Duration::from_millis(ms.min(5_000))
+    }
+
+    /// After a success.
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_are_queued_once_and_only_forward() {
+        let o = Outbox::default();
+        assert!(o.report(Status::new("t", TaskState::Accepted), TaskState::Assigned));
+        assert!(!o.report(Status::new("t", TaskState::Accepted), TaskState::Assigned));
+        assert!(o.report(Status::new("t", TaskState::Running), TaskState::Assigned));
+        assert!(!o.report(Status::new("t", TaskState::Starting), TaskState::Assigned));
+        assert!(o.report(Status::new("t", TaskState::Failed), TaskState::Assigned));
+        // Nothing after a terminal state.
+        assert!(!o.report(Status::new("t", TaskState::Shutdown), TaskState::Assigned));
+        // Nothing the managers already hold.
+        assert!(!o.report(Status::new("u", TaskState::Running), TaskState::Running));
+        assert_eq!(o.pending(), 3);
+        o.ack(2);
+        assert_eq!(o.peek()[0].state, TaskState::Failed);
+    }
+
+    #[test]
+    fn forgotten_tasks_keep_pending_reports() {
+        let o = Outbox::default();
+        o.report(Status::new("a", TaskState::Accepted), TaskState::Assigned);
+        o.report(Status::new("b", TaskState::Accepted), TaskState::Assigned);
+        o.ack(1);
+        o.retain(|_| false);
+        let r = o.reported();
+        assert!(!r.contains_key("a"));
+        assert!(r.contains_key("b"));
+    }
+
+    #[test]
+    fn wire_states_are_lowercase_names() {
+        let mut s = Status::exited("t", "c", 137);
+        assert_eq!(to_proto(&s).state, "failed");
+        assert!(to_proto(&s).has_exit_code);
+        s.state = TaskState::Shutdown;
+        assert_eq!(to_proto(&s).state, "shutdown");
+    }
+
+    #[test]
+    fn backoff_grows_to_five_seconds() {
+        let mut b = Backoff::default();
+        let waits: Vec<u64> = (0..8).map(|_| b.failed().as_millis() as u64).collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        b.reset();
+        assert_eq!(b.failed().as_millis(), 100);
+    }
+}
