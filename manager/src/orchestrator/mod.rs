@@ -189,7 +189,13 @@ pub fn plan(services: &[Service], tasks: &[Task], nodes: &[Node], now: Timestamp
             if jobs && in_slot.iter().any(|t| t.state == TaskState::Complete) {
                 continue;
             }
-            let mut need_new = live.is_empty();
+            // An empty slot gets a task, unless its last task finished and
+            // the restart policy says it stays finished.
+            let last = in_slot.iter().max_by_key(|t| t.meta.created_at);
+            let mut need_new = live.is_empty()
+                && !last.is_some_and(|t| {
+                    t.state.is_terminal() && !restarts(service, t, restarts_so_far)
+                });
             let mut replaced = Vec::new();
             for t in &live {
                 let on_bad_node = t
@@ -381,7 +387,11 @@ pub async fn run(m: Arc<Manager>) {
             let Some(service) = services.iter().find(|s| s.meta.id == t.service_id) else {
                 return true;
             };
-            let delay = Duration::from_millis(service.spec.task.restart.delay_ms);
+            // 0 means Docker's default, 5 s.
+            let delay = Duration::from_millis(match service.spec.task.restart.delay_ms {
+                0 => 5_000,
+                ms => ms,
+            });
             let had_failure = tasks.iter().any(|old| {
                 old.service_id == t.service_id
                     && old.slot == t.slot

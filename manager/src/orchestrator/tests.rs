@@ -165,3 +165,32 @@ fn global_services_run_one_task_per_usable_node() {
     converge(&[s.clone()], &mut tasks, &nodes, &mut next);
     assert_eq!(running_per_node(&tasks).get("n1"), None);
 }
+
+#[test]
+fn restart_condition_none_and_max_attempts_leave_the_slot_finished() {
+    let nodes = vec![node("n1", NodeStatus::Ready, Availability::Active)];
+    let mut s = service("once", 1);
+    s.spec.task.restart.condition = RestartCondition::None;
+    let mut tasks = Vec::new();
+    let mut next = 0;
+    converge(std::slice::from_ref(&s), &mut tasks, &nodes, &mut next);
+    tasks[0].state = TaskState::Failed;
+    converge(std::slice::from_ref(&s), &mut tasks, &nodes, &mut next);
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    assert!(!is_live_desired(&tasks[0]));
+
+    let mut s = service("twice", 1);
+    s.spec.task.restart.max_attempts = 2;
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        converge(std::slice::from_ref(&s), &mut tasks, &nodes, &mut next);
+        if let Some(t) = tasks
+            .iter_mut()
+            .find(|t| is_live_desired(t) && !t.state.is_terminal())
+        {
+            t.state = TaskState::Failed;
+        }
+    }
+    converge(std::slice::from_ref(&s), &mut tasks, &nodes, &mut next);
+    assert_eq!(tasks.len(), 3, "first run + 2 restarts: {tasks:?}");
+}
