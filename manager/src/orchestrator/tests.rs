@@ -84,12 +84,12 @@ fn replicas_are_created_spread_and_scaled() {
     let mut s = service("web", 12);
     let mut tasks = Vec::new();
     let mut next = 0;
-    converge(&[s.clone()], &mut tasks, &nodes, &mut next);
+    converge(std::slice::from_ref(&s), &mut tasks, &nodes, &mut next);
     let per = running_per_node(&tasks);
     assert_eq!(per.values().sum::<usize>(), 12);
     assert!(per.values().all(|c| *c == 4), "{per:?}");
     s.spec.mode = ServiceMode::Replicated { replicas: 5 };
-    converge(&[s.clone()], &mut tasks, &nodes, &mut next);
+    converge(std::slice::from_ref(&s), &mut tasks, &nodes, &mut next);
     assert_eq!(running_per_node(&tasks).values().sum::<usize>(), 5);
     let slots: std::collections::BTreeSet<u64> = tasks
         .iter()
@@ -107,17 +107,17 @@ fn drained_and_down_nodes_lose_their_tasks_and_failed_tasks_restart() {
     let s = service("web", 6);
     let mut tasks = Vec::new();
     let mut next = 0;
-    converge(&[s.clone()], &mut tasks, &nodes, &mut next);
+    converge(std::slice::from_ref(&s), &mut tasks, &nodes, &mut next);
     nodes[0].availability = Availability::Drain;
     nodes[1].status = NodeStatus::Down;
-    converge(&[s.clone()], &mut tasks, &nodes, &mut next);
+    converge(std::slice::from_ref(&s), &mut tasks, &nodes, &mut next);
     let per = running_per_node(&tasks);
     assert_eq!(per.get("n3"), Some(&6), "{per:?}");
     // A task that failed is replaced in its slot; the old one stays as history.
-    let failed = tasks.iter().position(|t| is_live_desired(t)).unwrap();
+    let failed = tasks.iter().position(is_live_desired).unwrap();
     let slot = tasks[failed].slot;
     tasks[failed].state = TaskState::Failed;
-    converge(&[s.clone()], &mut tasks, &nodes, &mut next);
+    converge(std::slice::from_ref(&s), &mut tasks, &nodes, &mut next);
     let in_slot: Vec<&Task> = tasks.iter().filter(|t| t.slot == slot).collect();
     assert_eq!(in_slot.iter().filter(|t| is_live_desired(t)).count(), 1);
     assert!(in_slot.iter().any(|t| t.state == TaskState::Failed));
@@ -129,11 +129,11 @@ fn a_removed_service_stops_then_deletes_its_tasks_and_history_is_bounded() {
     let s = service("web", 1);
     let mut tasks = Vec::new();
     let mut next = 0;
-    converge(&[s.clone()], &mut tasks, &nodes, &mut next);
+    converge(std::slice::from_ref(&s), &mut tasks, &nodes, &mut next);
     for _ in 0..(TASK_HISTORY + 3) {
-        let i = tasks.iter().position(|t| is_live_desired(t)).unwrap();
+        let i = tasks.iter().position(is_live_desired).unwrap();
         tasks[i].state = TaskState::Failed;
-        converge(&[s.clone()], &mut tasks, &nodes, &mut next);
+        converge(std::slice::from_ref(&s), &mut tasks, &nodes, &mut next);
     }
     assert!(tasks.len() <= TASK_HISTORY + 1, "{}", tasks.len());
     converge(&[], &mut tasks, &nodes, &mut next);
@@ -156,13 +156,13 @@ fn global_services_run_one_task_per_usable_node() {
     s.spec.mode = ServiceMode::Global;
     let mut tasks = Vec::new();
     let mut next = 0;
-    converge(&[s.clone()], &mut tasks, &nodes, &mut next);
+    converge(std::slice::from_ref(&s), &mut tasks, &nodes, &mut next);
     assert_eq!(running_per_node(&tasks).len(), 3);
     nodes.push(node("n4", NodeStatus::Ready, Availability::Active));
-    converge(&[s.clone()], &mut tasks, &nodes, &mut next);
+    converge(std::slice::from_ref(&s), &mut tasks, &nodes, &mut next);
     assert_eq!(running_per_node(&tasks).get("n4"), Some(&1));
     nodes[0].availability = Availability::Drain;
-    converge(&[s.clone()], &mut tasks, &nodes, &mut next);
+    converge(std::slice::from_ref(&s), &mut tasks, &nodes, &mut next);
     assert_eq!(running_per_node(&tasks).get("n1"), None);
 }
 

@@ -1,0 +1,250 @@
+//! Services on a real cluster (lab hosts): replicas created, spread, scaled,
+//! moved off drained and dead nodes without ever running more than asked,
+//! restarted when they fail, and removed.
+
+use std::time::Duration;
+
+use cluster_tests::cluster::ClusterLab;
+use cluster_tests::poll_until;
+
+const T: Duration = Duration::from_secs(90);
+
+/// Imports a busybox image as `busybox` on every node.
+fn load_busybox(c: &ClusterLab, hosts: &[&str]) {
+    for h in hosts {
+        let tar = c.lab.host(h).dir().join("busybox-rootfs.tar");
+        cluster_tests::busybox_rootfs_tar(&tar);
+        c.cli(h, &["import", &tar.display().to_string(), "busybox"])
+            .ok("import busybox");
+    }
+}
+
+/// Running containers of service `name` on `host`.
+fn running_on(c: &ClusterLab, host: &str, name: &str) -> usize {
+    let out = c.cli(host, &["ps", "--format", "json"]);
+    if out.code != 0 {
+        return usize::MAX;
+    }
+    out.stdout
+        .lines()
+        .filter(|l| l.contains(&format!("\"{name}.")) || l.contains(&format!("/{name}.")))
+        .count()
+}
+
+fn running_total(c: &ClusterLab, hosts: &[&str], name: &str) -> Vec<usize> {
+    hosts.iter().map(|h| running_on(c, h, name)).collect()
+}
+
+fn tasks(c: &ClusterLab, via: &str, service: &str) -> Vec<serde_json::Value> {
+    c.cli(via, &["service", "ps", service, "--format", "json"])
+        .ok("service ps")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn replicated_service_spreads_scales_drains_survives_a_dead_node_and_is_removed() {
+    let _serial = cluster_tests::cluster::serial();
+    let hosts = ["m1", "w1", "w2"];
+    let c = ClusterLab::new(&hosts, "300ms");
+    c.init("m1");
+    c.join_worker("w1", "m1");
+    c.join_worker("w2", "m1");
+    load_busybox(&c, &hosts);
+    poll_until(T, "3 ready nodes", || {
+        c.nodes("m1", false)
+            .iter()
+            .filter(|n| n["Status"] == "ready")
+            .count()
+            == 3
+    });
+
+    // Created and converged (the CLI waits), spread evenly.
+    let out = c
+        .cli(
+            "m1",
+            &[
+                "service",
+                "create",
+                "--name",
+                "web",
+                "--replicas",
+                "6",
+                "busybox",
+                "sleep",
+                "1000",
+            ],
+        )
+        .ok("service create");
+    assert!(out.contains("converged"), "{out}");
+    poll_until(T, "6 containers, 2 per node", || {
+        running_total(&c, &hosts, "web") == vec![2, 2, 2]
+    });
+    let ls = c.cli("m1", &["service", "ls"]).ok("service ls");
+    assert!(ls.contains("web") && ls.contains("6/6"), "{ls}");
+
+    // Scaled down and up.
+    c.cli("m1", &["service", "scale", "web=3"]).ok("scale 3");
+    poll_until(T, "3 containers", || {
+        running_total(&c, &hosts, "web").iter().sum::<usize>() == 3
+    });
+    c.cli("m1", &["service", "scale", "web=6"]).ok("scale 6");
+    poll_until(T, "6 containers", || {
+        running_total(&c, &hosts, "web").iter().sum::<usize>() == 6
+    });
+
+    // Drain w1: its tasks move; 6 run on the other two.
+    c.cli("m1", &["node", "update", "--availability", "drain", "w1"])
+        .ok("drain");
+    poll_until(T, "none on w1, 6 elsewhere", || {
+        running_total(&c, &hosts, "web") == vec![3, 0, 3]
+    });
+
+    // Kill w2's daemon (its containers keep running, unwatched): once it is
+    // down its tasks are replaced on m1; when it returns it stops the stale ones.
+    c.node("w2").proc.kill9();
+    poll_until(T, "6 running tasks without w2", || {
+        tasks(&c, "m1", "web")
+            .iter()
+            .filter(|t| {
+                t["DesiredState"] == "running"
+                    && t["CurrentState"] == "running"
+                    && t["Node"] == "m1"
+            })
+            .count()
+            == 6
+    });
+    let w2 = c.node("w2");
+    let data = w2.data_root.display().to_string();
+    let back = c.lab.host("w2").spawn(
+        "worker-back",
+        cluster_tests::bin("flotilla-worker"),
+        &[
+            "-H",
+            &w2.socket,
+            "--data-root",
+            &data,
+            "--sandbox-pool",
+            "0",
+        ],
+        &[],
+    );
+    poll_until(T, "w2 back and its stale containers stopped", || {
+        assert!(back.is_running(), "{}", back.log());
+        running_on(&c, "w2", "web") == 0
+    });
+    assert_eq!(running_total(&c, &hosts, "web").iter().sum::<usize>(), 6);
+
+    // Removed: every container stops.
+    c.cli("m1", &["service", "rm", "web"]).ok("service rm");
+    poll_until(T, "no web container anywhere", || {
+        running_total(&c, &hosts, "web").iter().sum::<usize>() == 0
+    });
+    let ls = c.cli("m1", &["service", "ls"]).ok("service ls");
+    assert!(!ls.contains("web"), "{ls}");
+}
+
+#[test]
+fn failing_tasks_are_replaced_and_bad_input_is_refused() {
+    let _serial = cluster_tests::cluster::serial();
+    let hosts = ["m1"];
+    let c = ClusterLab::new(&hosts, "300ms");
+    c.init("m1");
+    load_busybox(&c, &hosts);
+
+    // A command that exits 1: tasks fail and are replaced in their slot.
+    c.cli(
+        "m1",
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "crash",
+            "--restart-delay",
+            "200ms",
+            "busybox",
+            "sh",
+            "-c",
+            "exit 1",
+        ],
+    )
+    .ok("create crash");
+    poll_until(T, "failed tasks kept as history", || {
+        let t = tasks(&c, "m1", "crash");
+        t.iter().filter(|t| t["CurrentState"] == "failed").count() >= 2
+            && t.iter().all(|t| t["Name"] == "crash.1")
+    });
+    let t = tasks(&c, "m1", "crash");
+    let failed = t.iter().find(|t| t["CurrentState"] == "failed").unwrap();
+    assert!(
+        failed["Error"].as_str().unwrap().contains("exit"),
+        "{failed}"
+    );
+    c.cli("m1", &["service", "rm", "crash"]).ok("rm crash");
+
+    // A constraint nothing satisfies: the task stays pending with the reason.
+    c.cli(
+        "m1",
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "nowhere",
+            "--constraint",
+            "node.labels.zone==mars",
+            "busybox",
+            "sleep",
+            "100",
+        ],
+    )
+    .ok("create nowhere");
+    poll_until(T, "pending with a reason", || {
+        tasks(&c, "m1", "nowhere").iter().any(|t| {
+            t["CurrentState"] == "pending"
+                && t["Error"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("scheduling constraints not satisfied")
+        })
+    });
+
+    // Refused at the edge; nothing stored.
+    let e = c.cli(
+        "m1",
+        &["service", "create", "--name", "bad name", "busybox"],
+    );
+    assert!(
+        e.code != 0 && e.stderr.contains("invalid service name"),
+        "{}",
+        e.stderr
+    );
+    let e = c.cli(
+        "m1",
+        &[
+            "service",
+            "create",
+            "--constraint",
+            "node.color==red",
+            "busybox",
+        ],
+    );
+    assert!(
+        e.code != 0 && e.stderr.contains("node.color"),
+        "{}",
+        e.stderr
+    );
+    let e = c.cli("m1", &["service", "create", "--replicas", "-1", "busybox"]);
+    assert_ne!(e.code, 0);
+    let e = c.cli("m1", &["service", "create", "--name", "nowhere", "busybox"]);
+    assert!(
+        e.code != 0 && e.stderr.contains("already exists"),
+        "{}",
+        e.stderr
+    );
+    let ls = c.cli("m1", &["service", "ls", "-q"]).ok("ls");
+    assert_eq!(ls.lines().count(), 1, "{ls}");
+}
