@@ -129,6 +129,9 @@ pub struct ServiceView {
     pub running: u64,
     /// Tasks wanted (replicas, or eligible nodes for global services).
     pub desired: u64,
+    /// The last rolling update's progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_status: Option<crate::objects::UpdateStatus>,
 }
 
 /// A task as `service ps` shows it.
@@ -167,4 +170,10 @@ pub struct TaskView {
     pub container_id: String,
     /// Exit code, once exited.
     pub exit_code: Option<i64>,
+    /// When the task was created (ns since the epoch).
+    pub created_at: Timestamp,
+    /// When it was reported running, if it was.
+    pub running_at: Option<Timestamp>,
+    /// The service spec generation it runs.
+    pub spec_generation: u64,
 }

@@ -174,6 +174,22 @@ pub struct Service {
     /// generation they were made from, so the updater knows which are stale.
     #[serde(default)]
     pub spec_generation: u64,
+    /// The progress of the last update or rollback (written by the orchestrator).
+    #[serde(default)]
+    pub update_status: Option<UpdateStatus>,
+}
+
+/// Where a rolling update stands (`service inspect` shows it).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct UpdateStatus {
+    /// `updating`, `paused`, `completed`, `rollback_started`, `rollback_completed`.
+    pub state: String,
+    /// Why (e.g. which task failed).
+    #[serde(default)]
+    pub message: String,
+    /// The spec generation being rolled out.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 /// One scheduled instance of a service.
@@ -215,6 +231,9 @@ pub struct Task {
     /// Why it failed or was rejected (empty otherwise).
     #[serde(default)]
     pub error: String,
+    /// When the agent reported it running (set by the dispatcher).
+    #[serde(default)]
+    pub running_at: Option<Timestamp>,
 }
 
 impl Default for Task {
@@ -233,6 +252,7 @@ impl Default for Task {
             container_id: String::new(),
             exit_code: None,
             error: String::new(),
+            running_at: None,
         }
     }
 }

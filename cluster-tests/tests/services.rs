@@ -248,3 +248,147 @@ fn failing_tasks_are_replaced_and_bad_input_is_refused() {
     let ls = c.cli("m1", &["service", "ls", "-q"]).ok("ls");
     assert_eq!(ls.lines().count(), 1, "{ls}");
 }
+
+fn inspect(c: &ClusterLab, service: &str) -> serde_json::Value {
+    let out = c
+        .cli("m1", &["service", "inspect", service])
+        .ok("service inspect");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v[0].clone()
+}
+
+#[test]
+fn rolling_updates_roll_back_global_services_follow_nodes_and_unhealthy_tasks_are_replaced() {
+    let _serial = cluster_tests::cluster::serial();
+    let c = ClusterLab::new(&["m1", "w1", "w2"], "300ms");
+    c.init("m1");
+    c.join_worker("w1", "m1");
+    load_busybox(&c, &["m1", "w1"]);
+
+    // Rolling update, 2 at a time, checked from the task history.
+    c.cli(
+        "m1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--replicas",
+            "4",
+            "--update-parallelism",
+            "2",
+            "busybox",
+            "sleep",
+            "1000",
+        ],
+    )
+    .ok("create web");
+    c.cli("m1", &["service", "update", "--force", "web"])
+        .ok("update --force");
+    let gen = inspect(&c, "web")["Spec"].clone();
+    assert!(gen.is_object());
+    poll_until(T, "update completed", || {
+        inspect(&c, "web")["UpdateStatus"]["state"] == "completed"
+    });
+    let all = tasks(&c, "m1", "web");
+    let newest_gen = all
+        .iter()
+        .map(|t| t["SpecGeneration"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    let new: Vec<&serde_json::Value> = all
+        .iter()
+        .filter(|t| t["SpecGeneration"].as_u64() == Some(newest_gen))
+        .collect();
+    assert_eq!(new.len(), 4, "{all:?}");
+    for t in &new {
+        let created = t["CreatedAt"].as_u64().unwrap();
+        let overlapping = new
+            .iter()
+            .filter(|u| {
+                u["CreatedAt"].as_u64().unwrap() <= created
+                    && u["RunningAt"].as_u64().is_none_or(|r| r > created)
+            })
+            .count();
+        assert!(
+            overlapping <= 2,
+            "{overlapping} tasks updating at once: {new:?}"
+        );
+    }
+
+    // An update to a failing command rolls back to the previous spec.
+    c.cli(
+        "m1",
+        &[
+            "service",
+            "update",
+            "-d",
+            "--update-failure-action",
+            "rollback",
+            "--args",
+            "false",
+            "web",
+        ],
+    )
+    .ok("bad update");
+    poll_until(T, "rolled back", || {
+        let v = inspect(&c, "web");
+        v["UpdateStatus"]["state"] == "rollback_completed"
+            && v["Spec"]["task"]["container"]["command"] == serde_json::json!(["sleep", "1000"])
+            && v["Running"] == 4
+    });
+    c.cli("m1", &["service", "rm", "web"]).ok("rm web");
+
+    // A global service gets a task on a node that joins later.
+    c.cli(
+        "m1",
+        &[
+            "service", "create", "-d", "--name", "agent", "--mode", "global", "busybox", "sleep",
+            "1000",
+        ],
+    )
+    .ok("create global");
+    poll_until(T, "global on 2 nodes", || {
+        running_on(&c, "m1", "agent") == 1 && running_on(&c, "w1", "agent") == 1
+    });
+    c.join_worker("w2", "m1");
+    load_busybox(&c, &["w2"]);
+    poll_until(T, "global on the new node", || {
+        running_on(&c, "w2", "agent") == 1
+    });
+    c.cli("m1", &["service", "rm", "agent"]).ok("rm agent");
+
+    // A failing health check replaces the task.
+    c.cli(
+        "m1",
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "sick",
+            "--health-cmd",
+            "false",
+            "--health-interval",
+            "300ms",
+            "--health-retries",
+            "2",
+            "--restart-delay",
+            "200ms",
+            "busybox",
+            "sleep",
+            "1000",
+        ],
+    )
+    .ok("create sick");
+    poll_until(T, "unhealthy tasks replaced", || {
+        tasks(&c, "m1", "sick")
+            .iter()
+            .filter(|t| {
+                t["CurrentState"] == "failed"
+                    && t["Error"].as_str().unwrap_or("").contains("unhealthy")
+            })
+            .count()
+            >= 2
+    });
+}

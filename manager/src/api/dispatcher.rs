@@ -279,6 +279,14 @@ impl Dispatcher for DispatcherApi {
                     break;
                 }
                 task.state = to;
+                if to == TaskState::Running {
+                    task.running_at = Some(
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_nanos() as u64)
+                            .unwrap_or(0),
+                    );
+                }
                 task.message = st.message.clone();
                 if !st.container_id.is_empty() {
                     task.container_id = st.container_id.clone();

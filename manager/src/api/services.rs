@@ -115,6 +115,7 @@ pub fn view(service: &Service, tasks: &[Task], nodes: &[Node]) -> ServiceView {
         mode: service.spec.mode.as_str().to_string(),
         running,
         desired: desired(service, nodes),
+        update_status: service.update_status.clone(),
     }
 }
 
@@ -151,6 +152,9 @@ pub fn task_view(t: &Task, hostnames: &HashMap<String, String>) -> TaskView {
         message: t.message.clone(),
         container_id: t.container_id.clone(),
         exit_code: t.exit_code,
+        created_at: t.meta.created_at,
+        running_at: t.running_at,
+        spec_generation: t.spec_generation,
     }
 }
 

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_common::objects::{
-    Availability, Meta, Node, NodeStatus, Object, Service, Task, Timestamp,
+    Availability, Meta, Node, NodeStatus, Object, Service, Task, Timestamp, UpdateStatus,
 };
-use agent_common::spec::{RestartCondition, ServiceMode};
+use agent_common::spec::{FailureAction, RestartCondition, ServiceMode, UpdateOrder};
 use agent_common::task_state::TaskState;
 
 use crate::daemon::Manager;
@@ -173,6 +173,119 @@ pub fn plan(services: &[Service], tasks: &[Task], nodes: &[Node], now: Timestamp
         let wanted_keys: std::collections::HashSet<&str> =
             wanted.iter().map(|(k, _, _)| k.as_str()).collect();
 
+        // --- the rolling update's state ---
+        let gen = service.spec_generation;
+        let status = service
+            .update_status
+            .as_ref()
+            .map(|u| u.state.as_str())
+            .unwrap_or("");
+        let rolling_back = status == "rollback_started";
+        let cfg = if rolling_back {
+            &service.spec.rollback
+        } else {
+            &service.spec.update
+        };
+        let live_of = |t: &&Task| is_live_desired(t) && !t.state.is_terminal();
+        let stale_slots = stasks
+            .iter()
+            .filter(|t| live_of(t) && t.spec_generation != gen)
+            .count();
+        let in_progress = stasks
+            .iter()
+            .filter(|t| live_of(t) && t.spec_generation == gen && t.state < TaskState::Running)
+            .count();
+        let mut budget = if status == "paused" {
+            0
+        } else if cfg.parallelism == 0 {
+            usize::MAX
+        } else {
+            (cfg.parallelism as usize).saturating_sub(in_progress)
+        };
+        let updating = matches!(status, "updating" | "rollback_started");
+        if updating && service.previous_spec.is_some() {
+            let failed: Vec<&&Task> = stasks
+                .iter()
+                .filter(|t| {
+                    t.spec_generation == gen
+                        && matches!(t.state, TaskState::Failed | TaskState::Rejected)
+                })
+                .collect();
+            let allowed = (cfg.max_failure_ratio * wanted.len().max(1) as f64).floor() as usize;
+            if failed.len() > allowed && cfg.failure_action != FailureAction::Continue {
+                let why = failed
+                    .first()
+                    .map(|t| {
+                        format!(
+                            "task {} failed: {}",
+                            t.meta.id,
+                            if t.error.is_empty() {
+                                &t.message
+                            } else {
+                                &t.error
+                            }
+                        )
+                    })
+                    .unwrap_or_default();
+                let mut s = service.clone();
+                if cfg.failure_action == FailureAction::Rollback && !rolling_back {
+                    if let Some(prev) = s.previous_spec.take() {
+                        s.previous_spec = Some(std::mem::replace(&mut s.spec, prev));
+                        s.spec_generation += 1;
+                        s.update_status = Some(UpdateStatus {
+                            state: "rollback_started".into(),
+                            message: format!("update rolled back due to failure: {why}"),
+                            generation: s.spec_generation,
+                        });
+                    }
+                } else {
+                    s.update_status = Some(UpdateStatus {
+                        state: "paused".into(),
+                        message: format!("update paused due to failure: {why}"),
+                        generation: gen,
+                    });
+                }
+                s.replicas = match s.spec.mode {
+                    ServiceMode::Replicated { replicas } => replicas,
+                    _ => 0,
+                };
+                s.image = s.spec.task.container.image.clone();
+                actions.push(Action::Update(Object::Service(s)));
+                continue;
+            }
+        }
+        if stale_slots > 0 && !updating && status != "paused" && service.previous_spec.is_some() {
+            let mut s = service.clone();
+            s.update_status = Some(UpdateStatus {
+                state: "updating".into(),
+                message: "update in progress".into(),
+                generation: gen,
+            });
+            actions.push(Action::Update(Object::Service(s)));
+            continue;
+        }
+        if updating && stale_slots == 0 && in_progress == 0 {
+            let mut s = service.clone();
+            s.update_status = Some(UpdateStatus {
+                state: if rolling_back {
+                    "rollback_completed".into()
+                } else {
+                    "completed".into()
+                },
+                message: if rolling_back {
+                    service
+                        .update_status
+                        .as_ref()
+                        .map(|u| u.message.clone())
+                        .unwrap_or_default()
+                } else {
+                    "update completed".into()
+                },
+                generation: gen,
+            });
+            actions.push(Action::Update(Object::Service(s)));
+        }
+
         for (key, slot, node) in &wanted {
             let in_slot = slots.get(key).cloned().unwrap_or_default();
             let mut live: Vec<&Task> = in_slot
@@ -219,19 +332,47 @@ pub fn plan(services: &[Service], tasks: &[Task], nodes: &[Node], now: Timestamp
                     actions.push(shutdown(t, why));
                     replaced.push(t.meta.id.clone());
                     need_new = true;
-                } else if t.spec_generation != service.spec_generation {
-                    actions.push(shutdown(t, "service updated"));
-                    replaced.push(t.meta.id.clone());
-                    need_new = true;
                 }
             }
             live.retain(|t| !replaced.contains(&t.meta.id));
-            // Never two live tasks in a slot: keep the newest.
-            if live.len() > 1 {
-                live.sort_by_key(|t| t.meta.created_at);
-                for t in &live[..live.len() - 1] {
+            // Rolling update: a slot still on an older generation is
+            // updated when the budget (parallelism) allows.
+            let (stale, mut fresh): (Vec<&Task>, Vec<&Task>) =
+                live.iter().partition(|t| t.spec_generation != gen);
+            // Never two live tasks of one generation in a slot: keep the newest.
+            if fresh.len() > 1 {
+                fresh.sort_by_key(|t| t.meta.created_at);
+                for t in &fresh[..fresh.len() - 1] {
                     actions.push(shutdown(t, "duplicate task in slot"));
                 }
+                fresh = vec![fresh[fresh.len() - 1]];
+            }
+            if !stale.is_empty() {
+                if let Some(new) = fresh.first() {
+                    // start-first: the old task stops once the new one runs.
+                    if new.state == TaskState::Running {
+                        for t in &stale {
+                            actions.push(shutdown(t, "replaced by the updated task"));
+                        }
+                    }
+                } else if budget > 0 {
+                    budget -= 1;
+                    if cfg.order != UpdateOrder::StartFirst {
+                        for t in &stale {
+                            actions.push(shutdown(t, "service updated"));
+                        }
+                    }
+                    actions.push(Action::Create(Object::Task(new_task(
+                        service,
+                        *slot,
+                        node.as_deref(),
+                        now,
+                    ))));
+                }
+                need_new = false;
+                live.clear();
+            } else {
+                live = fresh;
             }
             if need_new && live.is_empty() {
                 actions.push(Action::Create(Object::Task(new_task(

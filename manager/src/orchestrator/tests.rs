@@ -194,3 +194,109 @@ fn restart_condition_none_and_max_attempts_leave_the_slot_finished() {
     converge(std::slice::from_ref(&s), &mut tasks, &nodes, &mut next);
     assert_eq!(tasks.len(), 3, "first run + 2 restarts: {tasks:?}");
 }
+
+/// One orchestrator + scheduler pass, then the "agent" runs what was
+/// assigned and stops what was shut down. Returns the tasks that were
+/// starting (assigned, not yet running) after the pass.
+fn step(services: &mut [Service], tasks: &mut Vec<Task>, nodes: &[Node], next: &mut u64) -> usize {
+    let a = plan(services, tasks, nodes, 0);
+    for act in &a {
+        if let Action::Update(Object::Service(s)) = act {
+            let i = services
+                .iter()
+                .position(|x| x.meta.id == s.meta.id)
+                .unwrap();
+            services[i] = s.clone();
+        }
+    }
+    let a: Vec<Action> = a
+        .into_iter()
+        .filter(|x| !matches!(x, Action::Update(Object::Service(_))))
+        .collect();
+    apply(tasks, a, next);
+    let s = schedule(tasks, nodes, services);
+    apply(tasks, s, next);
+    let starting = tasks
+        .iter()
+        .filter(|t| is_live_desired(t) && t.state == TaskState::Assigned)
+        .count();
+    for t in tasks.iter_mut() {
+        if t.desired_state == TaskState::Shutdown && !t.state.is_terminal() {
+            t.state = TaskState::Shutdown;
+        } else if t.state == TaskState::Assigned && is_live_desired(t) {
+            // The new command fails when the generation is "bad".
+            t.state = if t.spec.container.command == vec!["false".to_string()] {
+                TaskState::Failed
+            } else {
+                TaskState::Running
+            };
+        }
+    }
+    starting
+}
+
+#[test]
+fn rolling_updates_respect_parallelism_and_roll_back_on_failure() {
+    let nodes: Vec<Node> = (1..=3)
+        .map(|i| node(&format!("n{i}"), NodeStatus::Ready, Availability::Active))
+        .collect();
+    let mut services = vec![service("web", 6)];
+    services[0].spec.task.container.command = vec!["sleep".into()];
+    services[0].spec.update.parallelism = 2;
+    services[0].spec.update.failure_action = FailureAction::Rollback;
+    let mut tasks = Vec::new();
+    let mut next = 0;
+    for _ in 0..5 {
+        step(&mut services, &mut tasks, &nodes, &mut next);
+    }
+    assert_eq!(
+        tasks
+            .iter()
+            .filter(|t| t.state == TaskState::Running)
+            .count(),
+        6
+    );
+
+    // A good update: never more than 2 slots starting at once; all replaced.
+    let old = services[0].spec.clone();
+    services[0].previous_spec = Some(old.clone());
+    services[0].spec.task.container.command = vec!["sleep".into(), "2".into()];
+    services[0].spec_generation += 1;
+    for _ in 0..20 {
+        let starting = step(&mut services, &mut tasks, &nodes, &mut next);
+        assert!(starting <= 2, "{starting} slots updating at once");
+    }
+    let running: Vec<&Task> = tasks
+        .iter()
+        .filter(|t| t.state == TaskState::Running)
+        .collect();
+    assert_eq!(running.len(), 6);
+    assert!(running
+        .iter()
+        .all(|t| t.spec_generation == services[0].spec_generation));
+    assert_eq!(
+        services[0].update_status.as_ref().unwrap().state,
+        "completed"
+    );
+
+    // A bad update (the command fails): rolled back to the previous spec.
+    let good = services[0].spec.clone();
+    services[0].previous_spec = Some(good.clone());
+    services[0].spec.task.container.command = vec!["false".into()];
+    services[0].spec_generation += 1;
+    for _ in 0..30 {
+        step(&mut services, &mut tasks, &nodes, &mut next);
+    }
+    assert_eq!(services[0].spec, good, "the spec was rolled back");
+    let status = services[0].update_status.clone().unwrap();
+    assert_eq!(status.state, "rollback_completed", "{status:?}");
+    assert!(status.message.contains("rolled back"), "{status:?}");
+    let running: Vec<&Task> = tasks
+        .iter()
+        .filter(|t| t.state == TaskState::Running)
+        .collect();
+    assert_eq!(running.len(), 6);
+    assert!(running
+        .iter()
+        .all(|t| t.spec.container.command == good.task.container.command));
+}
