@@ -24,6 +24,7 @@ use clap::{Parser, Subcommand};
 
 mod cluster;
 mod scheduler;
+mod services;
 
 #[derive(Parser)]
 #[command(
@@ -68,6 +69,16 @@ enum Cmd {
         /// Writes per control-API measurement.
         #[arg(long, default_value_t = 500)]
         writes: usize,
+    },
+    /// Services on real nodes: create N replicas, a worker's death, a drain
+    /// (set FLOTILLA_BIN_DIR to the release binaries).
+    Services {
+        /// Replicas created on one node.
+        #[arg(short = 'n', long, default_value_t = 100)]
+        replicas: usize,
+        /// The cluster's heartbeat period (node-down detection is 3 periods).
+        #[arg(long, default_value = "1s")]
+        heartbeat: String,
     },
     /// Scheduler placement decisions per second, in process, on synthetic clusters.
     Scheduler {
@@ -537,6 +548,10 @@ fn main() -> Result<()> {
             bin_dir,
         } => network(runs.max(1), megabytes.max(1), &bin_dir),
         Cmd::Cluster { runs, writes } => cluster::run(runs.max(1), writes.max(1)),
+        Cmd::Services {
+            replicas,
+            heartbeat,
+        } => services::run(replicas.max(1), &heartbeat),
         Cmd::Scheduler {
             nodes,
             tasks,

@@ -50,6 +50,7 @@ pub struct ClusterLab {
     pub lab: Lab,
     nodes: std::sync::Mutex<Vec<NodeProc>>,
     heartbeat: String,
+    sandbox_pool: String,
 }
 
 /// The output of a command as text, with its status.
@@ -92,7 +93,15 @@ impl ClusterLab {
             lab: Lab::with_hosts(names),
             nodes: std::sync::Mutex::new(Vec::new()),
             heartbeat: heartbeat.to_string(),
+            sandbox_pool: "0".into(),
         }
+    }
+
+    /// Daemons started from now on keep `n` sandboxes prepared (default 0,
+    /// which keeps tests light; benchmarks use the daemons' default 8).
+    pub fn with_sandbox_pool(mut self, n: u16) -> Self {
+        self.sandbox_pool = n.to_string();
+        self
     }
 
     /// The node on `host` (its current process).
@@ -123,7 +132,15 @@ impl ClusterLab {
     fn spawn_manager(&self, host: &str, extra: &[&str]) -> NodeProc {
         let (socket, data, ip) = self.paths(host);
         let data_s = data.display().to_string();
-        let mut args = vec!["-H", &socket, "--data-root", &data_s, "--sandbox-pool", "0"];
+        let pool = self.sandbox_pool.clone();
+        let mut args = vec![
+            "-H",
+            &socket,
+            "--data-root",
+            &data_s,
+            "--sandbox-pool",
+            &pool,
+        ];
         args.extend_from_slice(extra);
         let restarts = self
             .all()
@@ -249,7 +266,7 @@ impl ClusterLab {
                 "--data-root",
                 &data_s,
                 "--sandbox-pool",
-                "0",
+                &self.sandbox_pool,
                 "join",
                 "--token",
                 &token,
@@ -313,7 +330,7 @@ impl ClusterLab {
     /// [`CLI_TIMEOUT`] is killed and reported with code -1.
     pub fn cli(&self, host: &str, args: &[&str]) -> CliOut {
         let socket = self.node(host).socket;
-        let mut child = std::process::Command::new(bin("flotilla"))
+        let child = std::process::Command::new(bin("flotilla"))
             .arg("-H")
             .arg(socket)
             .args(args)
@@ -322,25 +339,25 @@ impl ClusterLab {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("run flotilla");
-        let deadline = Instant::now() + CLI_TIMEOUT;
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(5))
-                }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return CliOut {
-                        code: -1,
-                        stdout: String::new(),
-                        stderr: format!("flotilla {args:?} did not finish within {CLI_TIMEOUT:?}"),
-                    };
+        let pid = child.id() as i32;
+        // Collect the output on another thread (a full pipe must never block
+        // the CLI while we wait), and give up after the timeout.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        match rx.recv_timeout(CLI_TIMEOUT) {
+            Ok(Ok(out)) => CliOut::from(out),
+            Ok(Err(e)) => panic!("flotilla {args:?}: {e}"),
+            Err(_) => {
+                kill_child(pid);
+                CliOut {
+                    code: -1,
+                    stdout: String::new(),
+                    stderr: format!("flotilla {args:?} did not finish within {CLI_TIMEOUT:?}"),
                 }
             }
         }
-        CliOut::from(child.wait_with_output().expect("collect flotilla output"))
     }
 
     /// The current join token of `role`, from the manager on `host`.
@@ -412,4 +429,11 @@ impl ClusterLab {
     pub fn hosts(&self) -> Vec<String> {
         self.all().iter().map(|n| n.host.clone()).collect()
     }
+}
+
+/// Sends SIGKILL to our own child `pid`, by PID.
+fn kill_child(pid: i32) {
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status();
 }

@@ -23,7 +23,7 @@ fn load_busybox(c: &ClusterLab, hosts: &[&str]) {
 fn running_on(c: &ClusterLab, host: &str, name: &str) -> usize {
     let out = c.cli(host, &["ps", "--format", "json"]);
     if out.code != 0 {
-        return usize::MAX;
+        return 10_000; // unknown: never equal to a real count
     }
     out.stdout
         .lines()
@@ -391,4 +391,110 @@ fn rolling_updates_roll_back_global_services_follow_nodes_and_unhealthy_tasks_ar
             .count()
             >= 2
     });
+}
+
+#[test]
+fn spread_constraints_and_a_leader_killed_during_a_scale_up() {
+    let _serial = cluster_tests::cluster::serial();
+    let hosts = ["m1", "m2", "m3", "w1", "w2", "w3"];
+    let c = ClusterLab::new(&hosts, "300ms");
+    c.init("m1");
+    c.join_manager("m2", "m1");
+    c.join_manager("m3", "m1");
+    for w in ["w1", "w2", "w3"] {
+        c.join_worker(w, "m1");
+    }
+    load_busybox(&c, &hosts);
+    poll_until(T, "6 ready nodes", || {
+        c.nodes("m1", false)
+            .iter()
+            .filter(|n| n["Status"] == "ready")
+            .count()
+            == 6
+    });
+
+    // 12 replicas over 6 nodes: 2 each.
+    c.cli(
+        "m1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--replicas",
+            "12",
+            "busybox",
+            "sleep",
+            "1000",
+        ],
+    )
+    .ok("create web");
+    poll_until(T, "2 per node", || {
+        running_total(&c, &hosts, "web") == vec![2; 6]
+    });
+
+    // Only workers, at most one per node: 3 run, the 4th waits with its reason.
+    c.cli(
+        "m1",
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "pinned",
+            "--replicas",
+            "4",
+            "--constraint",
+            "node.role==worker",
+            "--replicas-max-per-node",
+            "1",
+            "busybox",
+            "sleep",
+            "1000",
+        ],
+    )
+    .ok("create pinned");
+    poll_until(T, "3 pinned on workers, 1 pending", || {
+        let t = tasks(&c, "m1", "pinned");
+        running_total(&c, &hosts, "pinned") == vec![0, 0, 0, 1, 1, 1]
+            && t.iter().any(|t| {
+                t["CurrentState"] == "pending"
+                    && t["Error"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("max replicas per node")
+            })
+    });
+
+    // Scale up and kill the leader right away: exactly 24 run in the end.
+    let leader = c.wait_leader(T);
+    let via = hosts[..3]
+        .iter()
+        .find(|h| **h != leader)
+        .unwrap()
+        .to_string();
+    c.cli(&via, &["service", "scale", "-d", "web=24"])
+        .ok("scale");
+    c.node(&leader).proc.kill9();
+    poll_until(T, "24 running tasks", || {
+        let out = c.cli(&via, &["service", "ps", "web", "--format", "json"]);
+        out.code == 0
+            && out
+                .stdout
+                .lines()
+                .filter(|l| {
+                    l.contains("\"CurrentState\":\"running\"")
+                        && l.contains("\"DesiredState\":\"running\"")
+                })
+                .count()
+                == 24
+    });
+    c.resume_manager(&leader, &[]);
+    poll_until(
+        T,
+        "exactly 24 containers once the old leader is back",
+        || running_total(&c, &hosts, "web").iter().sum::<usize>() == 24,
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(running_total(&c, &hosts, "web").iter().sum::<usize>(), 24);
 }

@@ -1,0 +1,165 @@
+//! `flotilla-bench services`: real nodes on lab hosts (`cluster_tests::cluster`),
+//! real busybox containers:
+//!
+//! - `service create --replicas N` → N tasks running, on one node;
+//! - a worker's death (`kill -9` of its daemon) → its replicas running on
+//!   the other nodes;
+//! - `node update --availability drain` of a node holding 50 tasks → all 50
+//!   running elsewhere.
+//!
+//! Binaries come from `FLOTILLA_BIN_DIR` (point it at `target/release`).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use cluster_tests::cluster::ClusterLab;
+
+fn load_busybox(c: &ClusterLab, hosts: &[&str]) {
+    for h in hosts {
+        let tar = c.lab.host(h).dir().join("busybox-rootfs.tar");
+        cluster_tests::busybox_rootfs_tar(&tar);
+        c.cli(h, &["import", &tar.display().to_string(), "busybox"])
+            .ok("import busybox");
+    }
+}
+
+/// Running tasks of `service`, by node hostname.
+fn running(c: &ClusterLab, service: &str) -> Vec<String> {
+    let out = c.cli("m1", &["service", "ps", service, "--format", "json"]);
+    out.stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|t| t["CurrentState"] == "running" && t["DesiredState"] == "running")
+        .map(|t| t["Node"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+fn wait(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Result<Duration> {
+    let t0 = Instant::now();
+    while !done() {
+        if t0.elapsed() > timeout {
+            bail!("{what}: not reached within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(t0.elapsed())
+}
+
+/// Runs the services benchmark.
+pub fn run(replicas: usize, heartbeat: &str) -> Result<()> {
+    // 1. create → N running on one node.
+    {
+        let c = ClusterLab::new(&["m1"], heartbeat).with_sandbox_pool(8);
+        c.init("m1");
+        load_busybox(&c, &["m1"]);
+        let n = replicas.to_string();
+        let t0 = Instant::now();
+        c.cli(
+            "m1",
+            &[
+                "service",
+                "create",
+                "-d",
+                "--name",
+                "bench",
+                "--replicas",
+                &n,
+                "busybox",
+                "sleep",
+                "100000",
+            ],
+        )
+        .ok("service create");
+        wait("all replicas running", Duration::from_secs(600), || {
+            running(&c, "bench").len() == replicas
+        })?;
+        let dt = t0.elapsed();
+        println!(
+            "service create --replicas {replicas} -> {replicas} running on one node: {:.2} s ({:.1} ms per task)",
+            dt.as_secs_f64(),
+            dt.as_secs_f64() * 1e3 / replicas as f64
+        );
+        c.cli("m1", &["service", "rm", "bench"]).ok("service rm");
+        let _ = wait("containers gone", Duration::from_secs(120), || {
+            c.cli("m1", &["ps", "-q"]).stdout.trim().is_empty()
+        });
+    }
+    // 2. a worker dies → its replicas run elsewhere; 3. drain 50 tasks.
+    {
+        let c = ClusterLab::new(&["m1", "w1", "w2"], heartbeat).with_sandbox_pool(8);
+        c.init("m1");
+        c.join_worker("w1", "m1");
+        c.join_worker("w2", "m1");
+        load_busybox(&c, &["m1", "w1", "w2"]);
+        c.cli(
+            "m1",
+            &[
+                "service",
+                "create",
+                "-d",
+                "--name",
+                "web",
+                "--replicas",
+                "12",
+                "busybox",
+                "sleep",
+                "100000",
+            ],
+        )
+        .ok("create web");
+        wait("12 running", Duration::from_secs(120), || {
+            running(&c, "web").len() == 12
+        })?;
+        let on_w2 = running(&c, "web").iter().filter(|n| *n == "w2").count();
+        let t0 = Instant::now();
+        c.node("w2").proc.kill9();
+        wait("replicas restored", Duration::from_secs(120), || {
+            let r = running(&c, "web");
+            r.len() == 12 && !r.iter().any(|n| n == "w2")
+        })?;
+        println!(
+            "worker killed (kill -9, {on_w2} of 12 replicas on it, heartbeat {heartbeat}) -> all 12 running elsewhere: {:.2} s",
+            t0.elapsed().as_secs_f64()
+        );
+        c.cli("m1", &["service", "rm", "web"]).ok("rm web");
+        let _ = wait("web gone", Duration::from_secs(120), || {
+            running(&c, "web").is_empty()
+        });
+
+        c.cli(
+            "m1",
+            &[
+                "service",
+                "create",
+                "-d",
+                "--name",
+                "drainme",
+                "--replicas",
+                "100",
+                "--constraint",
+                "node.hostname!=w2",
+                "busybox",
+                "sleep",
+                "100000",
+            ],
+        )
+        .ok("create drainme");
+        wait("100 running", Duration::from_secs(600), || {
+            running(&c, "drainme").len() == 100
+        })?;
+        let on_w1 = running(&c, "drainme").iter().filter(|n| *n == "w1").count();
+        let t0 = Instant::now();
+        c.cli("m1", &["node", "update", "--availability", "drain", "w1"])
+            .ok("drain");
+        wait("drained", Duration::from_secs(600), || {
+            let r = running(&c, "drainme");
+            r.len() == 100 && !r.iter().any(|n| n == "w1")
+        })?;
+        println!(
+            "drain of a node holding {on_w1} tasks -> all running elsewhere: {:.2} s",
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    println!("(Docker swarm mode was not run side by side: this machine has no Docker daemon; see bench/README.md)");
+    Ok(())
+}
