@@ -202,6 +202,19 @@ pub fn plan(services: &[Service], tasks: &[Task], nodes: &[Node], now: Timestamp
         } else {
             (cfg.parallelism as usize).saturating_sub(in_progress)
         };
+        // --update-delay: the next batch starts `delay` after the last
+        // updated task of this generation started running.
+        if cfg.delay_ms > 0 && stale_slots > 0 {
+            let delay_ns = cfg.delay_ms.saturating_mul(1_000_000);
+            let recent = stasks.iter().any(|t| {
+                t.spec_generation == gen
+                    && t.running_at
+                        .is_some_and(|r| r.saturating_add(delay_ns) > now)
+            });
+            if recent {
+                budget = 0;
+            }
+        }
         let updating = matches!(status, "updating" | "rollback_started");
         if updating && service.previous_spec.is_some() {
             let failed: Vec<&&Task> = stasks

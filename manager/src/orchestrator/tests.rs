@@ -228,6 +228,7 @@ fn step(services: &mut [Service], tasks: &mut Vec<Task>, nodes: &[Node], next: &
             t.state = if t.spec.container.command == vec!["false".to_string()] {
                 TaskState::Failed
             } else {
+                t.running_at = Some(0);
                 TaskState::Running
             };
         }
@@ -299,4 +300,46 @@ fn rolling_updates_respect_parallelism_and_roll_back_on_failure() {
     assert!(running
         .iter()
         .all(|t| t.spec.container.command == good.task.container.command));
+}
+
+#[test]
+fn update_delay_holds_the_next_batch() {
+    let nodes = vec![node("n1", NodeStatus::Ready, Availability::Active)];
+    let mut s = service("web", 2);
+    s.spec.update.parallelism = 1;
+    s.spec.update.delay_ms = 1_000;
+    let mut tasks = Vec::new();
+    let mut next = 0;
+    let mut services = vec![s];
+    for _ in 0..4 {
+        step(&mut services, &mut tasks, &nodes, &mut next);
+    }
+    services[0].previous_spec = Some(services[0].spec.clone());
+    services[0].spec.task.container.command = vec!["new".into()];
+    services[0].spec_generation += 1;
+    // The first updated task starts running at t = 0.
+    for _ in 0..4 {
+        step(&mut services, &mut tasks, &nodes, &mut next);
+    }
+    for t in tasks.iter_mut() {
+        if t.spec_generation == services[0].spec_generation && t.state == TaskState::Running {
+            t.running_at = Some(0);
+        }
+    }
+    let fresh = |tasks: &[Task], g: u64| {
+        tasks
+            .iter()
+            .filter(|t| t.spec_generation == g && is_live_desired(t))
+            .count()
+    };
+    let g = services[0].spec_generation;
+    assert_eq!(fresh(&tasks, g), 1);
+    // 0.5 s later: held; 1.5 s later: the next slot is updated.
+    let held = plan(&services, &tasks, &nodes, 500_000_000);
+    assert!(
+        !held.iter().any(|a| matches!(a, Action::Create(_))),
+        "{held:?}"
+    );
+    let go = plan(&services, &tasks, &nodes, 1_500_000_000);
+    assert!(go.iter().any(|a| matches!(a, Action::Create(_))), "{go:?}");
 }
