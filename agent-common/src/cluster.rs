@@ -177,3 +177,19 @@ pub struct TaskView {
     /// The service spec generation it runs.
     pub spec_generation: u64,
 }
+
+/// One line of `service logs`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct ServiceLogLine {
+    /// `<service>.<slot>.<task id>`.
+    pub task: String,
+    /// The node's hostname.
+    pub node: String,
+    /// Whether it came from stderr.
+    pub stderr: bool,
+    /// The text, newline included.
+    pub text: String,
+    /// When it was written (ns since the epoch).
+    pub time_nanos: i64,
+}

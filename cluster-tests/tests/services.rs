@@ -137,6 +137,38 @@ fn replicated_service_spreads_scales_drains_survives_a_dead_node_and_is_removed(
     });
     assert_eq!(running_total(&c, &hosts, "web").iter().sum::<usize>(), 6);
 
+    // Logs gathered from the nodes running the tasks (one of them a worker).
+    c.cli(
+        "m1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "talk",
+            "--replicas",
+            "2",
+            "busybox",
+            "sh",
+            "-c",
+            "echo hello from $(hostname); sleep 1000",
+        ],
+    )
+    .ok("create talk");
+    let mut logs = String::new();
+    poll_until(T, "logs of both tasks", || {
+        logs = c.cli("m1", &["service", "logs", "talk"]).ok("service logs");
+        logs.matches("hello from").count() == 2
+    });
+    assert!(
+        logs.contains("talk.1.") && logs.contains("talk.2."),
+        "{logs}"
+    );
+    let tail = c
+        .cli("m1", &["service", "logs", "--tail", "0", "talk"])
+        .ok("logs --tail 0");
+    assert!(!tail.contains("hello"), "{tail}");
+    c.cli("m1", &["service", "rm", "talk"]).ok("rm talk");
+
     // Removed: every container stops.
     c.cli("m1", &["service", "rm", "web"]).ok("service rm");
     poll_until(T, "no web container anywhere", || {

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod daemon;
+pub mod logs;
 pub mod orchestrator;
 pub mod raft;
 pub mod scheduler;

@@ -39,6 +39,24 @@ pub enum ServiceGroup {
     /// Remove services (their tasks are stopped).
     #[command(alias = "remove")]
     Rm(RmArgs),
+    /// Show the output of a service's tasks, gathered from the nodes running them.
+    Logs(LogsArgs),
+}
+
+/// Flags of `service logs`.
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    /// Only the last N lines of each task ("all" for everything).
+    #[arg(short = 'n', long, default_value = "all")]
+    pub tail: String,
+    /// Print the raw lines, without the task and node prefix.
+    #[arg(long = "no-task-ids")]
+    pub raw: bool,
+    /// Show timestamps.
+    #[arg(short, long)]
+    pub timestamps: bool,
+    /// The service.
+    pub service: String,
 }
 
 /// Service modes.
@@ -812,6 +830,57 @@ pub async fn run(ctx: &mut Ctx, g: ServiceGroup) -> Result<i32> {
             println!("{}", a.service);
             if !a.detach {
                 converge(ctx, &a.service, CONVERGE_TIMEOUT).await?;
+            }
+            Ok(0)
+        }
+        ServiceGroup::Logs(a) => {
+            let tail = if a.tail == "all" {
+                -1
+            } else {
+                a.tail
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|n| *n >= 0)
+                    .ok_or_else(|| {
+                        anyhow!("invalid --tail {:?}: use a number or \"all\"", a.tail)
+                    })?
+            };
+            let reply = ctx
+                .control()
+                .await?
+                .service_logs(agent_common::control_proto::ServiceLogsRequest {
+                    service: a.service.clone(),
+                    tail,
+                })
+                .await
+                .rpc()?;
+            let lines: Vec<agent_common::cluster::ServiceLogLine> =
+                decode(&reply.into_inner().json)?;
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let mut err = std::io::stderr().lock();
+            for l in &lines {
+                let mut text = String::new();
+                if a.timestamps && l.time_nanos != i64::MAX {
+                    text.push_str(&format::rfc3339_nanos(l.time_nanos));
+                    text.push(' ');
+                }
+                if !a.raw {
+                    let who = if l.task.is_empty() {
+                        format!("@{}", l.node)
+                    } else {
+                        format!("{}@{}", l.task, l.node)
+                    };
+                    text.push_str(&format!("{who:<40} | "));
+                }
+                text.push_str(&l.text);
+                if !text.ends_with('\n') {
+                    text.push('\n');
+                }
+                let w: &mut dyn Write = if l.stderr { &mut err } else { &mut out };
+                if w.write_all(text.as_bytes()).is_err() {
+                    break; // the reader went away (e.g. `| head`)
+                }
             }
             Ok(0)
         }

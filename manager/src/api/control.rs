@@ -15,7 +15,7 @@ use agent_common::control_proto::control_server::Control;
 use agent_common::control_proto::{
     ClientCertReply, ClientCertRequest, CreateServiceRequest, Empty, JoinTokenReply,
     JoinTokenRequest, JsonReply, ListTasksRequest, NodeRef, ReadRequest, RemoveNodeRequest,
-    ServiceRef, UpdateNodeRequest, UpdateServiceRequest,
+    ServiceLogsRequest, ServiceRef, UpdateNodeRequest, UpdateServiceRequest,
 };
 use agent_common::objects::{Availability, Cluster, Node, NodeRole as ObjRole, NodeStatus};
 use agent_common::pki::NodeRole;
@@ -635,6 +635,31 @@ impl Control for ControlApi {
             })
             .await??;
         json(&v)
+    }
+
+    async fn service_logs(
+        &self,
+        request: Request<ServiceLogsRequest>,
+    ) -> Result<Response<JsonReply>, Status> {
+        self.authorize(&request)?;
+        let r = request.into_inner();
+        if !self.m.raft.is_leader() {
+            // Nodes collect log requests from the leader: ask it.
+            let leader = self
+                .m
+                .leader_addr()
+                .ok_or_else(|| Status::unavailable("no leader is known; try again"))?;
+            let channel = self
+                .m
+                .clients
+                .channel(&leader)
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            let mut client =
+                agent_common::control_proto::control_client::ControlClient::new(channel);
+            return client.service_logs(r).await;
+        }
+        let lines = super::services::logs(&self.m, &r.service, r.tail).await?;
+        json(&lines)
     }
 
     async fn issue_client_cert(

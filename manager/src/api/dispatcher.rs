@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use agent_common::dispatcher_proto::dispatcher_server::Dispatcher;
 use agent_common::dispatcher_proto::{
     AssignmentsReply, AssignmentsRequest, HeartbeatReply, HeartbeatRequest, JoinRaftReply,
-    JoinRaftRequest, JoinReply, JoinRequest, RenewReply, RenewRequest, TaskStatusReply,
-    TaskStatusRequest,
+    JoinRaftRequest, JoinReply, JoinRequest, LogRequestsPoll, LogRequestsReply, PublishLogsReply,
+    PublishLogsRequest, RenewReply, RenewRequest, TaskStatusReply, TaskStatusRequest,
 };
 use agent_common::objects::Task;
 use agent_common::objects::{Meta, Node, NodeRole as ObjRole, NodeStatus};
@@ -307,6 +307,42 @@ impl Dispatcher for DispatcherApi {
             }
         }
         Ok(Response::new(TaskStatusReply {}))
+    }
+
+    async fn log_requests(
+        &self,
+        request: Request<LogRequestsPoll>,
+    ) -> Result<Response<LogRequestsReply>, Status> {
+        let caller = Caller::of(&request);
+        let node_id = caller_node(&self.m, &caller)?;
+        let m = &self.m;
+        if !m.raft.is_leader() {
+            // Wait a little so a node without a leader does not spin.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            return Ok(Response::new(LogRequestsReply {
+                accepted: false,
+                leader_addr: m.leader_addr().unwrap_or_default(),
+                requests: Vec::new(),
+            }));
+        }
+        let wait = Duration::from_millis(u64::from(request.get_ref().wait_ms).min(30_000));
+        let requests = m.logs.take(&node_id, wait).await;
+        Ok(Response::new(LogRequestsReply {
+            accepted: true,
+            leader_addr: m.cluster_addr.clone(),
+            requests,
+        }))
+    }
+
+    async fn publish_logs(
+        &self,
+        request: Request<PublishLogsRequest>,
+    ) -> Result<Response<PublishLogsReply>, Status> {
+        let caller = Caller::of(&request);
+        caller_node(&self.m, &caller)?;
+        let r = request.into_inner();
+        self.m.logs.publish(&r.request_id, r.lines, r.error);
+        Ok(Response::new(PublishLogsReply {}))
     }
 
     async fn heartbeat(

@@ -326,3 +326,98 @@ pub fn list(tx: &ReadTx<'_>) -> Vec<ServiceView> {
     views.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
     views
 }
+
+/// `service logs`: asks every node running (or having run) a task of the
+/// service for its containers' output; lines in time order. A node that
+/// does not answer within 5 s is skipped, with a line saying so.
+pub async fn logs(
+    m: &Manager,
+    reference: &str,
+    tail: i64,
+) -> Result<Vec<agent_common::cluster::ServiceLogLine>, Status> {
+    use agent_common::cluster::ServiceLogLine;
+    let (service, tasks, nodes) = m
+        .store()
+        .read_linearizable(|tx| {
+            resolve(tx, reference).map(|s| (s, tx.list::<Task>(), tx.list::<Node>()))
+        })
+        .await
+        .map_err(store_status)??;
+    let hostnames: HashMap<String, String> = nodes
+        .iter()
+        .map(|n| (n.meta.id.clone(), n.hostname.clone()))
+        .collect();
+    let mut by_node: HashMap<String, Vec<&Task>> = HashMap::new();
+    for t in tasks
+        .iter()
+        .filter(|t| t.service_id == service.meta.id && !t.container_id.is_empty())
+    {
+        if let Some(n) = &t.node_id {
+            by_node.entry(n.clone()).or_default().push(t);
+        }
+    }
+    let asks = by_node.iter().map(|(node, ts)| {
+        let ids: Vec<String> = ts.iter().map(|t| t.container_id.clone()).collect();
+        async move {
+            let got = m
+                .logs
+                .request(node, ids, tail, std::time::Duration::from_secs(5))
+                .await;
+            (node.clone(), got)
+        }
+    });
+    let answers = futures_util::future::join_all(asks).await;
+    let mut out = Vec::new();
+    for (node, got) in answers {
+        let host = hostnames
+            .get(&node)
+            .cloned()
+            .unwrap_or_else(|| node.clone());
+        let Some((lines, error)) = got else {
+            out.push(ServiceLogLine {
+                task: String::new(),
+                node: host,
+                stderr: true,
+                text: "(no answer from this node within 5 s: is it down?)\n".into(),
+                time_nanos: i64::MAX,
+            });
+            continue;
+        };
+        if !error.is_empty() {
+            out.push(ServiceLogLine {
+                task: String::new(),
+                node: host.clone(),
+                stderr: true,
+                text: format!("({error})\n"),
+                time_nanos: i64::MAX,
+            });
+        }
+        for l in lines {
+            let task = tasks
+                .iter()
+                .find(|t| t.container_id == l.container_id)
+                .map(|t| {
+                    format!(
+                        "{}.{}.{}",
+                        t.service_name,
+                        if t.slot > 0 {
+                            t.slot.to_string()
+                        } else {
+                            node.clone()
+                        },
+                        t.meta.id
+                    )
+                })
+                .unwrap_or_default();
+            out.push(ServiceLogLine {
+                task,
+                node: host.clone(),
+                stderr: l.stderr,
+                text: l.text,
+                time_nanos: l.time_nanos,
+            });
+        }
+    }
+    out.sort_by_key(|l| l.time_nanos);
+    Ok(out)
+}

@@ -89,6 +89,8 @@ pub struct Manager {
     pub cluster_addr: String,
     /// Clients of other managers.
     pub clients: ManagerClients,
+    /// `service logs` requests waiting for their nodes (on the leader).
+    pub logs: crate::logs::LogBroker,
 }
 
 fn now_secs() -> u64 {
@@ -291,6 +293,7 @@ fn assemble(
         liveness: Mutex::new(HashMap::new()),
         cluster_addr,
         clients,
+        logs: crate::logs::LogBroker::default(),
     });
     m.sync_revocations();
     m

@@ -23,6 +23,7 @@
 
 pub mod container;
 pub mod health;
+mod logs;
 pub mod reconcile;
 pub mod reporter;
 
@@ -84,6 +85,7 @@ pub fn spawn(
             agent.node_id.clone(),
             tx,
         ));
+        tokio::spawn(logs::run(Arc::clone(&agent.engine), managers.clone()));
         tokio::spawn(agent.outbox.clone().run(managers));
         tracing::info!(node = %agent.node_id, "worker agent started");
         agent.reconcile_loop(rx).await;

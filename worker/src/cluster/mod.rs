@@ -547,4 +547,10 @@ impl agent_common::control_proto::control_server::Control for NotAManager {
     ) -> Result<tonic::Response<agent_common::control_proto::JsonReply>, tonic::Status> {
         self.refuse()
     }
+    async fn service_logs(
+        &self,
+        _: tonic::Request<agent_common::control_proto::ServiceLogsRequest>,
+    ) -> Result<tonic::Response<agent_common::control_proto::JsonReply>, tonic::Status> {
+        self.refuse()
+    }
 }
