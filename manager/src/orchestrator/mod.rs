@@ -217,11 +217,17 @@ pub fn plan(services: &[Service], tasks: &[Task], nodes: &[Node], now: Timestamp
         }
         let updating = matches!(status, "updating" | "rollback_started");
         if updating && service.previous_spec.is_some() {
+            // --update-monitor: a task counts as failed if it failed before
+            // running, or within the monitor period after it started.
+            let monitor_ns = cfg.monitor_ms.saturating_mul(1_000_000);
             let failed: Vec<&&Task> = stasks
                 .iter()
                 .filter(|t| {
                     t.spec_generation == gen
                         && matches!(t.state, TaskState::Failed | TaskState::Rejected)
+                        && t.running_at.is_none_or(|r| {
+                            monitor_ns == 0 || t.meta.updated_at <= r.saturating_add(monitor_ns)
+                        })
                 })
                 .collect();
             let allowed = (cfg.max_failure_ratio * wanted.len().max(1) as f64).floor() as usize;
@@ -277,7 +283,17 @@ pub fn plan(services: &[Service], tasks: &[Task], nodes: &[Node], now: Timestamp
             actions.push(Action::Update(Object::Service(s)));
             continue;
         }
-        if updating && stale_slots == 0 && in_progress == 0 {
+        // Complete once nothing is stale or starting and the last started
+        // task has been watched for the monitor period.
+        let monitored = stasks
+            .iter()
+            .filter(|t| t.spec_generation == gen && live_of(t))
+            .all(|t| {
+                t.running_at.is_some_and(|r| {
+                    r.saturating_add(cfg.monitor_ms.saturating_mul(1_000_000)) <= now
+                })
+            });
+        if updating && stale_slots == 0 && in_progress == 0 && monitored {
             let mut s = service.clone();
             s.update_status = Some(UpdateStatus {
                 state: if rolling_back {

@@ -245,6 +245,9 @@ fn rolling_updates_respect_parallelism_and_roll_back_on_failure() {
     services[0].spec.task.container.command = vec!["sleep".into()];
     services[0].spec.update.parallelism = 2;
     services[0].spec.update.failure_action = FailureAction::Rollback;
+    // The test's clock stands still: no monitor period to wait out.
+    services[0].spec.update.monitor_ms = 0;
+    services[0].spec.rollback.monitor_ms = 0;
     let mut tasks = Vec::new();
     let mut next = 0;
     for _ in 0..5 {
@@ -342,4 +345,75 @@ fn update_delay_holds_the_next_batch() {
     );
     let go = plan(&services, &tasks, &nodes, 1_500_000_000);
     assert!(go.iter().any(|a| matches!(a, Action::Create(_))), "{go:?}");
+}
+
+#[test]
+fn update_monitor_counts_only_early_failures_and_delays_completion() {
+    let nodes = vec![node("n1", NodeStatus::Ready, Availability::Active)];
+    let mut s = service("web", 1);
+    s.spec_generation = 2;
+    s.previous_spec = Some(s.spec.clone());
+    s.spec.update.monitor_ms = 1_000;
+    s.spec.update.failure_action = FailureAction::Pause;
+    s.update_status = Some(UpdateStatus {
+        state: "updating".into(),
+        message: String::new(),
+        generation: 2,
+    });
+    let mut t = new_task(&s, 1, Some("n1"), 0);
+    t.meta.id = "t1".into();
+    t.spec_generation = 2;
+    t.state = TaskState::Running;
+    t.running_at = Some(0);
+    let status_of = |actions: &[Action]| {
+        actions.iter().find_map(|a| match a {
+            Action::Update(Object::Service(s)) => s.update_status.clone().map(|u| u.state),
+            _ => None,
+        })
+    };
+    // Running for 0.5 s of a 1 s monitor: not complete yet; at 2 s: complete.
+    assert_eq!(
+        status_of(&plan(
+            std::slice::from_ref(&s),
+            std::slice::from_ref(&t),
+            &nodes,
+            500_000_000
+        )),
+        None
+    );
+    assert_eq!(
+        status_of(&plan(
+            std::slice::from_ref(&s),
+            std::slice::from_ref(&t),
+            &nodes,
+            2_000_000_000
+        ))
+        .as_deref(),
+        Some("completed")
+    );
+    // Failing 3 s after it started (past the monitor): not an update failure.
+    t.state = TaskState::Failed;
+    t.meta.updated_at = 3_000_000_000;
+    assert_ne!(
+        status_of(&plan(
+            std::slice::from_ref(&s),
+            std::slice::from_ref(&t),
+            &nodes,
+            3_000_000_000
+        ))
+        .as_deref(),
+        Some("paused")
+    );
+    // Failing 0.2 s after it started: the update pauses.
+    t.meta.updated_at = 200_000_000;
+    assert_eq!(
+        status_of(&plan(
+            std::slice::from_ref(&s),
+            std::slice::from_ref(&t),
+            &nodes,
+            3_000_000_000
+        ))
+        .as_deref(),
+        Some("paused")
+    );
 }
