@@ -79,6 +79,9 @@ enum Cmd {
         /// The cluster's heartbeat period (node-down detection is 3 periods).
         #[arg(long, default_value = "1s")]
         heartbeat: String,
+        /// Only measure the creation (bench/swarm-compare.sh).
+        #[arg(long = "create-only")]
+        create_only: bool,
     },
     /// Scheduler placement decisions per second, in process, on synthetic clusters.
     Scheduler {
@@ -551,7 +554,8 @@ fn main() -> Result<()> {
         Cmd::Services {
             replicas,
             heartbeat,
-        } => services::run(replicas.max(1), &heartbeat),
+            create_only,
+        } => services::run(replicas.max(1), &heartbeat, create_only),
         Cmd::Scheduler {
             nodes,
             tasks,
