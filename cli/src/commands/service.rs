@@ -175,6 +175,18 @@ pub struct SpecFlags {
     /// Delay between rollback batches.
     #[arg(long = "rollback-delay", value_parser = humantime::parse_duration)]
     pub rollback_delay: Option<Duration>,
+    /// What to do when a rollback fails (pause or continue).
+    #[arg(long = "rollback-failure-action", value_enum)]
+    pub rollback_failure_action: Option<FailureArg>,
+    /// How long each rolled-back task is watched for failure.
+    #[arg(long = "rollback-monitor", value_parser = humantime::parse_duration)]
+    pub rollback_monitor: Option<Duration>,
+    /// Failure ratio tolerated during a rollback (0 to 1).
+    #[arg(long = "rollback-max-failure-ratio")]
+    pub rollback_max_failure_ratio: Option<f64>,
+    /// Rollback order.
+    #[arg(long = "rollback-order", value_enum)]
+    pub rollback_order: Option<OrderArg>,
     /// Command run to check health (shell form).
     #[arg(long = "health-cmd", value_name = "CMD")]
     pub health_cmd: Option<String>,
@@ -429,6 +441,27 @@ fn apply(spec: &mut ServiceSpec, f: &SpecFlags) -> Result<()> {
     }
     if let Some(d) = f.rollback_delay {
         spec.rollback.delay_ms = ms(d);
+    }
+    if let Some(a) = f.rollback_failure_action {
+        spec.rollback.failure_action = match a {
+            FailureArg::Pause => FailureAction::Pause,
+            FailureArg::Continue => FailureAction::Continue,
+            FailureArg::Rollback => {
+                bail!("--rollback-failure-action rollback makes no sense: use pause or continue")
+            }
+        };
+    }
+    if let Some(d) = f.rollback_monitor {
+        spec.rollback.monitor_ms = ms(d);
+    }
+    if let Some(r) = f.rollback_max_failure_ratio {
+        spec.rollback.max_failure_ratio = r;
+    }
+    if let Some(o) = f.rollback_order {
+        spec.rollback.order = match o {
+            OrderArg::StopFirst => UpdateOrder::StopFirst,
+            OrderArg::StartFirst => UpdateOrder::StartFirst,
+        };
     }
     let t = &mut spec.task;
     if let Some(cmd) = &f.health_cmd {
@@ -914,5 +947,93 @@ fn capitalize(s: &str) -> String {
     match c.next() {
         Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
         None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn create_args(args: &[&str]) -> CreateArgs {
+        let mut full = vec!["flotilla", "service", "create"];
+        full.extend_from_slice(args);
+        match crate::Cli::try_parse_from(full).unwrap().command {
+            crate::Command::Service(ServiceGroup::Create(a)) => *a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn create_flags_fill_the_spec() {
+        let a = create_args(&[
+            "--name",
+            "web",
+            "--replicas",
+            "3",
+            "-e",
+            "A=1",
+            "--constraint",
+            "node.role==worker",
+            "--placement-pref",
+            "spread=node.labels.zone",
+            "--reserve-memory",
+            "64m",
+            "--restart-condition",
+            "on-failure",
+            "--restart-delay",
+            "2s",
+            "--update-parallelism",
+            "2",
+            "--update-failure-action",
+            "rollback",
+            "--rollback-order",
+            "start-first",
+            "--rollback-monitor",
+            "3s",
+            "--health-cmd",
+            "true",
+            "--health-retries",
+            "4",
+            "busybox",
+            "sleep",
+            "9",
+        ]);
+        let mut spec = ServiceSpec::default();
+        apply(&mut spec, &a.spec).unwrap();
+        let t = &spec.task;
+        assert_eq!(t.container.env, ["A=1"]);
+        assert_eq!(t.placement.constraints, ["node.role==worker"]);
+        assert_eq!(t.placement.preferences[0].spread, "node.labels.zone");
+        assert_eq!(t.resources.reservations.memory_bytes, 64 << 20);
+        assert_eq!(t.restart.condition, RestartCondition::OnFailure);
+        assert_eq!(t.restart.delay_ms, 2_000);
+        assert_eq!(spec.update.parallelism, 2);
+        assert_eq!(spec.update.failure_action, FailureAction::Rollback);
+        assert_eq!(spec.rollback.order, UpdateOrder::StartFirst);
+        assert_eq!(spec.rollback.monitor_ms, 3_000);
+        let hc = t.container.healthcheck.as_ref().unwrap();
+        assert_eq!(hc.cmd, ["CMD-SHELL", "true"]);
+        assert_eq!(hc.retries, 4);
+        assert_eq!(a.command, ["sleep", "9"]);
+    }
+
+    #[test]
+    fn bad_flags_are_refused() {
+        let a = create_args(&["--placement-pref", "zone", "busybox"]);
+        assert!(apply(&mut ServiceSpec::default(), &a.spec).is_err());
+        let a = create_args(&["--rollback-failure-action", "rollback", "busybox"]);
+        assert!(apply(&mut ServiceSpec::default(), &a.spec).is_err());
+        let a = create_args(&["--health-retries", "3", "busybox"]);
+        assert!(apply(&mut ServiceSpec::default(), &a.spec).is_err());
+        let mut full = vec![
+            "flotilla",
+            "service",
+            "create",
+            "--replicas",
+            "-1",
+            "busybox",
+        ];
+        assert!(crate::Cli::try_parse_from(full.drain(..)).is_err());
     }
 }
