@@ -14,15 +14,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use cluster_tests::cluster::ClusterLab;
 
-fn load_busybox(c: &ClusterLab, hosts: &[&str]) {
-    for h in hosts {
-        let tar = c.lab.host(h).dir().join("busybox-rootfs.tar");
-        cluster_tests::busybox_rootfs_tar(&tar);
-        c.cli(h, &["import", &tar.display().to_string(), "busybox"])
-            .ok("import busybox");
-    }
-}
-
 /// Running tasks of `service`, by node hostname.
 fn running(c: &ClusterLab, service: &str) -> Vec<String> {
     let out = c.cli("m1", &["service", "ps", service, "--format", "json"]);
@@ -51,7 +42,7 @@ pub fn run(replicas: usize, heartbeat: &str, create_only: bool) -> Result<()> {
     {
         let c = ClusterLab::new(&["m1"], heartbeat).with_sandbox_pool(8);
         c.init("m1");
-        load_busybox(&c, &["m1"]);
+        c.load_busybox(&["m1"]);
         let n = replicas.to_string();
         let t0 = Instant::now();
         c.cli(
@@ -93,7 +84,7 @@ pub fn run(replicas: usize, heartbeat: &str, create_only: bool) -> Result<()> {
         c.init("m1");
         c.join_worker("w1", "m1");
         c.join_worker("w2", "m1");
-        load_busybox(&c, &["m1", "w1", "w2"]);
+        c.load_busybox(&["m1", "w1", "w2"]);
         c.cli(
             "m1",
             &[

@@ -360,6 +360,17 @@ impl ClusterLab {
         }
     }
 
+    /// Imports a busybox root filesystem (Debian's busybox-static) as the
+    /// image `busybox` on the nodes of `hosts`.
+    pub fn load_busybox(&self, hosts: &[&str]) {
+        for h in hosts {
+            let tar = self.lab.host(h).dir().join("busybox-rootfs.tar");
+            crate::busybox_rootfs_tar(&tar);
+            self.cli(h, &["import", &tar.display().to_string(), "busybox"])
+                .ok("import busybox");
+        }
+    }
+
     /// The current join token of `role`, from the manager on `host`.
     pub fn token(&self, host: &str, role: &str) -> String {
         self.cli(host, &["join-token", "-q", role])

@@ -531,10 +531,7 @@ fn a_manager_runs_containers_on_its_own_socket() {
     let _serial = cluster_tests::cluster::serial();
     let c = ClusterLab::new(&["m1"], "300ms");
     c.init("m1");
-    let tar = c.lab.host("m1").dir().join("busybox-rootfs.tar");
-    cluster_tests::busybox_rootfs_tar(&tar);
-    c.cli("m1", &["import", &tar.display().to_string(), "busybox"])
-        .ok("import");
+    c.load_busybox(&["m1"]);
     let out = c
         .cli(
             "m1",

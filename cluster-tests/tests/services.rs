@@ -9,16 +9,6 @@ use cluster_tests::poll_until;
 
 const T: Duration = Duration::from_secs(90);
 
-/// Imports a busybox image as `busybox` on every node.
-fn load_busybox(c: &ClusterLab, hosts: &[&str]) {
-    for h in hosts {
-        let tar = c.lab.host(h).dir().join("busybox-rootfs.tar");
-        cluster_tests::busybox_rootfs_tar(&tar);
-        c.cli(h, &["import", &tar.display().to_string(), "busybox"])
-            .ok("import busybox");
-    }
-}
-
 /// Running containers of service `name` on `host`.
 fn running_on(c: &ClusterLab, host: &str, name: &str) -> usize {
     let out = c.cli(host, &["ps", "--format", "json"]);
@@ -52,7 +42,7 @@ fn replicated_service_spreads_scales_drains_survives_a_dead_node_and_is_removed(
     c.init("m1");
     c.join_worker("w1", "m1");
     c.join_worker("w2", "m1");
-    load_busybox(&c, &hosts);
+    c.load_busybox(&hosts);
     poll_until(T, "3 ready nodes", || {
         c.nodes("m1", false)
             .iter()
@@ -184,7 +174,7 @@ fn failing_tasks_are_replaced_and_bad_input_is_refused() {
     let hosts = ["m1"];
     let c = ClusterLab::new(&hosts, "300ms");
     c.init("m1");
-    load_busybox(&c, &hosts);
+    c.load_busybox(&hosts);
 
     // A command that exits 1: tasks fail and are replaced in their slot.
     c.cli(
@@ -295,7 +285,7 @@ fn rolling_updates_roll_back_global_services_follow_nodes_and_unhealthy_tasks_ar
     let c = ClusterLab::new(&["m1", "w1", "w2"], "300ms");
     c.init("m1");
     c.join_worker("w1", "m1");
-    load_busybox(&c, &["m1", "w1"]);
+    c.load_busybox(&["m1", "w1"]);
 
     // Rolling update, 2 at a time, checked from the task history.
     c.cli(
@@ -384,7 +374,7 @@ fn rolling_updates_roll_back_global_services_follow_nodes_and_unhealthy_tasks_ar
         running_on(&c, "m1", "agent") == 1 && running_on(&c, "w1", "agent") == 1
     });
     c.join_worker("w2", "m1");
-    load_busybox(&c, &["w2"]);
+    c.load_busybox(&["w2"]);
     poll_until(T, "global on the new node", || {
         running_on(&c, "w2", "agent") == 1
     });
@@ -436,7 +426,7 @@ fn spread_constraints_and_a_leader_killed_during_a_scale_up() {
     for w in ["w1", "w2", "w3"] {
         c.join_worker(w, "m1");
     }
-    load_busybox(&c, &hosts);
+    c.load_busybox(&hosts);
     poll_until(T, "6 ready nodes", || {
         c.nodes("m1", false)
             .iter()

@@ -103,6 +103,25 @@ pub enum OrderArg {
     StartFirst,
 }
 
+impl From<FailureArg> for FailureAction {
+    fn from(a: FailureArg) -> Self {
+        match a {
+            FailureArg::Pause => FailureAction::Pause,
+            FailureArg::Continue => FailureAction::Continue,
+            FailureArg::Rollback => FailureAction::Rollback,
+        }
+    }
+}
+
+impl From<OrderArg> for UpdateOrder {
+    fn from(o: OrderArg) -> Self {
+        match o {
+            OrderArg::StopFirst => UpdateOrder::StopFirst,
+            OrderArg::StartFirst => UpdateOrder::StartFirst,
+        }
+    }
+}
+
 /// Flags that define or change a service.
 #[derive(Args, Debug, Clone, Default)]
 pub struct SpecFlags {
@@ -418,11 +437,7 @@ fn apply(spec: &mut ServiceSpec, f: &SpecFlags) -> Result<()> {
         u.delay_ms = ms(d);
     }
     if let Some(a) = f.update_failure_action {
-        u.failure_action = match a {
-            FailureArg::Pause => FailureAction::Pause,
-            FailureArg::Continue => FailureAction::Continue,
-            FailureArg::Rollback => FailureAction::Rollback,
-        };
+        u.failure_action = a.into();
     }
     if let Some(d) = f.update_monitor {
         u.monitor_ms = ms(d);
@@ -431,10 +446,7 @@ fn apply(spec: &mut ServiceSpec, f: &SpecFlags) -> Result<()> {
         u.max_failure_ratio = r;
     }
     if let Some(o) = f.update_order {
-        u.order = match o {
-            OrderArg::StopFirst => UpdateOrder::StopFirst,
-            OrderArg::StartFirst => UpdateOrder::StartFirst,
-        };
+        u.order = o.into();
     }
     if let Some(n) = f.rollback_parallelism {
         spec.rollback.parallelism = n;
@@ -443,13 +455,10 @@ fn apply(spec: &mut ServiceSpec, f: &SpecFlags) -> Result<()> {
         spec.rollback.delay_ms = ms(d);
     }
     if let Some(a) = f.rollback_failure_action {
-        spec.rollback.failure_action = match a {
-            FailureArg::Pause => FailureAction::Pause,
-            FailureArg::Continue => FailureAction::Continue,
-            FailureArg::Rollback => {
-                bail!("--rollback-failure-action rollback makes no sense: use pause or continue")
-            }
-        };
+        if matches!(a, FailureArg::Rollback) {
+            bail!("--rollback-failure-action rollback makes no sense: use pause or continue");
+        }
+        spec.rollback.failure_action = a.into();
     }
     if let Some(d) = f.rollback_monitor {
         spec.rollback.monitor_ms = ms(d);
@@ -458,10 +467,7 @@ fn apply(spec: &mut ServiceSpec, f: &SpecFlags) -> Result<()> {
         spec.rollback.max_failure_ratio = r;
     }
     if let Some(o) = f.rollback_order {
-        spec.rollback.order = match o {
-            OrderArg::StopFirst => UpdateOrder::StopFirst,
-            OrderArg::StartFirst => UpdateOrder::StartFirst,
-        };
+        spec.rollback.order = o.into();
     }
     let t = &mut spec.task;
     if let Some(cmd) = &f.health_cmd {
