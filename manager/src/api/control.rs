@@ -201,6 +201,29 @@ impl ControlApi {
         ))
     }
 
+    /// Takes manager `n` out of Raft (for demote and rm), refusing to remove
+    /// the last manager or to break quorum.
+    async fn leave_raft(&self, n: &Node, verb: &str) -> Result<(), Status> {
+        let managers = self
+            .read(false, |tx| {
+                tx.find::<Node>(|x| x.role == ObjRole::Manager).len()
+            })
+            .await?;
+        if managers <= 1 {
+            return Err(Status::failed_precondition(format!(
+                "refusing to {verb} {}: it is the last manager, the cluster would have nobody to keep its state",
+                n.hostname
+            )));
+        }
+        self.m
+            .raft
+            .remove_manager(n.raft_id, false)
+            .await
+            .map_err(|e| {
+                Status::failed_precondition(format!("refusing to {verb} {}: {e}", n.hostname))
+            })
+    }
+
     async fn cluster_object(&self) -> Result<Cluster, Status> {
         self.read(false, |tx| tx.list::<Cluster>().into_iter().next())
             .await?
@@ -336,24 +359,7 @@ impl Control for ControlApi {
             let raft = self.raft_view().await;
             return json(&self.view(&n, &raft));
         }
-        let managers = self
-            .read(false, |tx| {
-                tx.find::<Node>(|x| x.role == ObjRole::Manager).len()
-            })
-            .await?;
-        if managers <= 1 {
-            return Err(Status::failed_precondition(format!(
-                "refusing to demote {}: it is the last manager, the cluster would have nobody to keep its state",
-                n.hostname
-            )));
-        }
-        self.m
-            .raft
-            .remove_manager(n.raft_id, false)
-            .await
-            .map_err(|e| {
-                Status::failed_precondition(format!("refusing to demote {}: {e}", n.hostname))
-            })?;
+        self.leave_raft(&n, "demote").await?;
         let n = self
             .modify_node(&r.node, |n| {
                 n.role = ObjRole::Worker;
@@ -383,24 +389,7 @@ impl Control for ControlApi {
                     n.hostname, n.hostname
                 )));
             }
-            let managers = self
-                .read(false, |tx| {
-                    tx.find::<Node>(|x| x.role == ObjRole::Manager).len()
-                })
-                .await?;
-            if managers <= 1 {
-                return Err(Status::failed_precondition(format!(
-                    "refusing to remove {}: it is the last manager",
-                    n.hostname
-                )));
-            }
-            self.m
-                .raft
-                .remove_manager(n.raft_id, false)
-                .await
-                .map_err(|e| {
-                    Status::failed_precondition(format!("refusing to remove {}: {e}", n.hostname))
-                })?;
+            self.leave_raft(&n, "remove").await?;
         } else if n.status == NodeStatus::Ready && !r.force {
             return Err(Status::failed_precondition(format!(
                 "node {} is ready (heartbeating): stop it first, or remove it anyway with --force",
