@@ -144,6 +144,11 @@ pub struct Node {
     /// `flotilla-worker` (a worker only).
     #[serde(default)]
     pub daemon: String,
+    /// The CPUs and memory the node reported when its session opened (`None`
+    /// until it did: the scheduler then treats its capacity as unknown and
+    /// does not limit reservations by it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<crate::spec::ResourceAmounts>,
 }
 
 /// A declared service: what to run, and how many.
