@@ -798,7 +798,29 @@ fn engine_error_code(cmd: &Command) -> i32 {
     }
 }
 
+/// `println!` panics when stdout is closed (`flotilla ps | head`): Rust
+/// ignores SIGPIPE, so the write fails with EPIPE instead of ending the
+/// process as it does for other Unix tools. This hook turns exactly that
+/// panic into the quiet exit a shell expects (128 + SIGPIPE); every other
+/// panic is reported as before.
+fn exit_quietly_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if payload.starts_with("failed printing to std") && payload.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
 fn main() {
+    exit_quietly_on_closed_stdout();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

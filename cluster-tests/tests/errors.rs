@@ -350,3 +350,27 @@ fn full_disk_is_a_clear_error_and_leaves_no_half_image() {
     );
     d.stop();
 }
+
+/// Output cut short by the reader (`flotilla images | head -0`): the CLI
+/// ends quietly with 141 (128 + SIGPIPE) like other Unix tools, without a
+/// panic message.
+#[test]
+fn closed_stdout_ends_quietly() {
+    let d = Daemon::start();
+    busybox_image(&d, "present");
+    let (read_end, write_end) = nix::unistd::pipe().expect("pipe");
+    drop(read_end);
+    let out = d
+        .command(&["images"])
+        .stdout(std::process::Stdio::from(std::fs::File::from(write_end)))
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run flotilla");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        cluster_tests::code(&out),
+        141,
+        "exit code with a closed stdout; stderr: {err}"
+    );
+    assert!(!err.contains("panicked"), "no panic message: {err}");
+}

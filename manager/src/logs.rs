@@ -1,87 +1,220 @@
 //! The log broker on the leader: `service logs` asks the nodes running a
 //! service's tasks for their containers' output. Nodes listen on no port,
-//! so requests wait here until the node's agent collects them (a long
-//! poll), and the agent publishes the lines back.
+//! so the request travels down the node's session with the leader and the
+//! lines come back up the same stream, in chunks.
+//!
+//! A [`LogSubscription`] is one request to one node; dropping it (the caller
+//! hung up, or got what it asked for) forgets it and, if the node may still
+//! be sending, tells the node to stop.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use agent_common::dispatcher_proto::{LogLine, LogRequest};
-use tokio::sync::{oneshot, Notify};
+use agent_common::dispatcher_proto::session_down::Kind as Down;
+use agent_common::dispatcher_proto::{LogCancel, LogChunk, LogRequest, SessionDown};
+use tokio::sync::mpsc;
 
-/// What a node answers to a log request: its lines and an error text.
-pub type LogAnswer = (Vec<LogLine>, String);
+/// The sessions that can take log requests and the requests being answered.
+#[derive(Default)]
+struct Inner {
+    /// Per node: the generation of its open session and how to reach it.
+    sessions: Mutex<HashMap<String, (u64, mpsc::UnboundedSender<SessionDown>)>>,
+    /// Per request ID: where its chunks go.
+    streams: Mutex<HashMap<String, mpsc::UnboundedSender<LogChunk>>>,
+    generations: AtomicU64,
+}
 
-/// Pending requests per node and the callers waiting for their lines.
+/// Routes log requests down node sessions and their chunks back.
 #[derive(Default)]
 pub struct LogBroker {
-    pending: Mutex<HashMap<String, Vec<LogRequest>>>,
-    waiting: Mutex<HashMap<String, oneshot::Sender<LogAnswer>>>,
-    posted: Notify,
+    inner: Arc<Inner>,
+}
+
+/// One node's answer to one request, chunk by chunk.
+pub struct LogSubscription {
+    /// The node asked.
+    pub node: String,
+    /// The node's session generation when asked (a new session means the
+    /// node will not answer this request any more).
+    pub generation: u64,
+    /// The chunks; the last one has `done` set.
+    pub chunks: mpsc::UnboundedReceiver<LogChunk>,
+    id: String,
+    inner: Arc<Inner>,
+}
+
+impl Drop for LogSubscription {
+    fn drop(&mut self) {
+        let was_open = self
+            .inner
+            .streams
+            .lock()
+            .map(|mut s| s.remove(&self.id).is_some())
+            .unwrap_or(false);
+        if was_open {
+            if let Some(tx) = session_of(&self.inner, &self.node) {
+                let _ = tx.1.send(SessionDown {
+                    kind: Some(Down::LogCancel(LogCancel {
+                        id: self.id.clone(),
+                    })),
+                });
+            }
+        }
+    }
+}
+
+fn session_of(inner: &Inner, node: &str) -> Option<(u64, mpsc::UnboundedSender<SessionDown>)> {
+    inner.sessions.lock().ok()?.get(node).cloned()
 }
 
 impl LogBroker {
-    /// Asks `node` for the logs of `container_ids`; resolves with the lines
-    /// (and an error text) or `None` if the node did not answer in `timeout`.
-    pub async fn request(
+    /// A session of `node` opened: requests for the node go to `tx`.
+    /// Returns the session's generation.
+    pub fn attach(&self, node: &str, tx: mpsc::UnboundedSender<SessionDown>) -> u64 {
+        let generation = self.inner.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Ok(mut s) = self.inner.sessions.lock() {
+            s.insert(node.to_string(), (generation, tx));
+        }
+        generation
+    }
+
+    /// Session `generation` of `node` closed.
+    pub fn detach(&self, node: &str, generation: u64) {
+        if let Ok(mut s) = self.inner.sessions.lock() {
+            if s.get(node).map(|(g, _)| *g) == Some(generation) {
+                s.remove(node);
+            }
+        }
+    }
+
+    /// The generation of `node`'s open session, if it has one.
+    pub fn generation(&self, node: &str) -> Option<u64> {
+        session_of(&self.inner, node).map(|(g, _)| g)
+    }
+
+    /// Asks `node` for the last `tail` lines (negative: all) of
+    /// `container_ids`, and with `follow` for every line written after.
+    /// `None` when the node has no session with this manager.
+    pub fn subscribe(
         &self,
         node: &str,
         container_ids: Vec<String>,
         tail: i64,
-        timeout: Duration,
-    ) -> Option<LogAnswer> {
+        follow: bool,
+    ) -> Option<LogSubscription> {
+        let (generation, session) = session_of(&self.inner, node)?;
         let id = crate::store::new_id();
-        let (tx, rx) = oneshot::channel();
-        if let Ok(mut w) = self.waiting.lock() {
-            w.insert(id.clone(), tx);
+        let (tx, chunks) = mpsc::unbounded_channel();
+        if let Ok(mut s) = self.inner.streams.lock() {
+            s.insert(id.clone(), tx);
         }
-        if let Ok(mut p) = self.pending.lock() {
-            p.entry(node.to_string()).or_default().push(LogRequest {
-                id: id.clone(),
-                container_ids,
-                tail,
-            });
-        }
-        self.posted.notify_waiters();
-        let got = tokio::time::timeout(timeout, rx)
-            .await
-            .ok()
-            .and_then(Result::ok);
-        // Whatever happened, forget the request.
-        if let Ok(mut w) = self.waiting.lock() {
-            w.remove(&id);
-        }
-        if let Ok(mut p) = self.pending.lock() {
-            if let Some(list) = p.get_mut(node) {
-                list.retain(|r| r.id != id);
-            }
-        }
-        got
+        let sub = LogSubscription {
+            node: node.to_string(),
+            generation,
+            chunks,
+            id: id.clone(),
+            inner: Arc::clone(&self.inner),
+        };
+        session
+            .send(SessionDown {
+                kind: Some(Down::LogRequest(LogRequest {
+                    id,
+                    container_ids,
+                    tail,
+                    follow,
+                })),
+            })
+            .ok()?;
+        Some(sub)
     }
 
-    /// The requests for `node`, waiting up to `wait` for one.
-    pub async fn take(&self, node: &str, wait: Duration) -> Vec<LogRequest> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let notified = self.posted.notified();
-            let found = self
-                .pending
-                .lock()
-                .map(|mut p| p.remove(node).unwrap_or_default())
-                .unwrap_or_default();
-            if !found.is_empty() || tokio::time::Instant::now() >= deadline {
-                return found;
-            }
-            let _ = tokio::time::timeout_at(deadline, notified).await;
+    /// Hands a chunk to its subscriber. False when nobody waits for it any
+    /// more (the node should stop sending).
+    pub fn publish(&self, chunk: LogChunk) -> bool {
+        let Ok(mut streams) = self.inner.streams.lock() else {
+            return false;
+        };
+        let Some(tx) = streams.get(&chunk.request_id) else {
+            return false;
+        };
+        let done = chunk.done;
+        let id = chunk.request_id.clone();
+        let delivered = tx.send(chunk).is_ok();
+        if done || !delivered {
+            streams.remove(&id);
+        }
+        delivered
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(id: &str, text: &str, done: bool) -> LogChunk {
+        LogChunk {
+            request_id: id.into(),
+            lines: vec![agent_common::dispatcher_proto::LogLine {
+                container_id: "c".into(),
+                stderr: false,
+                text: text.into(),
+                time_nanos: 1,
+            }],
+            error: String::new(),
+            done,
         }
     }
 
-    /// Hands the lines of request `id` to its caller.
-    pub fn publish(&self, id: &str, lines: Vec<LogLine>, error: String) {
-        let tx = self.waiting.lock().ok().and_then(|mut w| w.remove(id));
-        if let Some(tx) = tx {
-            let _ = tx.send((lines, error));
+    fn request_id(msg: SessionDown) -> String {
+        match msg.kind {
+            Some(Down::LogRequest(r)) => r.id,
+            other => panic!("expected a log request, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn requests_reach_the_session_and_chunks_the_subscriber() {
+        let broker = LogBroker::default();
+        assert!(broker
+            .subscribe("n1", vec!["c".into()], 10, false)
+            .is_none());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let generation = broker.attach("n1", tx);
+        assert_eq!(broker.generation("n1"), Some(generation));
+        let mut sub = broker
+            .subscribe("n1", vec!["c".into()], 10, true)
+            .expect("the node has a session");
+        let id = request_id(rx.try_recv().expect("a request was sent"));
+        assert!(broker.publish(chunk(&id, "one", false)));
+        assert_eq!(sub.chunks.try_recv().expect("chunk").lines[0].text, "one");
+        // Unknown requests are refused (the node is told to stop).
+        assert!(!broker.publish(chunk("other", "x", false)));
+        // The subscriber hangs up: the node is told to stop this request.
+        drop(sub);
+        match rx.try_recv().expect("a cancel was sent").kind {
+            Some(Down::LogCancel(c)) => assert_eq!(c.id, id),
+            other => panic!("expected a cancel, got {other:?}"),
+        }
+        assert!(!broker.publish(chunk(&id, "late", false)));
+    }
+
+    #[test]
+    fn a_finished_request_is_not_cancelled_and_old_sessions_detach_nothing() {
+        let broker = LogBroker::default();
+        let (tx1, _rx1) = mpsc::unbounded_channel();
+        let old = broker.attach("n1", tx1);
+        let (tx2, mut rx2) = mpsc::unbounded_channel();
+        let new = broker.attach("n1", tx2);
+        broker.detach("n1", old);
+        assert_eq!(broker.generation("n1"), Some(new));
+        let mut sub = broker.subscribe("n1", vec![], -1, false).expect("session");
+        let id = request_id(rx2.try_recv().expect("request"));
+        assert!(broker.publish(chunk(&id, "last", true)));
+        assert!(sub.chunks.try_recv().expect("chunk").done);
+        drop(sub);
+        assert!(rx2.try_recv().is_err(), "no cancel after done");
+        broker.detach("n1", new);
+        assert_eq!(broker.generation("n1"), None);
     }
 }

@@ -298,14 +298,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         local,
         stopped(stop_rx.clone()),
     ));
-    daemon::spawn_background(&m);
+    let membership = daemon::spawn_background(&m);
     // Managers run tasks too: the worker agent of this node.
-    worker::agent::spawn(
-        agent_engine,
-        m.clients.clone(),
-        Arc::clone(&m.record),
-        m.node_id.clone(),
-    );
+    worker::agent::spawn(agent_engine, membership);
     announce(&m, &args).await;
     tracing::info!(
         node = %m.node_id,

@@ -55,8 +55,47 @@ pub struct LogsArgs {
     /// Show timestamps.
     #[arg(short, long)]
     pub timestamps: bool,
+    /// Keep printing new lines as the tasks write them (and the lines of
+    /// tasks that start later) until interrupted.
+    #[arg(short, long)]
+    pub follow: bool,
     /// The service.
     pub service: String,
+}
+
+/// Prints log lines, stdout ones on stdout and stderr ones on stderr.
+/// Returns false when the output was closed.
+fn print_log_lines(lines: &[agent_common::cluster::ServiceLogLine], a: &LogsArgs) -> bool {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let mut err = std::io::stderr().lock();
+    for l in lines {
+        let mut text = String::new();
+        if a.timestamps && l.time_nanos != i64::MAX {
+            text.push_str(&format::rfc3339_nanos(l.time_nanos));
+            text.push(' ');
+        }
+        if !a.raw {
+            let who = if l.task.is_empty() {
+                format!("@{}", l.node)
+            } else {
+                format!("{}@{}", l.task, l.node)
+            };
+            text.push_str(&format!("{who:<40} | "));
+        }
+        text.push_str(&l.text);
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        let w: &mut dyn Write = if l.stderr { &mut err } else { &mut out };
+        if w.write_all(text.as_bytes())
+            .and_then(|_| w.flush())
+            .is_err()
+        {
+            return false;
+        }
+    }
+    true
 }
 
 /// Service modes.
@@ -884,40 +923,22 @@ pub async fn run(ctx: &mut Ctx, g: ServiceGroup) -> Result<i32> {
                         anyhow!("invalid --tail {:?}: use a number or \"all\"", a.tail)
                     })?
             };
-            let reply = ctx
+            let mut stream = ctx
                 .control()
                 .await?
                 .service_logs(agent_common::control_proto::ServiceLogsRequest {
                     service: a.service.clone(),
                     tail,
+                    follow: a.follow,
                 })
                 .await
-                .rpc()?;
-            let lines: Vec<agent_common::cluster::ServiceLogLine> =
-                decode(&reply.into_inner().json)?;
-            use std::io::Write;
-            let mut out = std::io::stdout().lock();
-            let mut err = std::io::stderr().lock();
-            for l in &lines {
-                let mut text = String::new();
-                if a.timestamps && l.time_nanos != i64::MAX {
-                    text.push_str(&format::rfc3339_nanos(l.time_nanos));
-                    text.push(' ');
-                }
-                if !a.raw {
-                    let who = if l.task.is_empty() {
-                        format!("@{}", l.node)
-                    } else {
-                        format!("{}@{}", l.task, l.node)
-                    };
-                    text.push_str(&format!("{who:<40} | "));
-                }
-                text.push_str(&l.text);
-                if !text.ends_with('\n') {
-                    text.push('\n');
-                }
-                let w: &mut dyn Write = if l.stderr { &mut err } else { &mut out };
-                if w.write_all(text.as_bytes()).is_err() {
+                .rpc()?
+                .into_inner();
+            // With --follow this runs until the service is removed or the
+            // user interrupts (Ctrl-C ends the process).
+            while let Some(reply) = stream.message().await.rpc()? {
+                let lines: Vec<agent_common::cluster::ServiceLogLine> = decode(&reply.json)?;
+                if !print_log_lines(&lines, &a) {
                     break; // the reader went away (e.g. `| head`)
                 }
             }

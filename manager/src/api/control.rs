@@ -20,6 +20,7 @@ use agent_common::control_proto::{
 use agent_common::objects::{Availability, Cluster, Node, NodeRole as ObjRole, NodeStatus};
 use agent_common::pki::NodeRole;
 use agent_common::tls::grpc::Caller;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::store_status;
@@ -626,14 +627,17 @@ impl Control for ControlApi {
         json(&v)
     }
 
+    type ServiceLogsStream = ReceiverStream<Result<JsonReply, Status>>;
+
     async fn service_logs(
         &self,
         request: Request<ServiceLogsRequest>,
-    ) -> Result<Response<JsonReply>, Status> {
+    ) -> Result<Response<Self::ServiceLogsStream>, Status> {
         self.authorize(&request)?;
         let r = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
         if !self.m.raft.is_leader() {
-            // Nodes collect log requests from the leader: ask it.
+            // Nodes hold their sessions with the leader: pass its stream on.
             let leader = self
                 .m
                 .leader_addr()
@@ -645,10 +649,34 @@ impl Control for ControlApi {
                 .map_err(|e| Status::unavailable(e.to_string()))?;
             let mut client =
                 agent_common::control_proto::control_client::ControlClient::new(channel);
-            return client.service_logs(r).await;
+            let mut upstream = client.service_logs(r).await?.into_inner();
+            tokio::spawn(async move {
+                loop {
+                    let item = tokio::select! {
+                        item = upstream.message() => item,
+                        _ = tx.closed() => return,
+                    };
+                    let msg = match item {
+                        Ok(Some(m)) => Ok(m),
+                        Ok(None) => return,
+                        Err(e) => Err(e),
+                    };
+                    let failed = msg.is_err();
+                    if tx.send(msg).await.is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            return Ok(Response::new(ReceiverStream::new(rx)));
         }
-        let lines = super::services::logs(&self.m, &r.service, r.tail).await?;
-        json(&lines)
+        tokio::spawn(super::service_logs::stream(
+            Arc::clone(&self.m),
+            r.service,
+            r.tail,
+            r.follow,
+            tx,
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn issue_client_cert(

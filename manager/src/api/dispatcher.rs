@@ -1,30 +1,25 @@
 //! The dispatcher service: nodes join, become Raft voters (managers), renew
-//! their certificates and heartbeat. Liveness is the leader's job: it keeps
-//! when each node was last heard of in memory, and marks nodes that miss
-//! [`MISSED_HEARTBEATS`] periods down (and ready again when they return).
+//! their certificates, and hold their session with the leader (see
+//! [`super::session`]: heartbeats, assignments, task states, logs).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use agent_common::dispatcher_proto::dispatcher_server::Dispatcher;
 use agent_common::dispatcher_proto::{
-    AssignmentsReply, AssignmentsRequest, HeartbeatReply, HeartbeatRequest, JoinRaftReply,
-    JoinRaftRequest, JoinReply, JoinRequest, LogRequestsPoll, LogRequestsReply, PublishLogsReply,
-    PublishLogsRequest, RenewReply, RenewRequest, TaskStatusReply, TaskStatusRequest,
+    JoinRaftReply, JoinRaftRequest, JoinReply, JoinRequest, RenewReply, RenewRequest, SessionDown,
+    SessionUp,
 };
-use agent_common::objects::Task;
 use agent_common::objects::{Meta, Node, NodeRole as ObjRole, NodeStatus};
 use agent_common::pki::{JoinToken, NodeCsr, NodeId, NodeRole};
-use agent_common::task_state::{TaskState, Writer};
 use agent_common::tls::grpc::Caller;
-use tonic::{Request, Response, Status};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
 
+use super::session::{self, period};
 use super::{internal, store_status};
 use crate::daemon::{check_token, stored_role, Manager};
 use crate::raft::ManagerNode;
-
-/// A node is marked down after this many heartbeat periods without one.
-pub const MISSED_HEARTBEATS: u32 = 3;
 
 /// The dispatcher, on the cluster port.
 pub struct DispatcherApi {
@@ -36,15 +31,6 @@ impl DispatcherApi {
     pub fn new(m: Arc<Manager>) -> Self {
         DispatcherApi { m }
     }
-}
-
-fn period(m: &Manager) -> Duration {
-    let ms = m
-        .cluster()
-        .map(|c| c.heartbeat_period_ms)
-        .filter(|ms| *ms > 0)
-        .unwrap_or(1000);
-    Duration::from_millis(ms)
 }
 
 fn caller_node(m: &Manager, caller: &Caller) -> Result<String, Status> {
@@ -219,268 +205,32 @@ impl Dispatcher for DispatcherApi {
         }))
     }
 
-    async fn assignments(
+    type SessionStream = ReceiverStream<Result<SessionDown, Status>>;
+
+    async fn session(
         &self,
-        request: Request<AssignmentsRequest>,
-    ) -> Result<Response<AssignmentsReply>, Status> {
+        request: Request<Streaming<SessionUp>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
         let caller = Caller::of(&request);
         let node_id = caller_node(&self.m, &caller)?;
-        let req = request.into_inner();
-        let m = &self.m;
-        let wait = Duration::from_millis(u64::from(req.wait_ms).min(30_000));
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut watch = m.store().watch();
-        loop {
-            let tasks = node_tasks(m, &node_id);
-            let version = assignment_version(&tasks);
-            if version != req.known_version || tokio::time::Instant::now() >= deadline {
-                let tasks_json = serde_json::to_string(&tasks).map_err(internal)?;
-                return Ok(Response::new(AssignmentsReply {
-                    version,
-                    tasks_json,
-                }));
-            }
-            // Wait for any commit (or the deadline), then look again.
-            let _ = tokio::time::timeout_at(deadline, watch.recv()).await;
-        }
-    }
-
-    async fn update_task_status(
-        &self,
-        request: Request<TaskStatusRequest>,
-    ) -> Result<Response<TaskStatusReply>, Status> {
-        let caller = Caller::of(&request);
-        let node_id = caller_node(&self.m, &caller)?;
-        let req = request.into_inner();
-        let m = &self.m;
-        for st in req.statuses {
-            let Some(to) = parse_state(&st.state) else {
-                return Err(Status::invalid_argument(format!(
-                    "unknown task state {:?}",
-                    st.state
-                )));
-            };
-            for _attempt in 0..10 {
-                let Some(mut task) = m.store().view(|tx| tx.get::<Task>(&st.task_id)) else {
-                    break; // removed meanwhile: nothing to report to
-                };
-                if task.node_id.as_deref() != Some(node_id.as_str()) {
-                    return Err(Status::permission_denied(format!(
-                        "task {} is not assigned to node {node_id}",
-                        st.task_id
-                    )));
-                }
-                if task.state == to {
-                    break;
-                }
-                if let Err(e) = task.state.transition(to, Writer::Agent) {
-                    // Stale or repeated reports are normal after reconnects.
-                    tracing::debug!(task = %task.meta.id, "ignored status report: {e}");
-                    break;
-                }
-                task.state = to;
-                if to == TaskState::Running {
-                    task.running_at = Some(
-                        std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map(|d| d.as_nanos() as u64)
-                            .unwrap_or(0),
-                    );
-                }
-                task.message = st.message.clone();
-                if !st.container_id.is_empty() {
-                    task.container_id = st.container_id.clone();
-                }
-                if st.has_exit_code {
-                    task.exit_code = Some(st.exit_code);
-                }
-                if !st.error.is_empty() {
-                    task.error = st.error.clone();
-                }
-                match m.store().put(task).await {
-                    Ok(_) => break,
-                    Err(crate::store::StoreError::Refused(crate::store::Refusal::Conflict {
-                        ..
-                    })) => continue,
-                    Err(e) => return Err(store_status(e)),
-                }
-            }
-        }
-        Ok(Response::new(TaskStatusReply {}))
-    }
-
-    async fn log_requests(
-        &self,
-        request: Request<LogRequestsPoll>,
-    ) -> Result<Response<LogRequestsReply>, Status> {
-        let caller = Caller::of(&request);
-        let node_id = caller_node(&self.m, &caller)?;
-        let m = &self.m;
-        if !m.raft.is_leader() {
-            // Wait a little so a node without a leader does not spin.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            return Ok(Response::new(LogRequestsReply {
-                accepted: false,
-                leader_addr: m.leader_addr().unwrap_or_default(),
-                requests: Vec::new(),
-            }));
-        }
-        let wait = Duration::from_millis(u64::from(request.get_ref().wait_ms).min(30_000));
-        let requests = m.logs.take(&node_id, wait).await;
-        Ok(Response::new(LogRequestsReply {
-            accepted: true,
-            leader_addr: m.cluster_addr.clone(),
-            requests,
-        }))
-    }
-
-    async fn publish_logs(
-        &self,
-        request: Request<PublishLogsRequest>,
-    ) -> Result<Response<PublishLogsReply>, Status> {
-        let caller = Caller::of(&request);
-        caller_node(&self.m, &caller)?;
-        let r = request.into_inner();
-        self.m.logs.publish(&r.request_id, r.lines, r.error);
-        Ok(Response::new(PublishLogsReply {}))
-    }
-
-    async fn heartbeat(
-        &self,
-        request: Request<HeartbeatRequest>,
-    ) -> Result<Response<HeartbeatReply>, Status> {
-        let caller = Caller::of(&request);
-        let node_id = caller_node(&self.m, &caller)?;
-        let req = request.into_inner();
-        let m = &self.m;
-        let period_ms = period(m).as_millis() as u64;
-        if !m.raft.is_leader() {
-            return Ok(Response::new(HeartbeatReply {
-                accepted: false,
-                leader_addr: m.leader_addr().unwrap_or_default(),
-                period_ms,
-                managers: m.manager_addrs(),
-                role: String::new(),
-            }));
-        }
-        if let Ok(mut l) = m.liveness.lock() {
-            l.insert(node_id.clone(), Instant::now());
-        }
-        let node: Option<Node> = m.store().view(|tx| tx.get::<Node>(&node_id));
-        let Some(node) = node else {
-            return Err(Status::permission_denied(
-                "this node was removed from the cluster; join it again with a token",
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        if !self.m.raft.is_leader() {
+            // Only the leader holds sessions: name it and hang up.
+            let _ = tx.send(session::redirect(&self.m)).await;
+        } else {
+            tokio::spawn(session::run(
+                Arc::clone(&self.m),
+                node_id,
+                caller,
+                request.into_inner(),
+                tx,
             ));
-        };
-        let host_only = req
-            .addr
-            .parse::<std::net::SocketAddr>()
-            .map(|s| s.ip().to_string())
-            .unwrap_or_else(|_| req.addr.clone());
-        let needs_write = node.status != NodeStatus::Ready
-            || (!req.hostname.is_empty() && node.hostname != req.hostname)
-            || (!host_only.is_empty() && node.addr != host_only);
-        let role = stored_role(&node).as_str().to_string();
-        if needs_write {
-            let mut n = node;
-            n.status = NodeStatus::Ready;
-            if !req.hostname.is_empty() {
-                n.hostname = req.hostname.clone();
-            }
-            if !host_only.is_empty() {
-                n.addr = host_only;
-            }
-            // A conflict means someone else just wrote the node: the next
-            // heartbeat tries again.
-            if let Err(e) = m.store().put(n).await {
-                tracing::debug!(node = %node_id, "marking the node ready failed: {e}");
-            }
         }
-        Ok(Response::new(HeartbeatReply {
-            accepted: true,
-            leader_addr: m.cluster_addr.clone(),
-            period_ms,
-            managers: m.manager_addrs(),
-            role,
-        }))
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
-}
-
-/// A fingerprint of a node's assigned tasks (ids and versions): changes
-/// whenever one of them is written, added or removed.
-fn assignment_version(tasks: &[Task]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for t in tasks {
-        t.meta.id.hash(&mut h);
-        t.meta.version.hash(&mut h);
-    }
-    // 0 means "nothing known yet" to the agent.
-    h.finish().max(1)
-}
-
-fn node_tasks(m: &Manager, node_id: &str) -> Vec<Task> {
-    let mut tasks = m
-        .store()
-        .view(|tx| tx.find::<Task>(|t| t.node_id.as_deref() == Some(node_id)));
-    tasks.sort_by(|a, b| a.meta.id.cmp(&b.meta.id));
-    tasks
-}
-
-fn parse_state(s: &str) -> Option<TaskState> {
-    serde_json::from_value(serde_json::Value::String(s.to_ascii_lowercase())).ok()
 }
 
 fn rand_raft_id() -> u64 {
     use rand::Rng;
     rand::thread_rng().gen_range(1..u64::MAX)
-}
-
-/// While this manager leads: nodes not heard from for
-/// [`MISSED_HEARTBEATS`] periods are marked down. A node gets a full grace
-/// period from the moment this manager became leader.
-pub async fn monitor_liveness(m: Arc<Manager>) {
-    let mut was_leader = false;
-    loop {
-        let p = period(&m);
-        tokio::time::sleep(p / 2).await;
-        let leader = m.raft.is_leader();
-        if !leader {
-            was_leader = false;
-            continue;
-        }
-        let now = Instant::now();
-        if !was_leader {
-            // New leader: everyone starts with a fresh grace period.
-            was_leader = true;
-            if let Ok(mut l) = m.liveness.lock() {
-                l.clear();
-                for n in m.store().view(|tx| tx.list::<Node>()) {
-                    l.insert(n.meta.id.clone(), now);
-                }
-            }
-            continue;
-        }
-        let grace = p * MISSED_HEARTBEATS;
-        let nodes = m.store().view(|tx| tx.list::<Node>());
-        let mut late = Vec::new();
-        if let Ok(mut l) = m.liveness.lock() {
-            for n in &nodes {
-                let seen = *l.entry(n.meta.id.clone()).or_insert(now);
-                if n.status != NodeStatus::Down && now.duration_since(seen) > grace {
-                    late.push(n.clone());
-                }
-            }
-        }
-        for mut n in late {
-            let id = n.meta.id.clone();
-            n.status = NodeStatus::Down;
-            match m.store().put(n).await {
-                Ok(_) => {
-                    tracing::warn!(node = %id, "node missed {MISSED_HEARTBEATS} heartbeats: marked down")
-                }
-                Err(e) => tracing::debug!(node = %id, "marking the node down failed: {e}"),
-            }
-        }
-    }
 }

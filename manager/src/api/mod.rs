@@ -7,7 +7,9 @@ use crate::store::{Refusal, StoreError};
 
 pub mod control;
 pub mod dispatcher;
+pub mod service_logs;
 pub mod services;
+pub mod session;
 
 /// A store error as a gRPC status with a message a user can act on.
 pub(crate) fn store_status(e: StoreError) -> Status {

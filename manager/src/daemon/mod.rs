@@ -19,7 +19,7 @@ use agent_common::pki::{
 use agent_common::tls::{self, grpc};
 use anyhow::{anyhow, bail, Context};
 use tokio::sync::watch;
-use worker::cluster::heartbeat::Heartbeats;
+use worker::cluster::membership::Membership;
 use worker::cluster::{ClusterFiles, ManagerClients, NodeRecord};
 
 use crate::raft::{Connector, ManagerNode, RaftNode, RaftOptions};
@@ -83,13 +83,14 @@ pub struct Manager {
     identity_tx: watch::Sender<Arc<NodeIdentity>>,
     /// Removed nodes, refused at every TLS handshake.
     pub revocations: Revocations,
-    /// When each node last heartbeated to this manager (as leader).
-    pub liveness: Mutex<HashMap<String, Instant>>,
+    /// When each node was last heard of by this manager (as leader), and
+    /// whether its session is open.
+    pub liveness: Mutex<HashMap<String, crate::api::session::Liveness>>,
     /// This manager's cluster address (`ip:port`).
     pub cluster_addr: String,
     /// Clients of other managers.
     pub clients: ManagerClients,
-    /// `service logs` requests waiting for their nodes (on the leader).
+    /// Routes `service logs` requests down node sessions (on the leader).
     pub logs: crate::logs::LogBroker,
 }
 
@@ -547,10 +548,11 @@ async fn wait_for_leader(raft: &RaftNode, timeout: Duration) -> anyhow::Result<(
     bail!("no Raft leader within {timeout:?}")
 }
 
-/// Background work of a running manager: its own heartbeats, joining Raft
-/// as a voter if it is not one yet, tracking revocations, and (as leader)
-/// marking nodes down.
-pub fn spawn_background(m: &Arc<Manager>) {
+/// Background work of a running manager: joining Raft as a voter if it is
+/// not one yet, tracking revocations, and (as leader) orchestrating and
+/// marking nodes down. Returns the node's membership, for its agent (whose
+/// session with the leader carries this node's heartbeats too).
+pub fn spawn_background(m: &Arc<Manager>) -> Membership {
     // Revocations follow the cluster object.
     {
         let m = Arc::clone(m);
@@ -572,20 +574,20 @@ pub fn spawn_background(m: &Arc<Manager>) {
         let m = Arc::clone(m);
         tokio::spawn(async move { ensure_voter(&m).await });
     }
-    // Heartbeats, like every node.
+    // The node's membership: certificates its session renews are served on
+    // the cluster port too.
+    let (tx, _) = watch::channel(m.identity.borrow().clone());
+    let membership = Membership {
+        files: m.files.clone(),
+        record: Arc::clone(&m.record),
+        identity: tx,
+        clients: m.clients.clone(),
+        hostname: worker::cluster::hostname(),
+        role_changes: None,
+    };
     {
-        let (tx, _) = watch::channel(m.identity.borrow().clone());
         let m2 = Arc::clone(m);
-        let heartbeats = Heartbeats {
-            files: m.files.clone(),
-            record: Arc::clone(&m.record),
-            identity: tx,
-            clients: m.clients.clone(),
-            hostname: worker::cluster::hostname(),
-            role_changes: None,
-        };
-        let mut renewed = heartbeats.identity.subscribe();
-        tokio::spawn(heartbeats.run());
+        let mut renewed = membership.identity.subscribe();
         tokio::spawn(async move {
             while renewed.changed().await.is_ok() {
                 let id = renewed.borrow().clone();
@@ -607,8 +609,9 @@ pub fn spawn_background(m: &Arc<Manager>) {
     // Node liveness (acts only while leader).
     {
         let m = Arc::clone(m);
-        tokio::spawn(async move { crate::api::dispatcher::monitor_liveness(m).await });
+        tokio::spawn(async move { crate::api::session::monitor_liveness(m).await });
     }
+    membership
 }
 
 /// Keeps this node's Raft participation in line with its recorded role:

@@ -1,97 +1,256 @@
-//! `service logs` on the node side: the leader holds log requests for this
-//! node (nodes listen on no port); this loop collects them with a long poll,
-//! reads the requested containers' log files and publishes the lines back.
+//! `service logs` on the node side: the leader sends log requests down the
+//! node's session (nodes listen on no port); each is answered by a reader
+//! that sends the requested containers' lines back up the session, in
+//! chunks of at most [`CHUNK_LINES`], and with follow keeps sending new lines
+//! until the leader cancels the request or the containers are gone.
 
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_common::dispatcher_proto::{LogLine, LogRequest, LogRequestsPoll, PublishLogsRequest};
+use agent_common::dispatcher_proto::session_up::Kind as Up;
+use agent_common::dispatcher_proto::{LogChunk, LogLine, LogRequest, SessionUp};
+use tokio::sync::mpsc;
 
-use super::Managers;
 use crate::engine::Engine;
 
 /// Most lines sent per container when all are asked for.
 const MAX_LINES: usize = 10_000;
+/// Most lines in one chunk (keeps messages well under gRPC's 4 MB).
+pub const CHUNK_LINES: usize = 1_000;
+/// How often a follow looks for new lines.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
-/// The lines of one container's log file (the last `tail`, or all).
-fn read_lines(engine: &Engine, container_id: &str, tail: i64) -> Result<Vec<LogLine>, String> {
+/// One container's log file from `offset` on: its complete lines and the
+/// offset after them. `Ok(None)` when the file is gone (container removed).
+fn read_from(
+    engine: &Engine,
+    container_id: &str,
+    offset: u64,
+) -> Result<Option<(Vec<LogLine>, u64)>, String> {
     let path = engine.log_path(container_id);
-    let bytes = std::fs::read(&path).map_err(|e| format!("container {container_id}: {e}"))?;
-    let (lines, _) = crate::engine::io::parse_log(&bytes, true);
-    let keep = if tail < 0 {
-        MAX_LINES
-    } else {
-        (tail as usize).min(MAX_LINES)
+    let mut file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("container {container_id}: {e}")),
     };
-    let skip = lines.len().saturating_sub(keep);
-    Ok(lines
+    let len = file
+        .metadata()
+        .map_err(|e| format!("container {container_id}: {e}"))?
+        .len();
+    // A file shorter than what was read was replaced: start over.
+    let offset = if len < offset { 0 } else { offset };
+    if len == offset {
+        return Ok(Some((Vec::new(), offset)));
+    }
+    let mut bytes = Vec::with_capacity((len - offset).min(64 << 20) as usize);
+    file.seek(SeekFrom::Start(offset))
+        .and_then(|_| file.take(64 << 20).read_to_end(&mut bytes))
+        .map_err(|e| format!("container {container_id}: {e}"))?;
+    let (lines, consumed) = crate::engine::io::parse_log(&bytes, true);
+    let lines = lines
         .into_iter()
-        .skip(skip)
         .map(|l| LogLine {
             container_id: container_id.to_string(),
             stderr: l.stderr,
             text: String::from_utf8_lossy(&l.data).into_owned(),
             time_nanos: l.time_nanos,
         })
-        .collect())
+        .collect();
+    Ok(Some((lines, offset + consumed as u64)))
 }
 
-fn answer(engine: &Engine, req: &LogRequest) -> PublishLogsRequest {
-    let mut lines = Vec::new();
-    let mut errors = Vec::new();
-    for id in &req.container_ids {
-        match read_lines(engine, id, req.tail) {
-            Ok(mut l) => lines.append(&mut l),
-            Err(e) => errors.push(e),
+/// The last `tail` lines (negative: all, up to [`MAX_LINES`]).
+fn last(mut lines: Vec<LogLine>, tail: i64) -> Vec<LogLine> {
+    let keep = if tail < 0 {
+        MAX_LINES
+    } else {
+        (tail as usize).min(MAX_LINES)
+    };
+    let skip = lines.len().saturating_sub(keep);
+    lines.drain(..skip);
+    lines
+}
+
+fn up(chunk: LogChunk) -> SessionUp {
+    SessionUp {
+        kind: Some(Up::Logs(chunk)),
+    }
+}
+
+/// Sends `lines` in chunks; the last one carries `error` and `done`. At
+/// least one chunk is sent (the leader waits for the first).
+async fn send_chunks(
+    session: &mpsc::Sender<SessionUp>,
+    id: &str,
+    lines: Vec<LogLine>,
+    error: String,
+    done: bool,
+) -> Result<(), ()> {
+    let mut chunks: Vec<Vec<LogLine>> = Vec::new();
+    let mut rest = lines;
+    while rest.len() > CHUNK_LINES {
+        let tail = rest.split_off(CHUNK_LINES);
+        chunks.push(rest);
+        rest = tail;
+    }
+    chunks.push(rest);
+    let n = chunks.len();
+    for (i, lines) in chunks.into_iter().enumerate() {
+        let last = i + 1 == n;
+        let chunk = LogChunk {
+            request_id: id.to_string(),
+            lines,
+            error: if last { error.clone() } else { String::new() },
+            done: last && done,
+        };
+        session.send(up(chunk)).await.map_err(|_| ())?;
+    }
+    Ok(())
+}
+
+/// Answers `req` on `session` (see the module). Ends when answered, when
+/// the session closes, or when the task running it is aborted (a cancel).
+pub async fn answer(engine: Arc<Engine>, req: LogRequest, session: mpsc::Sender<SessionUp>) {
+    let ids = req.container_ids.clone();
+    let tail = req.tail;
+    let engine2 = Arc::clone(&engine);
+    let first = tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        let mut errors = Vec::new();
+        let mut offsets = HashMap::new();
+        for id in &ids {
+            match read_from(&engine2, id, 0) {
+                Ok(Some((l, end))) => {
+                    lines.extend(last(l, tail));
+                    offsets.insert(id.clone(), end);
+                }
+                Ok(None) => errors.push(format!("container {id}: its log is gone")),
+                Err(e) => errors.push(e),
+            }
         }
+        lines.sort_by_key(|l| l.time_nanos);
+        (lines, errors.join("; "), offsets)
+    })
+    .await;
+    let Ok((lines, error, mut offsets)) = first else {
+        return;
+    };
+    let follow = req.follow && !offsets.is_empty();
+    if send_chunks(&session, &req.id, lines, error, !follow)
+        .await
+        .is_err()
+        || !follow
+    {
+        return;
     }
-    PublishLogsRequest {
-        request_id: req.id.clone(),
-        lines,
-        error: errors.join("; "),
-    }
-}
-
-/// Runs forever: poll the leader for log requests, answer each.
-pub async fn run(engine: Arc<Engine>, managers: Managers) {
-    let mut leader: Option<String> = None;
     loop {
-        let Some(addr) = leader.clone().or_else(|| managers.current()) else {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        };
-        let Ok(mut client) = managers.clients.dispatcher(&addr) else {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        };
-        let reply = client
-            .log_requests(LogRequestsPoll { wait_ms: 10_000 })
-            .await;
-        match reply {
-            Ok(r) => {
-                let r = r.into_inner();
-                if !r.accepted {
-                    leader = (!r.leader_addr.is_empty()).then_some(r.leader_addr);
-                    continue;
-                }
-                for req in r.requests {
-                    let engine = Arc::clone(&engine);
-                    let mut client = client.clone();
-                    tokio::spawn(async move {
-                        let msg = tokio::task::spawn_blocking(move || answer(&engine, &req)).await;
-                        if let Ok(msg) = msg {
-                            if let Err(e) = client.publish_logs(msg).await {
-                                tracing::debug!("publishing logs failed: {}", e.message());
-                            }
-                        }
-                    });
+        tokio::time::sleep(FOLLOW_POLL).await;
+        let engine = Arc::clone(&engine);
+        let current = offsets.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let mut lines = Vec::new();
+            let mut next = HashMap::new();
+            for (id, offset) in current {
+                match read_from(&engine, &id, offset) {
+                    Ok(Some((l, end))) => {
+                        lines.extend(l);
+                        next.insert(id, end);
+                    }
+                    // Gone (removed): stop following it.
+                    Ok(None) => {}
+                    // Unreadable for now: try again next time.
+                    Err(_) => {
+                        next.insert(id, offset);
+                    }
                 }
             }
-            Err(_) => {
-                leader = None;
-                managers.rotate(&addr);
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
+            lines.sort_by_key(|l| l.time_nanos);
+            (lines, next)
+        })
+        .await;
+        let Ok((lines, next)) = read else { return };
+        offsets = next;
+        let done = offsets.is_empty();
+        if (!lines.is_empty() || done)
+            && send_chunks(&session, &req.id, lines, String::new(), done)
+                .await
+                .is_err()
+        {
+            return;
         }
+        if done {
+            return;
+        }
+        if session.is_closed() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(n: i64) -> LogLine {
+        LogLine {
+            container_id: "c".into(),
+            stderr: false,
+            text: format!("{n}\n"),
+            time_nanos: n,
+        }
+    }
+
+    #[tokio::test]
+    async fn long_answers_are_chunked_and_only_the_last_is_done() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let lines: Vec<LogLine> = (0..2_500).map(line).collect();
+        send_chunks(&tx, "r", lines, "oops".into(), true)
+            .await
+            .expect("sent");
+        let mut sizes = Vec::new();
+        let mut flags = Vec::new();
+        while let Ok(msg) = rx.try_recv() {
+            let Some(Up::Logs(c)) = msg.kind else {
+                panic!("not a log chunk")
+            };
+            sizes.push(c.lines.len());
+            flags.push((c.done, c.error.clone()));
+        }
+        assert_eq!(sizes, [1_000, 1_000, 500]);
+        assert_eq!(
+            flags,
+            [
+                (false, String::new()),
+                (false, String::new()),
+                (true, "oops".to_string())
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_empty_answer_still_sends_one_chunk() {
+        let (tx, mut rx) = mpsc::channel(4);
+        send_chunks(&tx, "r", Vec::new(), String::new(), false)
+            .await
+            .expect("sent");
+        let Some(Up::Logs(c)) = rx.try_recv().expect("one chunk").kind else {
+            panic!("not a log chunk")
+        };
+        assert!(c.lines.is_empty() && !c.done);
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        let lines: Vec<LogLine> = (0..10).map(line).collect();
+        let kept: Vec<i64> = last(lines.clone(), 3)
+            .iter()
+            .map(|l| l.time_nanos)
+            .collect();
+        assert_eq!(kept, [7, 8, 9]);
+        assert_eq!(last(lines.clone(), -1).len(), 10);
+        assert!(last(lines, 0).is_empty());
     }
 }

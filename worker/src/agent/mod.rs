@@ -5,14 +5,15 @@
 //! - [`reconcile`]: the decisions, one pure function from (assignments, local
 //!   task containers, states reported, tasks in flight) to actions;
 //! - [`container`]: a task's container name, labels and create request;
-//! - [`reporter`]: the outbox of state reports and the loop that sends them;
+//! - [`reporter`]: the outbox of state reports;
+//! - [`session`]: the node's session with the leader (heartbeats,
+//!   assignments down, state reports up, `service logs`);
 //! - [`health`]: the health-check loop of a running task container;
 //! - this module: the loops that feed and execute those decisions.
 //!
-//! Three loops run: the assignments long poll (`Dispatcher::Assignments`,
-//! any manager, rotating on errors), the reconcile loop (on every change of
+//! Two loops run: the session, and the reconcile loop (on every change of
 //! the assignments, when a task container exits or an operation ends, and
-//! every [`RECONCILE_PERIOD`]), and the reporter. Slow work (pulls, create,
+//! every [`RECONCILE_PERIOD`]). Slow work (pulls, create,
 //! start, stop) runs in jobs, one per task at a time, so the reconcile loop
 //! never waits on the engine or the network.
 //!
@@ -26,50 +27,39 @@ pub mod health;
 mod logs;
 pub mod reconcile;
 pub mod reporter;
+pub mod session;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agent_common::dispatcher_proto::AssignmentsRequest;
 use agent_common::objects::Task;
 use agent_common::task_state::TaskState;
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::cluster::{ManagerClients, NodeRecord};
+use crate::cluster::membership::Membership;
 use crate::engine::Engine;
 use reconcile::{Action, Local, Phase, Status};
-use reporter::{Backoff, Outbox};
+use reporter::Outbox;
 
 /// How often the agent reconciles even when nothing was signalled.
 pub const RECONCILE_PERIOD: Duration = Duration::from_secs(2);
-/// How long the assignments long poll waits for a change.
-pub const ASSIGNMENTS_WAIT: Duration = Duration::from_secs(10);
 /// A container whose task left the assignments is removed only after it has
-/// been missing this long (a manager catching up after a restart may briefly
-/// answer from an older store).
+/// been missing this long (a new leader catching up after a failover may
+/// briefly answer from an older store).
 pub const ORPHAN_GRACE: Duration = Duration::from_secs(2);
 /// Task containers brought up at once (pulls, creates and starts).
 const PARALLEL_STARTS: usize = 8;
 
-/// Starts the agent of node `node_id` on `engine`, talking to the managers
-/// in `record` through `clients`. Runs until the daemon exits.
-pub fn spawn(
-    engine: Arc<Engine>,
-    clients: ManagerClients,
-    record: Arc<Mutex<NodeRecord>>,
-    node_id: String,
-) -> JoinHandle<()> {
-    let managers = Managers {
-        clients,
-        record,
-        index: Arc::default(),
-    };
+/// Starts the agent of the node `membership` describes, on `engine`: its
+/// session with the leader and the loops that act on it. Runs until the
+/// daemon exits.
+pub fn spawn(engine: Arc<Engine>, membership: Membership) -> JoinHandle<()> {
+    let membership = Arc::new(membership);
     let agent = Arc::new(Agent {
         engine,
-        node_id,
+        node_id: membership.node_id(),
         outbox: Outbox::default(),
         busy: Mutex::default(),
         watched: Mutex::default(),
@@ -80,102 +70,19 @@ pub fn spawn(
     });
     tokio::spawn(async move {
         let (tx, rx) = watch::channel(None);
-        tokio::spawn(poll_assignments(
-            managers.clone(),
-            agent.node_id.clone(),
+        tokio::spawn(session::run(
+            Arc::clone(&agent.engine),
+            membership,
+            agent.outbox.clone(),
             tx,
         ));
-        tokio::spawn(logs::run(Arc::clone(&agent.engine), managers.clone()));
-        tokio::spawn(agent.outbox.clone().run(managers));
         tracing::info!(node = %agent.node_id, "worker agent started");
         agent.reconcile_loop(rx).await;
     })
 }
 
-/// The managers' addresses (from the node record, kept current by the
-/// heartbeat loop) and which one is in use.
-#[derive(Clone)]
-pub struct Managers {
-    clients: ManagerClients,
-    record: Arc<Mutex<NodeRecord>>,
-    index: Arc<AtomicUsize>,
-}
-
-impl Managers {
-    /// The manager to talk to now.
-    pub fn current(&self) -> Option<String> {
-        let managers = self.record.lock().ok()?.managers.clone();
-        if managers.is_empty() {
-            return None;
-        }
-        let i = self.index.load(Ordering::Relaxed) % managers.len();
-        Some(managers[i].clone())
-    }
-
-    /// `failed` did not answer: move on to the next one (unless another
-    /// caller already did).
-    pub fn rotate(&self, failed: &str) {
-        if self.current().as_deref() == Some(failed) {
-            self.index.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
 /// Assigned tasks as last received (`None` before the first answer).
-type Assignments = Option<Arc<Vec<Task>>>;
-
-/// Long-polls the managers for this node's tasks and publishes each change.
-async fn poll_assignments(managers: Managers, node_id: String, tx: watch::Sender<Assignments>) {
-    let mut version = 0u64;
-    let mut backoff = Backoff::default();
-    loop {
-        let Some(addr) = managers.current() else {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        };
-        match fetch_assignments(&managers, &addr, version).await {
-            Ok((v, mut tasks)) => {
-                backoff.reset();
-                if v != version || tx.borrow().is_none() {
-                    version = v;
-                    // Defensive: only this node's tasks.
-                    tasks.retain(|t| t.node_id.as_deref() == Some(node_id.as_str()));
-                    tx.send_replace(Some(Arc::new(tasks)));
-                }
-            }
-            Err(e) => {
-                if backoff.failures % 20 == 0 {
-                    tracing::warn!(manager = %addr, "failed to get task assignments (will retry): {e}");
-                }
-                managers.rotate(&addr);
-                tokio::time::sleep(backoff.failed()).await;
-            }
-        }
-    }
-}
-
-async fn fetch_assignments(
-    managers: &Managers,
-    addr: &str,
-    known_version: u64,
-) -> Result<(u64, Vec<Task>), String> {
-    let mut client = managers
-        .clients
-        .dispatcher(addr)
-        .map_err(|e| e.to_string())?;
-    let call = client.assignments(AssignmentsRequest {
-        known_version,
-        wait_ms: ASSIGNMENTS_WAIT.as_millis() as u32,
-    });
-    let reply = tokio::time::timeout(ASSIGNMENTS_WAIT + Duration::from_secs(5), call)
-        .await
-        .map_err(|_| format!("{addr} did not answer in time"))?
-        .map_err(|s| s.message().to_string())?
-        .into_inner();
-    let tasks: Vec<Task> = serde_json::from_str(&reply.tasks_json)
-        .map_err(|e| format!("the assignments from {addr} are unreadable: {e}"))?;
-    Ok((reply.version, tasks))
-}
+pub type Assignments = Option<Arc<Vec<Task>>>;
 
 /// The agent's shared state.
 struct Agent {

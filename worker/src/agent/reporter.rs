@@ -1,7 +1,8 @@
-//! The agent's way back to the managers: an outbox of state reports, sent in
-//! order by one loop with `UpdateTaskStatus`, and kept (and resent, with
-//! backoff, to the next manager) until a manager took them. The reconcile
-//! loop only queues; it never waits on the network.
+//! The agent's way back to the managers: an outbox of state reports. The
+//! node's session sends them in order, one batch at a time, and drops a
+//! batch only when the leader acknowledged it (stored): a batch in flight
+//! when a session ends is sent again on the next one. The reconcile loop
+//! only queues; it never waits on the network.
 //!
 //! The outbox also remembers the last state queued per task, so a state is
 //! queued once and never a backwards one (the dispatcher ignores those
@@ -11,12 +12,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agent_common::dispatcher_proto::{TaskStatus, TaskStatusRequest};
+use agent_common::dispatcher_proto::TaskStatus;
 use agent_common::task_state::TaskState;
 use tokio::sync::Notify;
 
 use super::reconcile::Status;
-use super::Managers;
+
+/// Most reports sent in one batch.
+pub const MAX_BATCH: usize = 500;
 
 /// Reports not sent yet, and the last state queued per task.
 #[derive(Default)]
@@ -74,88 +77,28 @@ impl Outbox {
         self.lock().pending.len()
     }
 
-    fn peek(&self) -> Vec<Status> {
-        self.lock().pending.clone()
+    /// The next batch to send (the oldest reports, at most [`MAX_BATCH`]).
+    pub fn peek(&self) -> Vec<Status> {
+        let q = self.lock();
+        q.pending.iter().take(MAX_BATCH).cloned().collect()
     }
 
-    /// Drops the first `n` pending reports (sent).
-    fn ack(&self, n: usize) {
+    /// Drops the first `n` pending reports (acknowledged by the leader).
+    pub fn ack(&self, n: usize) {
         let mut q = self.lock();
         let n = n.min(q.pending.len());
         q.pending.drain(..n);
     }
 
     /// Drops the pending reports of `task_id` (refused for good).
-    fn drop_task(&self, task_id: &str) {
+    pub fn drop_task(&self, task_id: &str) {
         self.lock().pending.retain(|s| s.task_id != task_id);
     }
 
-    /// Sends the queued reports for ever.
-    pub async fn run(self, managers: Managers) {
-        let mut backoff = Backoff::default();
-        loop {
-            let batch = self.peek();
-            if batch.is_empty() {
-                self.wake.notified().await;
-                continue;
-            }
-            let Some(addr) = managers.current() else {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            };
-            match send(&managers, &addr, &batch).await {
-                Ok(()) => {
-                    self.ack(batch.len());
-                    backoff.reset();
-                }
-                Err(status) if status.code() == tonic::Code::PermissionDenied => {
-                    // One of them is not (or no longer) this node's: send one
-                    // task at a time and drop what is refused.
-                    self.send_one_by_one(&managers, &addr, batch).await;
-                }
-                Err(status) => {
-                    if backoff.failures % 20 == 0 {
-                        tracing::warn!(
-                            manager = %addr,
-                            pending = batch.len(),
-                            "failed to report task states (will retry): {}",
-                            status.message()
-                        );
-                    }
-                    managers.rotate(&addr);
-                    tokio::time::sleep(backoff.failed()).await;
-                }
-            }
-        }
-    }
-
-    async fn send_one_by_one(&self, managers: &Managers, addr: &str, batch: Vec<Status>) {
-        let mut ids: Vec<&str> = Vec::new();
-        for s in &batch {
-            if !ids.contains(&s.task_id.as_str()) {
-                ids.push(&s.task_id);
-            }
-        }
-        for id in ids {
-            let mine: Vec<Status> = batch.iter().filter(|s| s.task_id == id).cloned().collect();
-            match send(managers, addr, &mine).await {
-                Ok(()) => self.remove_sent(&mine),
-                Err(s) if s.code() == tonic::Code::PermissionDenied => {
-                    tracing::info!(task = %id, "dropping state reports: {}", s.message());
-                    self.drop_task(id);
-                }
-                Err(_) => return, // the main loop retries
-            }
-        }
-    }
-
-    fn remove_sent(&self, sent: &[Status]) {
-        let mut q = self.lock();
-        for s in sent {
-            if let Some(i) = q.pending.iter().position(|p| p == s) {
-                q.pending.remove(i);
-            }
-        }
+    /// Resolves when a report was queued (at once if one was queued since
+    /// the last call).
+    pub async fn queued(&self) {
+        self.wake.notified().await;
     }
 }
 
@@ -173,22 +116,6 @@ pub fn to_proto(s: &Status) -> TaskStatus {
         has_exit_code: s.exit_code.is_some(),
         exit_code: s.exit_code.unwrap_or_default(),
         error: s.error.clone(),
-    }
-}
-
-async fn send(managers: &Managers, addr: &str, batch: &[Status]) -> Result<(), tonic::Status> {
-    let mut client = managers
-        .clients
-        .dispatcher(addr)
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let request = TaskStatusRequest {
-        statuses: batch.iter().map(to_proto).collect(),
-    };
-    match tokio::time::timeout(Duration::from_secs(10), client.update_task_status(request)).await {
-        Ok(r) => r.map(|_| ()),
-        Err(_) => Err(tonic::Status::unavailable(format!(
-            "{addr} did not answer within 10 s"
-        ))),
     }
 }
 

@@ -166,16 +166,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         tracing::info!("shutting down; containers keep running");
     };
     let managers_hint = membership.as_ref().map(|(_, record)| Arc::clone(record));
-    if let Some((heartbeats, record)) = membership {
+    if let Some((membership, _)) = membership {
         // Only a node in a cluster runs tasks the managers assign.
-        let node_id = record.lock().map(|r| r.node_id.clone()).unwrap_or_default();
-        worker::agent::spawn(
-            Arc::clone(&engine),
-            heartbeats.clients.clone(),
-            record,
-            node_id,
-        );
-        tokio::spawn(heartbeats.run());
+        worker::agent::spawn(Arc::clone(&engine), membership);
     }
     tonic::transport::Server::builder()
         .add_service(worker::engine::api::EngineService::server(engine))
@@ -191,12 +184,12 @@ async fn serve(args: Args) -> anyhow::Result<()> {
 }
 
 /// The node's cluster membership: joins first for `join`, resumes it when
-/// the data root holds one, and returns the heartbeat loop to run.
+/// the data root holds one, and returns what the node's agent needs.
 async fn cluster_membership(
     args: &Args,
 ) -> anyhow::Result<
     Option<(
-        worker::cluster::heartbeat::Heartbeats,
+        worker::cluster::membership::Membership,
         Arc<Mutex<worker::cluster::NodeRecord>>,
     )>,
 > {
@@ -254,7 +247,7 @@ async fn cluster_membership(
     let (tx, _) = tokio::sync::watch::channel(Arc::new(identity));
     let record = Arc::new(Mutex::new(record));
     Ok(Some((
-        worker::cluster::heartbeat::Heartbeats {
+        worker::cluster::membership::Membership {
             files,
             record: Arc::clone(&record),
             identity: tx,

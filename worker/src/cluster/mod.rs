@@ -1,8 +1,8 @@
 //! A node's membership in a cluster, as every node (worker or manager) holds
 //! it: the files under `<data-root>/cluster/` (key, certificate, CA
-//! certificate, `node.json`), joining with a token, and the heartbeat loop
-//! that keeps the node marked ready and renews its certificate before it
-//! expires.
+//! certificate, `node.json`), joining with a token, and the [`membership`]
+//! the node's session with the leader keeps current (managers, period,
+//! certificate renewals).
 //!
 //! Files (all written atomically, keys mode 0600):
 //! - `node.json`: [`NodeRecord`] (ID, role, managers' addresses, ...);
@@ -11,16 +11,16 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use agent_common::dispatcher_proto::dispatcher_client::DispatcherClient;
-use agent_common::dispatcher_proto::{HeartbeatRequest, JoinReply, JoinRequest, RenewRequest};
+use agent_common::dispatcher_proto::{JoinReply, JoinRequest, RenewRequest};
 use agent_common::pki::{self, JoinToken, NodeCertificate, NodeIdentity, NodeKey, NodeRole};
 use agent_common::tls::{self, grpc};
 use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 
-pub mod heartbeat;
+pub mod membership;
 
 /// Errors of joining and of the node's cluster files.
 #[derive(Debug, thiserror::Error)]
@@ -398,31 +398,6 @@ pub async fn renew(
     Ok(reply.cert_pem)
 }
 
-/// One heartbeat to `addr`.
-pub async fn heartbeat_once(
-    clients: &ManagerClients,
-    addr: &str,
-    hostname: &str,
-    advertise_addr: &str,
-) -> Result<agent_common::dispatcher_proto::HeartbeatReply> {
-    let mut client = clients.dispatcher(addr)?;
-    let fut = client.heartbeat(HeartbeatRequest {
-        hostname: hostname.to_string(),
-        addr: advertise_addr.to_string(),
-    });
-    match tokio::time::timeout(Duration::from_secs(3), fut).await {
-        Ok(Ok(r)) => Ok(r.into_inner()),
-        Ok(Err(s)) => Err(ClusterError::Refused {
-            addr: addr.to_string(),
-            message: s.message().to_string(),
-        }),
-        Err(_) => Err(ClusterError::Unreachable {
-            addr: addr.to_string(),
-            reason: "no answer within 3 s".into(),
-        }),
-    }
-}
-
 /// The control API as a worker serves it on its local socket: every call
 /// explains that cluster commands go to a manager, and names the managers
 /// this node knows of.
@@ -547,10 +522,12 @@ impl agent_common::control_proto::control_server::Control for NotAManager {
     ) -> Result<tonic::Response<agent_common::control_proto::JsonReply>, tonic::Status> {
         self.refuse()
     }
+    type ServiceLogsStream =
+        tokio_stream::Empty<Result<agent_common::control_proto::JsonReply, tonic::Status>>;
     async fn service_logs(
         &self,
         _: tonic::Request<agent_common::control_proto::ServiceLogsRequest>,
-    ) -> Result<tonic::Response<agent_common::control_proto::JsonReply>, tonic::Status> {
+    ) -> Result<tonic::Response<Self::ServiceLogsStream>, tonic::Status> {
         self.refuse()
     }
 }

@@ -1,8 +1,9 @@
-//! The heartbeat loop every cluster node runs: tells the leader it is alive
-//! once per period, follows the leader when a follower names it, moves to
-//! another manager when one stops answering, keeps the list of managers up to
-//! date, and renews the node's certificate once a third of its validity is
-//! left (or when the cluster changed the node's role).
+//! A node's membership in the cluster: its files, record, identity and
+//! manager clients. The node's session with the leader (in
+//! `crate::agent::session`) feeds it what the leader says (managers,
+//! heartbeat period, the node's role) and asks it to renew the certificate
+//! once a third of its validity is left (or when the cluster changed the
+//! node's role).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -10,14 +11,14 @@ use std::time::{Duration, SystemTime};
 use agent_common::pki::NodeIdentity;
 use tokio::sync::watch;
 
-use super::{heartbeat_once, renew, ClusterFiles, ManagerClients, NodeRecord};
+use super::{renew, ClusterFiles, ManagerClients, NodeRecord};
 
 /// The shared, replaceable identity of a node: renewals publish here, and
 /// whoever serves TLS with it (a manager's cluster port) follows.
 pub type IdentityWatch = watch::Receiver<Arc<NodeIdentity>>;
 
-/// The running heartbeat loop's inputs.
-pub struct Heartbeats {
+/// What a node needs to take part in the cluster.
+pub struct Membership {
     /// The node's files (record and certificate are saved as they change).
     pub files: ClusterFiles,
     /// The node's record (managers list, period).
@@ -32,72 +33,36 @@ pub struct Heartbeats {
     pub role_changes: Option<tokio::sync::mpsc::Sender<String>>,
 }
 
-impl Heartbeats {
-    /// Runs forever.
-    pub async fn run(self) {
-        let mut target_index = 0usize;
-        let mut leader_hint: Option<String> = None;
-        let mut failures = 0u32;
-        loop {
-            let (managers, advertise, period, role) = {
-                let r = match self.record.lock() {
-                    Ok(r) => r.clone(),
-                    Err(_) => return,
-                };
-                (
-                    r.managers,
-                    r.advertise_addr,
-                    Duration::from_millis(r.heartbeat_period_ms.clamp(100, 60_000)),
-                    r.role,
-                )
-            };
-            if managers.is_empty() && leader_hint.is_none() {
-                tokio::time::sleep(period).await;
-                continue;
-            }
-            let target = leader_hint
-                .clone()
-                .unwrap_or_else(|| managers[target_index % managers.len().max(1)].clone());
-            match heartbeat_once(&self.clients, &target, &self.hostname, &advertise).await {
-                Ok(reply) if !reply.accepted => {
-                    failures = 0;
-                    if !reply.leader_addr.is_empty() && reply.leader_addr != target {
-                        leader_hint = Some(reply.leader_addr);
-                        continue;
-                    }
-                    // No leader known yet (an election is running): ask again soon.
-                    leader_hint = None;
-                    tokio::time::sleep(period / 2).await;
-                    continue;
-                }
-                Ok(reply) => {
-                    failures = 0;
-                    leader_hint = Some(target.clone());
-                    self.absorb(&reply, &role);
-                    self.renew_if_due(&target, &reply.role, &role).await;
-                }
-                Err(e) => {
-                    failures += 1;
-                    if failures == 1 || failures % 30 == 0 {
-                        tracing::warn!("heartbeat to {target} failed: {e}");
-                    }
-                    leader_hint = None;
-                    target_index = target_index.wrapping_add(1);
-                    // Try the next manager right away, but do not spin when
-                    // every one of them is down.
-                    if failures as usize % managers.len().max(1) != 0 {
-                        continue;
-                    }
-                }
-            }
-            tokio::time::sleep(period).await;
+impl Membership {
+    /// The managers to try, this node's advertised address and the
+    /// heartbeat period, as recorded now.
+    pub fn snapshot(&self) -> (Vec<String>, String, Duration) {
+        match self.record.lock() {
+            Ok(r) => (
+                r.managers.clone(),
+                r.advertise_addr.clone(),
+                Duration::from_millis(r.heartbeat_period_ms.clamp(100, 60_000)),
+            ),
+            Err(_) => (Vec::new(), String::new(), Duration::from_secs(1)),
         }
     }
 
-    fn absorb(&self, reply: &agent_common::dispatcher_proto::HeartbeatReply, role: &str) {
+    /// This node's ID.
+    pub fn node_id(&self) -> String {
+        self.record
+            .lock()
+            .map(|r| r.node_id.clone())
+            .unwrap_or_default()
+    }
+
+    /// Takes in what the leader says of the cluster: managers, period, and
+    /// the role it records for this node (a change is passed on to
+    /// `role_changes`).
+    pub fn absorb(&self, reply: &agent_common::dispatcher_proto::SessionInfo) {
         let Ok(mut r) = self.record.lock() else {
             return;
         };
+        let role = r.role.clone();
         let mut changed = false;
         if !reply.managers.is_empty() && reply.managers != r.managers {
             r.managers = reply.managers.clone();
@@ -112,6 +77,7 @@ impl Heartbeats {
                 tracing::warn!("failed to save the node record: {e}");
             }
         }
+        drop(r);
         if !reply.role.is_empty() && reply.role != role {
             if let Some(tx) = &self.role_changes {
                 let _ = tx.try_send(reply.role.clone());
@@ -119,14 +85,16 @@ impl Heartbeats {
         }
     }
 
-    /// Renews when a third of the validity is left, or when the cluster
-    /// records another role than the certificate carries.
-    async fn renew_if_due(&self, target: &str, cluster_role: &str, _record_role: &str) {
+    /// Renews the certificate through the manager at `target` when a third
+    /// of its validity is left, or when the cluster records another role
+    /// than it carries. Returns whether the node now has a new certificate
+    /// (its connections should be opened again to present it).
+    pub async fn renew_if_due(&self, target: &str, cluster_role: &str) -> bool {
         let current = self.identity.borrow().clone();
         let cert_role = current.role().as_str();
         let role_changed = !cluster_role.is_empty() && cluster_role != cert_role;
         if !role_changed && !current.certificate().needs_renewal(SystemTime::now()) {
-            return;
+            return false;
         }
         match renew(&self.clients, target, &current).await {
             Ok(pem) => {
@@ -144,11 +112,11 @@ impl Heartbeats {
                     Ok(identity) => {
                         if let Err(e) = self.files.save_certificate(&pem) {
                             tracing::warn!("failed to save the renewed certificate: {e}");
-                            return;
+                            return false;
                         }
                         if let Err(e) = self.clients.replace_identity(&identity) {
                             tracing::warn!("failed to use the renewed certificate: {e}");
-                            return;
+                            return false;
                         }
                         tracing::info!(
                             role = identity.role().as_str(),
@@ -159,11 +127,18 @@ impl Heartbeats {
                             let _ = self.files.save_record(&r);
                         }
                         let _ = self.identity.send(Arc::new(identity));
+                        true
                     }
-                    Err(e) => tracing::warn!("the renewed certificate is unusable: {e}"),
+                    Err(e) => {
+                        tracing::warn!("the renewed certificate is unusable: {e}");
+                        false
+                    }
                 }
             }
-            Err(e) => tracing::warn!("certificate renewal failed: {e}"),
+            Err(e) => {
+                tracing::warn!("certificate renewal failed: {e}");
+                false
+            }
         }
     }
 }
