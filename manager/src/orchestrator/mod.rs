@@ -14,15 +14,26 @@ use std::time::Duration;
 use agent_common::objects::{
     Availability, Meta, Node, NodeStatus, Object, Service, Task, Timestamp, UpdateStatus,
 };
-use agent_common::spec::{FailureAction, RestartCondition, ServiceMode, UpdateOrder};
+use agent_common::spec::{
+    FailureAction, ResourceAmounts, RestartCondition, ServiceMode, UpdateOrder,
+};
 use agent_common::task_state::TaskState;
 
 use crate::daemon::Manager;
 use crate::scheduler::{NodeInfo, NodeSet, PendingTask};
 use crate::store::Action;
 
-/// Terminal tasks kept per slot (and per node for global services).
+/// Terminal tasks kept per slot (and per node for global services), unless
+/// the restart policy needs more to count its attempts.
 pub const TASK_HISTORY: usize = 5;
+
+/// The capacity the scheduling pass assumes for a node that has not reported
+/// its CPUs and memory ([`Node::resources`] is `None`): more than any
+/// reservation, with room left for the reservations subtracted from it.
+const UNKNOWN_CAPACITY: ResourceAmounts = ResourceAmounts {
+    nano_cpus: u64::MAX / 4,
+    memory_bytes: u64::MAX / 4,
+};
 
 /// Largest number of actions in one store batch.
 const BATCH: usize = 500;
@@ -70,7 +81,45 @@ fn node_usable(n: &Node) -> bool {
     n.status != NodeStatus::Down && n.availability != Availability::Drain
 }
 
-/// Whether a terminal task should be replaced, by its service's restart policy.
+/// The restarts of one slot (or, for global services, one node) that count
+/// against `--restart-max-attempts`: tasks created to replace a task of the
+/// slot that ended (complete, failed, rejected or orphaned; not one the
+/// orchestrator shut down for an update, a scale-down or a drain), created
+/// within the last `window_ms` before `now`. A window of 0 counts every
+/// restart in the slot's kept history ([`history_kept`] keeps enough of it).
+fn restarts_in_window(in_slot: &[&Task], window_ms: u64, now: Timestamp) -> u64 {
+    let mut by_age: Vec<&Task> = in_slot.to_vec();
+    by_age.sort_by(|a, b| (a.meta.created_at, &a.meta.id).cmp(&(b.meta.created_at, &b.meta.id)));
+    let window_ns = window_ms.saturating_mul(1_000_000);
+    let in_window = |t: &Task| window_ns == 0 || t.meta.created_at.saturating_add(window_ns) > now;
+    by_age
+        .windows(2)
+        .filter(|pair| match pair {
+            [before, after] => {
+                before.state.is_terminal()
+                    && before.state != TaskState::Shutdown
+                    && in_window(after)
+            }
+            _ => false,
+        })
+        .count() as u64
+}
+
+/// Finished tasks kept per slot: [`TASK_HISTORY`], or more when the restart
+/// policy limits attempts, since [`restarts_in_window`] counts restarts from
+/// this history (deleting it would let a slot that reached its limit restart
+/// again).
+fn history_kept(service: &Service) -> usize {
+    match service.spec.task.restart.max_attempts {
+        0 => TASK_HISTORY,
+        max => usize::try_from(max.saturating_add(1))
+            .unwrap_or(usize::MAX)
+            .max(TASK_HISTORY),
+    }
+}
+
+/// Whether a terminal task should be replaced, by its service's restart
+/// policy; `restarts_in_slot` is what [`restarts_in_window`] counted.
 fn restarts(service: &Service, t: &Task, restarts_in_slot: u64) -> bool {
     let policy = &service.spec.task.restart;
     if policy.max_attempts > 0 && restarts_in_slot >= policy.max_attempts {
@@ -315,6 +364,9 @@ pub fn plan(services: &[Service], tasks: &[Task], nodes: &[Node], now: Timestamp
             actions.push(Action::Update(Object::Service(s)));
         }
 
+        // --update-order start-first also applies to tasks leaving a drained
+        // node: the replacement starts before the old task stops.
+        let start_first_moves = service.spec.update.order == UpdateOrder::StartFirst;
         for (key, slot, node) in &wanted {
             let in_slot = slots.get(key).cloned().unwrap_or_default();
             let mut live: Vec<&Task> = in_slot
@@ -322,7 +374,8 @@ pub fn plan(services: &[Service], tasks: &[Task], nodes: &[Node], now: Timestamp
                 .copied()
                 .filter(|t| is_live_desired(t))
                 .collect();
-            let restarts_so_far = in_slot.len().saturating_sub(1) as u64;
+            let restarts_so_far =
+                restarts_in_window(&in_slot, service.spec.task.restart.window_ms, now);
             let jobs = matches!(
                 service.spec.mode,
                 ServiceMode::ReplicatedJob { .. } | ServiceMode::GlobalJob
@@ -333,17 +386,20 @@ pub fn plan(services: &[Service], tasks: &[Task], nodes: &[Node], now: Timestamp
             }
             // An empty slot gets a task, unless its last task finished and
             // the restart policy says it stays finished.
-            let last = in_slot.iter().max_by_key(|t| t.meta.created_at);
-            let mut need_new = live.is_empty()
-                && !last.is_some_and(|t| {
-                    t.state.is_terminal() && !restarts(service, t, restarts_so_far)
-                });
+            let last = in_slot.iter().max_by(|a, b| {
+                (a.meta.created_at, &a.meta.id).cmp(&(b.meta.created_at, &b.meta.id))
+            });
+            // The slot's last task ended and the restart policy keeps it ended.
+            let restart_refused = last
+                .is_some_and(|t| t.state.is_terminal() && !restarts(service, t, restarts_so_far));
+            let mut need_new = live.is_empty() && !restart_refused;
             let mut replaced = Vec::new();
+            // Running tasks on a drained node of a start-first service: they
+            // keep running until their replacement does (below).
+            let mut moving: Vec<&str> = Vec::new();
             for t in &live {
-                let on_bad_node = t
-                    .node_id
-                    .as_deref()
-                    .and_then(|n| nodes_by_id.get(n))
+                let node_of = t.node_id.as_deref().and_then(|n| nodes_by_id.get(n));
+                let on_bad_node = node_of
                     .map(|n| !node_usable(n))
                     .unwrap_or(t.node_id.is_some());
                 if t.state.is_terminal() {
@@ -353,7 +409,14 @@ pub fn plan(services: &[Service], tasks: &[Task], nodes: &[Node], now: Timestamp
                         need_new = true;
                     }
                 } else if on_bad_node {
-                    let why = match t.node_id.as_deref().and_then(|n| nodes_by_id.get(n)) {
+                    let drained = node_of.is_some_and(|n| {
+                        n.status != NodeStatus::Down && n.availability == Availability::Drain
+                    });
+                    if drained && start_first_moves && t.state == TaskState::Running {
+                        moving.push(t.meta.id.as_str());
+                        continue;
+                    }
+                    let why = match node_of {
                         Some(n) if n.availability == Availability::Drain => "node drained",
                         Some(_) => "node down",
                         None => "node removed",
@@ -364,10 +427,12 @@ pub fn plan(services: &[Service], tasks: &[Task], nodes: &[Node], now: Timestamp
                 }
             }
             live.retain(|t| !replaced.contains(&t.meta.id));
-            // Rolling update: a slot still on an older generation is
-            // updated when the budget (parallelism) allows.
-            let (stale, mut fresh): (Vec<&Task>, Vec<&Task>) =
-                live.iter().partition(|t| t.spec_generation != gen);
+            // Tasks to be replaced, start-first or stop-first: a slot still on
+            // an older generation (rolling update, when the budget allows) or
+            // a task leaving a drained node (at once, start-first).
+            let (stale, mut fresh): (Vec<&Task>, Vec<&Task>) = live
+                .iter()
+                .partition(|t| t.spec_generation != gen || moving.contains(&t.meta.id.as_str()));
             // Never two live tasks of one generation in a slot: keep the newest.
             if fresh.len() > 1 {
                 fresh.sort_by_key(|t| t.meta.created_at);
@@ -377,12 +442,32 @@ pub fn plan(services: &[Service], tasks: &[Task], nodes: &[Node], now: Timestamp
                 fresh = vec![fresh[fresh.len() - 1]];
             }
             if !stale.is_empty() {
+                let must_move = stale.iter().any(|t| moving.contains(&t.meta.id.as_str()));
                 if let Some(new) = fresh.first() {
                     // start-first: the old task stops once the new one runs.
                     if new.state == TaskState::Running {
                         for t in &stale {
-                            actions.push(shutdown(t, "replaced by the updated task"));
+                            let why = if moving.contains(&t.meta.id.as_str()) {
+                                "node drained"
+                            } else {
+                                "replaced by the updated task"
+                            };
+                            actions.push(shutdown(t, why));
                         }
+                    }
+                } else if must_move {
+                    // A drain does not wait for the update's budget; a
+                    // replacement that ended is replaced by the restart policy.
+                    if !restart_refused {
+                        if stale.iter().any(|t| t.spec_generation != gen) {
+                            budget = budget.saturating_sub(1);
+                        }
+                        actions.push(Action::Create(Object::Task(new_task(
+                            service,
+                            *slot,
+                            node.as_deref(),
+                            now,
+                        ))));
                     }
                 } else if budget > 0 {
                     budget -= 1;
@@ -411,15 +496,16 @@ pub fn plan(services: &[Service], tasks: &[Task], nodes: &[Node], now: Timestamp
                     now,
                 ))));
             }
-            // History: keep the newest TASK_HISTORY finished tasks of the slot.
+            // History: keep the newest finished tasks of the slot.
+            let keep = history_kept(service);
             let mut finished: Vec<&Task> = in_slot
                 .iter()
                 .copied()
                 .filter(|t| t.state.is_terminal() && !is_live_desired(t))
                 .collect();
-            if finished.len() > TASK_HISTORY {
+            if finished.len() > keep {
                 finished.sort_by_key(|t| std::cmp::Reverse(t.meta.created_at));
-                for t in &finished[TASK_HISTORY..] {
+                for t in &finished[keep..] {
                     actions.push(Action::Delete {
                         kind: agent_common::objects::Kind::Task,
                         id: t.meta.id.clone(),
@@ -449,15 +535,19 @@ pub fn plan(services: &[Service], tasks: &[Task], nodes: &[Node], now: Timestamp
     actions
 }
 
-/// The scheduling pass: pending tasks onto nodes.
+/// The scheduling pass: pending tasks onto nodes. A node's capacity is what
+/// it reported ([`Node::resources`]) minus the reservations of its live tasks
+/// (ample while it has not reported); a task no node can take stays pending,
+/// its message saying why (`no suitable node (insufficient memory on 3 nodes)`).
 pub fn schedule(tasks: &[Task], nodes: &[Node], services: &[Service]) -> Vec<Action> {
     let mut infos: HashMap<String, NodeInfo> = nodes
         .iter()
         .map(|n| {
             let mut info = NodeInfo::from_node(n);
-            // Nodes do not report their capacity yet: treat it as ample.
-            info.available.nano_cpus = u64::MAX / 4;
-            info.available.memory_bytes = u64::MAX / 4;
+            // The capacity the node reported; the reservations of its live
+            // tasks are subtracted below. A node that has not reported yet
+            // is treated as ample, so reservations do not hold tasks back.
+            info.available = n.resources.unwrap_or(UNKNOWN_CAPACITY);
             info.platform.os = "linux".into();
             info.platform.architecture = std::env::consts::ARCH.into();
             (n.meta.id.clone(), info)

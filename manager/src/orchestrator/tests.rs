@@ -2,6 +2,9 @@ use super::*;
 use agent_common::objects::NodeRole;
 use agent_common::spec::{ServiceSpec, TaskSpec};
 
+const SECOND: Timestamp = 1_000_000_000;
+const MB: u64 = 1_000_000;
+
 fn node(id: &str, status: NodeStatus, availability: Availability) -> Node {
     Node {
         meta: Meta {
@@ -416,4 +419,277 @@ fn update_monitor_counts_only_early_failures_and_delays_completion() {
         .as_deref(),
         Some("paused")
     );
+}
+
+/// A task of `s` in `slot` (on `node`) created at `created` that failed and
+/// whose desired state the orchestrator already set to shutdown.
+fn failed_task(s: &Service, id: &str, slot: u64, node: Option<&str>, created: Timestamp) -> Task {
+    let mut t = new_task(s, slot, node, created);
+    t.meta.id = id.into();
+    t.state = TaskState::Failed;
+    t.desired_state = TaskState::Shutdown;
+    t
+}
+
+fn creates(actions: &[Action]) -> Vec<&Task> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Create(Object::Task(t)) => Some(t),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn restart_window_counts_only_recent_restarts() {
+    let nodes = vec![node("n1", NodeStatus::Ready, Availability::Active)];
+    let mut s = service("web", 1);
+    s.spec.task.restart.max_attempts = 2;
+    s.spec.task.restart.window_ms = 10_000;
+    // The first run and two restarts, all failed (restarts at 2 s and 3 s).
+    let tasks: Vec<Task> = (1..=3)
+        .map(|i| failed_task(&s, &format!("t{i}"), 1, Some("n1"), i * SECOND))
+        .collect();
+    let services = std::slice::from_ref(&s);
+    // At 5 s both restarts are within the 10 s window: the slot stays failed.
+    assert!(creates(&plan(services, &tasks, &nodes, 5 * SECOND)).is_empty());
+    // At 12.5 s the restart of 2 s has left the window: one more restart.
+    let later = plan(services, &tasks, &nodes, 12 * SECOND + SECOND / 2);
+    let new = creates(&later);
+    assert_eq!(new.len(), 1, "{later:?}");
+    assert_eq!(new[0].slot, 1);
+    // Without a window every restart in the kept history counts, for ever.
+    s.spec.task.restart.window_ms = 0;
+    let services = std::slice::from_ref(&s);
+    assert!(creates(&plan(services, &tasks, &nodes, 1_000 * SECOND)).is_empty());
+
+    // Global services count per node: n1's failures do not hold back n2.
+    let nodes = vec![
+        node("n1", NodeStatus::Ready, Availability::Active),
+        node("n2", NodeStatus::Ready, Availability::Active),
+    ];
+    let mut g = service("agent", 0);
+    g.spec.mode = ServiceMode::Global;
+    g.spec.task.restart.max_attempts = 1;
+    g.spec.task.restart.window_ms = 10_000;
+    let tasks = vec![
+        failed_task(&g, "a1", 0, Some("n1"), SECOND),
+        failed_task(&g, "a2", 0, Some("n1"), 2 * SECOND),
+        failed_task(&g, "b1", 0, Some("n2"), SECOND),
+    ];
+    let globals = std::slice::from_ref(&g);
+    let now = plan(globals, &tasks, &nodes, 5 * SECOND);
+    let placed: Vec<Option<&str>> = creates(&now).iter().map(|t| t.node_id.as_deref()).collect();
+    assert_eq!(placed, vec![Some("n2")], "{now:?}");
+    let later = plan(globals, &tasks, &nodes, 12 * SECOND + SECOND / 2);
+    let placed: Vec<Option<&str>> = creates(&later)
+        .iter()
+        .map(|t| t.node_id.as_deref())
+        .collect();
+    assert_eq!(placed, vec![Some("n1"), Some("n2")], "{later:?}");
+}
+
+#[test]
+fn replacements_by_updates_and_drains_are_not_restarts() {
+    let s = service("web", 1);
+    let mut updated = failed_task(&s, "t1", 1, Some("n1"), SECOND);
+    updated.state = TaskState::Shutdown;
+    let failed = failed_task(&s, "t2", 1, Some("n2"), 2 * SECOND);
+    let mut running = new_task(&s, 1, Some("n2"), 3 * SECOND);
+    running.meta.id = "t3".into();
+    running.state = TaskState::Running;
+    // t2 replaced a task shut down by an update (not a restart); t3
+    // replaced t2, which failed (a restart).
+    assert_eq!(
+        restarts_in_window(&[&running, &updated, &failed], 0, 10 * SECOND),
+        1
+    );
+    assert_eq!(
+        restarts_in_window(&[&running, &updated, &failed], 5_000, 10 * SECOND),
+        0
+    );
+}
+
+/// Two nodes, two replicas (one per node) running with `order`; then `change`
+/// is made to n1 and one pass runs. Returns whether n1's task is still meant
+/// to run after that pass, and the state of the cluster after a few more.
+fn move_off_n1(order: UpdateOrder, change: fn(&mut Node)) -> (bool, Vec<Task>) {
+    let mut nodes = vec![
+        node("n1", NodeStatus::Ready, Availability::Active),
+        node("n2", NodeStatus::Ready, Availability::Active),
+    ];
+    let mut services = vec![service("web", 2)];
+    services[0].spec.update.order = order;
+    let mut tasks = Vec::new();
+    let mut next = 0;
+    for _ in 0..3 {
+        step(&mut services, &mut tasks, &nodes, &mut next);
+    }
+    assert_eq!(running_per_node(&tasks).get("n1"), Some(&1));
+    let old = tasks
+        .iter()
+        .find(|t| t.node_id.as_deref() == Some("n1"))
+        .map(|t| t.meta.id.clone())
+        .unwrap_or_default();
+    change(&mut nodes[0]);
+    step(&mut services, &mut tasks, &nodes, &mut next);
+    let old_kept = tasks
+        .iter()
+        .any(|t| t.meta.id == old && is_live_desired(t) && t.state == TaskState::Running);
+    for slot in 1..=2 {
+        let live = tasks
+            .iter()
+            .filter(|t| t.slot == slot && is_live_desired(t))
+            .count();
+        assert!(live <= 2, "more than one extra task in slot {slot}");
+    }
+    for _ in 0..4 {
+        step(&mut services, &mut tasks, &nodes, &mut next);
+    }
+    (old_kept, tasks)
+}
+
+#[test]
+fn drain_with_start_first_stops_the_old_task_once_its_replacement_runs() {
+    let drain = |n: &mut Node| n.availability = Availability::Drain;
+    let (kept, tasks) = move_off_n1(UpdateOrder::StartFirst, drain);
+    assert!(
+        kept,
+        "start-first: the old task runs until the new one does"
+    );
+    assert_eq!(running_per_node(&tasks).get("n2"), Some(&2), "{tasks:#?}");
+    assert_eq!(running_per_node(&tasks).get("n1"), None, "{tasks:#?}");
+    let old = tasks
+        .iter()
+        .find(|t| t.node_id.as_deref() == Some("n1"))
+        .map(|t| (t.desired_state, t.message.clone()));
+    assert_eq!(old, Some((TaskState::Shutdown, "node drained".to_string())));
+    assert_eq!(tasks.len(), 3, "one replacement, no more: {tasks:#?}");
+
+    // Stop-first (the default) stops the old task in the same pass.
+    let (kept, tasks) = move_off_n1(UpdateOrder::StopFirst, drain);
+    assert!(!kept);
+    assert_eq!(running_per_node(&tasks).get("n2"), Some(&2), "{tasks:#?}");
+
+    // A node that is down cannot be waited for, start-first or not.
+    let down = |n: &mut Node| n.status = NodeStatus::Down;
+    let (kept, tasks) = move_off_n1(UpdateOrder::StartFirst, down);
+    assert!(!kept);
+    assert_eq!(running_per_node(&tasks).get("n2"), Some(&2), "{tasks:#?}");
+}
+
+#[test]
+fn drain_with_start_first_and_nowhere_to_go_keeps_the_old_task() {
+    let mut nodes = vec![node("n1", NodeStatus::Ready, Availability::Active)];
+    let mut services = vec![service("web", 1)];
+    services[0].spec.update.order = UpdateOrder::StartFirst;
+    let mut tasks = Vec::new();
+    let mut next = 0;
+    for _ in 0..3 {
+        step(&mut services, &mut tasks, &nodes, &mut next);
+    }
+    nodes[0].availability = Availability::Drain;
+    for _ in 0..5 {
+        step(&mut services, &mut tasks, &nodes, &mut next);
+    }
+    // The old task still runs; one replacement waits for a node.
+    assert_eq!(tasks.len(), 2, "{tasks:#?}");
+    assert!(tasks
+        .iter()
+        .any(|t| t.state == TaskState::Running && is_live_desired(t)));
+    let waiting = tasks.iter().find(|t| t.state == TaskState::Pending);
+    assert!(
+        waiting.is_some_and(|t| t.message.starts_with("no suitable node")),
+        "{tasks:#?}"
+    );
+}
+
+fn with_capacity(id: &str, memory_bytes: u64) -> Node {
+    let mut n = node(id, NodeStatus::Ready, Availability::Active);
+    n.resources = Some(ResourceAmounts {
+        nano_cpus: 4_000_000_000,
+        memory_bytes,
+    });
+    n
+}
+
+#[test]
+fn reported_capacity_leaves_a_task_too_big_for_every_node_pending() {
+    let nodes: Vec<Node> = (1..=3)
+        .map(|i| with_capacity(&format!("n{i}"), 1_000 * MB))
+        .collect();
+    let mut s = service("big", 1);
+    s.spec.task.resources.reservations.memory_bytes = 2_000 * MB;
+    let mut tasks = Vec::new();
+    let mut next = 0;
+    converge(std::slice::from_ref(&s), &mut tasks, &nodes, &mut next);
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0].state, TaskState::Pending);
+    assert_eq!(tasks[0].node_id, None);
+    assert_eq!(
+        tasks[0].message,
+        "no suitable node (insufficient memory on 3 nodes)"
+    );
+}
+
+#[test]
+fn reservations_add_up_against_reported_capacity() {
+    let mut s = service("web", 2);
+    s.spec.task.resources.reservations.memory_bytes = 600 * MB;
+    // One node of 1 GB takes one task of 600 MB, not two.
+    let nodes = vec![with_capacity("n1", 1_000 * MB)];
+    let mut tasks = Vec::new();
+    let mut next = 0;
+    converge(std::slice::from_ref(&s), &mut tasks, &nodes, &mut next);
+    assert_eq!(running_per_node(&tasks).get("n1"), Some(&1), "{tasks:#?}");
+    let waiting: Vec<&Task> = tasks.iter().filter(|t| t.node_id.is_none()).collect();
+    assert_eq!(waiting.len(), 1, "{tasks:#?}");
+    assert_eq!(
+        waiting[0].message,
+        "no suitable node (insufficient memory on 1 node)"
+    );
+    // A second node of 1 GB takes the other.
+    let nodes = vec![
+        with_capacity("n1", 1_000 * MB),
+        with_capacity("n2", 1_000 * MB),
+    ];
+    converge(std::slice::from_ref(&s), &mut tasks, &nodes, &mut next);
+    let per = running_per_node(&tasks);
+    assert_eq!(
+        (per.get("n1"), per.get("n2")),
+        (Some(&1), Some(&1)),
+        "{per:?}"
+    );
+    // A node that has not reported its capacity is not limited.
+    let mut unknown = node("n3", NodeStatus::Ready, Availability::Active);
+    unknown.resources = None;
+    let mut s = service("web", 4);
+    s.spec.task.resources.reservations.memory_bytes = 600 * MB;
+    let mut tasks = Vec::new();
+    converge(std::slice::from_ref(&s), &mut tasks, &[unknown], &mut next);
+    assert_eq!(running_per_node(&tasks).get("n3"), Some(&4), "{tasks:#?}");
+}
+
+#[test]
+fn max_attempts_above_the_kept_history_still_stop_restarts() {
+    let nodes = vec![node("n1", NodeStatus::Ready, Availability::Active)];
+    let attempts = TASK_HISTORY as u64 + 2;
+    let mut s = service("flaky", 1);
+    s.spec.task.restart.max_attempts = attempts;
+    let mut tasks = Vec::new();
+    let mut next = 0;
+    for _ in 0..(2 * attempts) {
+        converge(std::slice::from_ref(&s), &mut tasks, &nodes, &mut next);
+        if let Some(t) = tasks
+            .iter_mut()
+            .find(|t| is_live_desired(t) && !t.state.is_terminal())
+        {
+            t.state = TaskState::Failed;
+        }
+    }
+    converge(std::slice::from_ref(&s), &mut tasks, &nodes, &mut next);
+    assert_eq!(next, attempts + 1, "first run + {attempts} restarts");
+    assert_eq!(tasks.len() as u64, attempts + 1, "{tasks:#?}");
+    assert!(tasks.iter().all(|t| !is_live_desired(t)));
 }
