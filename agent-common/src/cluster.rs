@@ -33,6 +33,9 @@ pub struct NodeView {
     pub addr: String,
     /// Operator labels.
     pub labels: BTreeMap<String, String>,
+    /// The CPUs and memory the node reported (absent until it did).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<crate::spec::ResourceAmounts>,
     /// Managers only: Raft standing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manager_status: Option<ManagerStatus>,

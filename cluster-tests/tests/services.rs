@@ -520,3 +520,202 @@ fn spread_constraints_and_a_leader_killed_during_a_scale_up() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(running_total(&c, &hosts, "web").iter().sum::<usize>(), 24);
 }
+
+/// `service logs -f` through a follower manager: new lines stream as they
+/// are written, and a task started later joins the stream.
+fn follow_logs_through(c: &ClusterLab, via: &str) {
+    c.cli(
+        via,
+        &[
+            "service",
+            "create",
+            "--name",
+            "chat",
+            "--replicas",
+            "1",
+            "busybox",
+            "sh",
+            "-c",
+            "i=0; while true; do echo line $i from $(hostname); i=$((i+1)); sleep 0.3; done",
+        ],
+    )
+    .ok("create chat");
+    let mut child = std::process::Command::new(cluster_tests::bin("flotilla"))
+        .arg("-H")
+        .arg(c.node(via).socket)
+        .args(["service", "logs", "-f", "--no-task-ids", "chat"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run flotilla service logs -f");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    {
+        let seen = std::sync::Arc::clone(&seen);
+        let stdout = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut s = seen.lock().unwrap_or_else(|e| e.into_inner());
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+    }
+    let text = || seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    // The first answer holds what was written so far; lines written after
+    // it keep coming: wait for a line number well past the start.
+    let first_line = |t: &str| -> Option<u64> {
+        t.lines()
+            .find_map(|l| l.strip_prefix("line ")?.split(' ').next()?.parse().ok())
+    };
+    poll_until(T, "a first followed line", || first_line(&text()).is_some());
+    let start = first_line(&text()).unwrap_or(0);
+    poll_until(T, "lines written after the follow started", || {
+        text().contains(&format!("line {} ", start + 8))
+    });
+    // A second task started later is followed too.
+    c.cli(via, &["service", "scale", "chat=2"])
+        .ok("scale chat=2");
+    poll_until(T, "lines of the second task", || {
+        let t = text();
+        let hosts: std::collections::HashSet<&str> =
+            t.lines().filter_map(|l| l.split(" from ").nth(1)).collect();
+        hosts.len() == 2
+    });
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "the follow is still running"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    c.cli(via, &["service", "rm", "chat"]).ok("rm chat");
+}
+
+#[test]
+fn sessions_report_capacity_logs_follow_and_start_first_drains() {
+    let _serial = cluster_tests::cluster::serial();
+    let hosts = ["m1", "m2", "m3", "w1"];
+    let c = ClusterLab::new(&hosts, "300ms");
+    c.init("m1");
+    c.join_manager("m2", "m1");
+    c.join_manager("m3", "m1");
+    c.join_worker("w1", "m1");
+    c.load_busybox(&hosts);
+    poll_until(T, "4 ready nodes", || {
+        c.nodes("m1", false)
+            .iter()
+            .filter(|n| n["Status"] == "ready")
+            .count()
+            == 4
+    });
+
+    // Every node reported its capacity when its session opened.
+    let nodes = c.nodes("m1", false);
+    let mut most_memory = 0u64;
+    for n in &nodes {
+        let memory = n["Resources"]["memory_bytes"].as_u64().unwrap_or(0);
+        let cpus = n["Resources"]["nano_cpus"].as_u64().unwrap_or(0);
+        assert!(memory > 0 && cpus >= 1_000_000_000, "capacity of {n}");
+        most_memory = most_memory.max(memory);
+    }
+    // A reservation larger than any node: pending, with the reason.
+    let too_much = (most_memory + (1 << 30)).to_string();
+    c.cli(
+        "m1",
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "big",
+            "--reserve-memory",
+            &too_much,
+            "busybox",
+            "sleep",
+            "1000",
+        ],
+    )
+    .ok("create big");
+    poll_until(T, "big pending for lack of memory", || {
+        tasks(&c, "m1", "big").iter().any(|t| {
+            t["CurrentState"] == "pending"
+                && t["Message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("insufficient memory on 4 nodes")
+        })
+    });
+    c.cli("m1", &["service", "rm", "big"]).ok("rm big");
+
+    // service logs -f through a follower.
+    let leader = c.wait_leader(T);
+    let follower = ["m1", "m2", "m3"]
+        .into_iter()
+        .find(|h| *h != leader)
+        .expect("a follower");
+    follow_logs_through(&c, follower);
+
+    // A start-first service on a drained node: the replacement runs before
+    // the old task stops.
+    c.cli(
+        "m1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "sf",
+            "--replicas",
+            "1",
+            "--update-order",
+            "start-first",
+            "busybox",
+            "sleep",
+            "1000",
+        ],
+    )
+    .ok("create sf");
+    drain_start_first(&c, &tasks(&c, "m1", "sf"));
+}
+
+/// Drains the node of the running task in `running` (of service `sf`) and
+/// checks the replacement was running before the old task stopped.
+fn drain_start_first(c: &ClusterLab, running: &[serde_json::Value]) {
+    let old = running
+        .iter()
+        .find(|t| t["CurrentState"] == "running" && t["DesiredState"] == "running")
+        .expect("a running sf task")
+        .clone();
+    let node = old["Node"].as_str().expect("node").to_string();
+    let old_id = old["ID"].as_str().expect("id").to_string();
+    c.cli("m1", &["node", "update", "--availability", "drain", &node])
+        .ok("drain");
+    let mut history = Vec::new();
+    poll_until(T, "the old sf task shut down and a new one running", || {
+        history = tasks(c, "m1", "sf");
+        let old_done = history
+            .iter()
+            .any(|t| t["ID"] == old_id && t["CurrentState"] == "shutdown");
+        let new_running = history
+            .iter()
+            .any(|t| t["ID"] != old_id && t["CurrentState"] == "running" && t["Node"] != node);
+        old_done && new_running
+    });
+    let old = history.iter().find(|t| t["ID"] == old_id).expect("old");
+    let new = history
+        .iter()
+        .find(|t| t["ID"] != old_id && t["CurrentState"] == "running")
+        .expect("new");
+    let new_running_at = new["RunningAt"].as_u64().expect("RunningAt");
+    let old_stopped_at = old["UpdatedAt"].as_u64().expect("UpdatedAt");
+    assert!(
+        new_running_at < old_stopped_at,
+        "start-first: the replacement ran ({new_running_at}) before the old task stopped ({old_stopped_at})\n{history:?}"
+    );
+    c.cli("m1", &["node", "update", "--availability", "active", &node])
+        .ok("activate");
+    c.cli("m1", &["service", "rm", "sf"]).ok("rm sf");
+}

@@ -366,6 +366,13 @@ fn print_pretty(n: &NodeView) {
         status_word(n.status),
         n.addr
     );
+    if let Some(r) = &n.resources {
+        println!(
+            "Resources:\n CPUs:\t\t\t{}\n Memory:\t\t{}",
+            r.nano_cpus as f64 / 1e9,
+            crate::format::human_size(r.memory_bytes)
+        );
+    }
     if let Some(m) = &n.manager_status {
         println!(
             "Manager Status:\n Address:\t\t{}\n Raft Status:\t\t{}\n Leader:\t\t{}",

@@ -132,6 +132,7 @@ impl ControlApi {
             status: n.status,
             addr: n.addr.clone(),
             labels: n.labels.clone(),
+            resources: n.resources,
             manager_status,
             is_self: n.meta.id == self.m.node_id,
         }
