@@ -251,6 +251,56 @@ impl ClusterLab {
         );
     }
 
+    /// Starts the worker on `host` again from its data root (its last
+    /// process must have exited); returns once it answers.
+    pub fn resume_worker(&self, host: &str) -> NodeProc {
+        let old = self.node(host);
+        assert!(
+            !old.proc.is_running(),
+            "the worker on {host} is still running"
+        );
+        let (socket, data, _) = self.paths(host);
+        let data_s = data.display().to_string();
+        let restarts = old.restarts + 1;
+        let proc = self.lab.host(host).spawn(
+            &format!("worker-{restarts}"),
+            bin("flotilla-worker"),
+            &[
+                "-H",
+                &socket,
+                "--data-root",
+                &data_s,
+                "--sandbox-pool",
+                &self.sandbox_pool,
+            ],
+            &[],
+        );
+        let node = NodeProc {
+            proc,
+            restarts,
+            ..old
+        };
+        self.put(node.clone());
+        self.wait_answers(host, &node);
+        node
+    }
+
+    fn wait_answers(&self, host: &str, node: &NodeProc) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        while Instant::now() < deadline {
+            if self.cli(host, &["version"]).code == 0 {
+                return;
+            }
+            assert!(
+                node.proc.is_running(),
+                "the worker on {host} exited:\n{}",
+                node.proc.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the worker on {host} did not answer:\n{}", node.proc.log());
+    }
+
     /// `flotilla-worker join` on `host` through the manager on `via`.
     pub fn join_worker(&self, host: &str, via: &str) -> NodeProc {
         let token = self.token(via, "worker");
@@ -286,19 +336,8 @@ impl ClusterLab {
             restarts: 0,
         };
         self.put(node.clone());
-        let deadline = Instant::now() + START_TIMEOUT;
-        while Instant::now() < deadline {
-            if self.cli(host, &["version"]).code == 0 {
-                return node;
-            }
-            assert!(
-                node.proc.is_running(),
-                "the worker on {host} exited:\n{}",
-                node.proc.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("the worker on {host} did not answer:\n{}", node.proc.log());
+        self.wait_answers(host, &node);
+        node
     }
 
     /// Waits until the manager on `host` answers `cluster info`.

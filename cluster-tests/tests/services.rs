@@ -106,21 +106,7 @@ fn replicated_service_spreads_scales_drains_survives_a_dead_node_and_is_removed(
             .count()
             == 6
     });
-    let w2 = c.node("w2");
-    let data = w2.data_root.display().to_string();
-    let back = c.lab.host("w2").spawn(
-        "worker-back",
-        cluster_tests::bin("flotilla-worker"),
-        &[
-            "-H",
-            &w2.socket,
-            "--data-root",
-            &data,
-            "--sandbox-pool",
-            "0",
-        ],
-        &[],
-    );
+    let back = c.resume_worker("w2").proc;
     poll_until(T, "w2 back and its stale containers stopped", || {
         assert!(back.is_running(), "{}", back.log());
         running_on(&c, "w2", "web") == 0
@@ -495,6 +481,19 @@ fn spread_constraints_and_a_leader_killed_during_a_scale_up() {
         .find(|h| **h != leader)
         .unwrap()
         .to_string();
+    // The pinned tasks' containers: they must survive the failover (the
+    // workers open sessions with the new leader and keep them running).
+    let pinned_containers = |t: Vec<serde_json::Value>| -> Vec<String> {
+        let mut ids: Vec<String> = t
+            .iter()
+            .filter(|t| t["CurrentState"] == "running")
+            .filter_map(|t| t["ContainerID"].as_str().map(str::to_string))
+            .collect();
+        ids.sort();
+        ids
+    };
+    let pinned_before = pinned_containers(tasks(&c, "m1", "pinned"));
+    assert_eq!(pinned_before.len(), 3, "3 pinned tasks run");
     c.cli(&via, &["service", "scale", "-d", "web=24"])
         .ok("scale");
     c.node(&leader).proc.kill9();
@@ -511,6 +510,11 @@ fn spread_constraints_and_a_leader_killed_during_a_scale_up() {
                 .count()
                 == 24
     });
+    assert_eq!(
+        pinned_containers(tasks(&c, &via, "pinned")),
+        pinned_before,
+        "the workers' containers kept running through the failover"
+    );
     c.resume_manager(&leader, &[]);
     poll_until(
         T,
