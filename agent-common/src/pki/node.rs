@@ -427,12 +427,15 @@ impl NodeCertificate {
     }
 
     /// True when less than a third of the validity period remains at `now` (or it has already
-    /// expired): the node should ask for a new certificate.
+    /// expired): the node should ask for a new certificate. The validity period counts from
+    /// the issue time: `not_before` is backdated by [`super::NOT_BEFORE_BACKDATE`] for clock
+    /// skew, which would otherwise make a short-lived certificate look due at once.
     pub fn needs_renewal(&self, now: SystemTime) -> bool {
         let total = self
             .not_after
             .duration_since(self.not_before)
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .saturating_sub(super::NOT_BEFORE_BACKDATE);
         let remaining = self.not_after.duration_since(now).unwrap_or_default();
         remaining < total / 3
     }

@@ -305,6 +305,17 @@ fn renewal_is_due_when_a_third_of_the_validity_remains() {
     assert!(cert.needs_renewal(issued_at + 200 * DAY));
     assert!(!cert.is_expired(issued_at + 89 * DAY));
     assert!(cert.is_expired(issued_at + 91 * DAY));
+    // A validity far shorter than the backdate: not due when fresh.
+    let spec = NodeCertSpec::new(NodeId::generate().unwrap(), NodeRole::Worker)
+        .issued_at(issued_at)
+        .validity(Duration::from_secs(12));
+    let short = NodeIdentity::issue(&ca, &spec)
+        .unwrap()
+        .certificate()
+        .clone();
+    assert!(!short.needs_renewal(issued_at + Duration::from_secs(1)));
+    assert!(!short.needs_renewal(issued_at + Duration::from_secs(7)));
+    assert!(short.needs_renewal(issued_at + Duration::from_secs(9)));
 }
 
 #[test]

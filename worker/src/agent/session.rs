@@ -173,6 +173,9 @@ impl Session<'_> {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.tick().await;
         let silence = self.period * SILENT_PERIODS;
+        // The leader answers every heartbeat: a leader silent this long is
+        // gone (or cut off) even if the connection looks open.
+        let mut silent_until = tokio::time::Instant::now() + silence;
         let mut seq = 0u64;
         // The batch in flight: its seq and how many reports it holds.
         let mut in_flight: Option<(u64, usize)> = None;
@@ -194,13 +197,16 @@ impl Session<'_> {
                 }
             }
             tokio::select! {
-                msg = tokio::time::timeout(silence, inbound.message()) => {
+                _ = tokio::time::sleep_until(silent_until) => {
+                    return Ended::Failed(format!("the leader said nothing for {silence:?}"));
+                }
+                msg = inbound.message() => {
+                    silent_until = tokio::time::Instant::now() + silence;
                     let msg = match msg {
-                        Err(_) => return Ended::Failed(format!("the leader said nothing for {silence:?}")),
-                        Ok(Err(s)) => return Ended::Failed(s.message().to_string()),
-                        Ok(Ok(None)) => return Ended::Failed("the leader closed the session".into()),
-                        Ok(Ok(Some(SessionDown { kind: None }))) => continue,
-                        Ok(Ok(Some(SessionDown { kind: Some(k) }))) => k,
+                        Err(s) => return Ended::Failed(s.message().to_string()),
+                        Ok(None) => return Ended::Failed("the leader closed the session".into()),
+                        Ok(Some(SessionDown { kind: None })) => continue,
+                        Ok(Some(SessionDown { kind: Some(k) })) => k,
                     };
                     match msg {
                         Down::Info(info) => {

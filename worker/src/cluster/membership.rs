@@ -126,7 +126,7 @@ impl Membership {
                             r.role = identity.role().as_str().to_string();
                             let _ = self.files.save_record(&r);
                         }
-                        let _ = self.identity.send(Arc::new(identity));
+                        self.identity.send_replace(Arc::new(identity));
                         true
                     }
                     Err(e) => {
