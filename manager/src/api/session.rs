@@ -32,10 +32,12 @@ pub const MISSED_HEARTBEATS: u32 = 3;
 /// A node whose session closed is marked down after this many periods
 /// unless it opened a new one (a daemon restart reconnects well within it).
 pub const CLOSED_SESSION_GRACE: u32 = 1;
-/// Under a new leader, nodes get this many periods to open their session
-/// (a node notices a cut-off leader only after [`MISSED_HEARTBEATS`] silent
-/// periods, then reconnects).
+/// Under a new leader, nodes get this many periods (and at least
+/// [`MIN_NEW_LEADER_GRACE`]) to open their session: a node notices a cut-off
+/// leader only after 3 silent periods (at least 2 s), then reconnects.
 pub const NEW_LEADER_GRACE: u32 = 6;
+/// See [`NEW_LEADER_GRACE`].
+pub const MIN_NEW_LEADER_GRACE: Duration = Duration::from_secs(5);
 /// How long a new session may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -63,12 +65,11 @@ pub enum SessionState {
 impl Liveness {
     /// How long the node may stay silent before it is marked down.
     pub fn grace(&self, period: Duration) -> Duration {
-        period
-            * match self.session {
-                SessionState::Open(_) => MISSED_HEARTBEATS,
-                SessionState::Closed => CLOSED_SESSION_GRACE,
-                SessionState::NotYet => NEW_LEADER_GRACE,
-            }
+        match self.session {
+            SessionState::Open(_) => period * MISSED_HEARTBEATS,
+            SessionState::Closed => period * CLOSED_SESSION_GRACE,
+            SessionState::NotYet => (period * NEW_LEADER_GRACE).max(MIN_NEW_LEADER_GRACE),
+        }
     }
 }
 
@@ -130,13 +131,24 @@ pub async fn run(
     let (requests_tx, mut requests) = mpsc::unbounded_channel();
     let generation = m.logs.attach(&node_id, requests_tx);
     seen(&m, &node_id, Some(SessionState::Open(generation)));
+    let (ready_marked, mut ready_done) = mpsc::unbounded_channel();
     let mut s = Session {
         m: Arc::clone(&m),
         node_id: node_id.clone(),
         tx,
+        marking_ready: false,
+        ready_marked,
         sent: HashMap::new(),
     };
-    let ended = s.serve(&hello, &caller, &mut inbound, &mut requests).await;
+    let ended = s
+        .serve(
+            &hello,
+            &caller,
+            &mut inbound,
+            &mut requests,
+            &mut ready_done,
+        )
+        .await;
     if let Err(e) = ended {
         tracing::debug!(node = %node_id, "session ended: {e}");
     }
@@ -171,6 +183,10 @@ struct Session {
     m: Arc<Manager>,
     node_id: String,
     tx: Outgoing,
+    /// A write marking the node ready is under way (one at a time).
+    marking_ready: bool,
+    /// Told when that write is done.
+    ready_marked: mpsc::UnboundedSender<()>,
     /// The version of every task last sent to the node.
     sent: HashMap<String, u64>,
 }
@@ -189,6 +205,7 @@ impl Session {
         caller: &Caller,
         inbound: &mut Streaming<SessionUp>,
         requests: &mut mpsc::UnboundedReceiver<SessionDown>,
+        ready_done: &mut mpsc::UnboundedReceiver<()>,
     ) -> Result<(), String> {
         let node = self.register(hello).await?;
         self.send(info(&self.m, Some(&node))).await?;
@@ -223,6 +240,7 @@ impl Session {
                     }
                 }
                 Some(request) = requests.recv() => self.send(Ok(request)).await?,
+                Some(()) = ready_done.recv() => self.marking_ready = false,
                 _ = tick.tick() => {
                     if !self.m.raft.is_leader() {
                         // Leadership moved: send the node to the new leader.
@@ -270,25 +288,29 @@ impl Session {
         if resources.is_some() {
             n.resources = resources;
         }
-        if n == node {
-            return Ok(node);
+        if n != node {
+            // In the background: the session answers at once even while
+            // Raft is slow (just after an election, say).
+            let (m, id) = (Arc::clone(m), self.node_id.clone());
+            tokio::spawn(async move {
+                if let Err(e) = m.store().put(n).await {
+                    // The next heartbeat marks it ready; the rest waits for
+                    // the next session.
+                    tracing::debug!(node = %id, "recording the node's hello failed: {e}");
+                }
+            });
         }
-        match m.store().put(n).await {
-            Ok(stored) => Ok(stored),
-            Err(e) => {
-                // The next heartbeat marks it ready; the rest waits for the
-                // next session.
-                tracing::debug!(node = %self.node_id, "recording the node's hello failed: {e}");
-                Ok(node)
-            }
-        }
+        Ok(node)
     }
 
+    /// Handles one message from the node. Nothing here waits for a store
+    /// write: writes run in the background (their answers, like an ack, are
+    /// sent when they are done), so heartbeats are answered at once.
     async fn handle(&mut self, kind: Up) -> Result<(), String> {
+        seen(&self.m, &self.node_id, None);
         match kind {
             Up::Hello(_) => Ok(()),
             Up::Heartbeat(_) => {
-                seen(&self.m, &self.node_id, None);
                 let node = self.m.store().view(|tx| tx.get::<Node>(&self.node_id));
                 let Some(node) = node else {
                     let _ = self
@@ -298,32 +320,42 @@ impl Session {
                         .await;
                     return Err("the node was removed".into());
                 };
-                if node.status != NodeStatus::Ready {
+                if node.status != NodeStatus::Ready && !self.marking_ready {
+                    self.marking_ready = true;
                     let mut n = node.clone();
                     n.status = NodeStatus::Ready;
-                    // A conflict means someone else just wrote the node: the
-                    // next heartbeat tries again.
-                    if let Err(e) = self.m.store().put(n).await {
-                        tracing::debug!(node = %self.node_id, "marking the node ready failed: {e}");
-                    }
+                    let (m, id, done) = (
+                        Arc::clone(&self.m),
+                        self.node_id.clone(),
+                        self.ready_marked.clone(),
+                    );
+                    tokio::spawn(async move {
+                        // A conflict means someone else just wrote the node:
+                        // the next heartbeat tries again.
+                        if let Err(e) = m.store().put(n).await {
+                            tracing::debug!(node = %id, "marking the node ready failed: {e}");
+                        }
+                        let _ = done.send(());
+                    });
                 }
                 self.send(info(&self.m, Some(&node))).await
             }
             Up::Statuses(batch) => {
-                let refused = match apply_statuses(&self.m, &self.node_id, batch.statuses).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        // Not acknowledged: the node sends them again on its
-                        // next session.
-                        let _ = self.send(Err(e)).await;
-                        return Err("task states could not be stored".into());
-                    }
-                };
-                self.send(down(Down::Ack(StatusAck {
-                    seq: batch.seq,
-                    refused,
-                })))
-                .await
+                // The node sends one batch at a time and waits for its ack.
+                let (m, id, tx) = (Arc::clone(&self.m), self.node_id.clone(), self.tx.clone());
+                tokio::spawn(async move {
+                    let answer = match apply_statuses(&m, &id, batch.statuses).await {
+                        Ok(refused) => down(Down::Ack(StatusAck {
+                            seq: batch.seq,
+                            refused,
+                        })),
+                        // Not acknowledged: the session ends and the node
+                        // sends them again on its next one.
+                        Err(e) => Err(e),
+                    };
+                    let _ = tx.send(answer).await;
+                });
+                Ok(())
             }
             Up::Logs(chunk) => {
                 if !self.m.logs.publish(chunk.clone()) && !chunk.done {
@@ -542,5 +574,33 @@ pub async fn monitor_liveness(m: Arc<Manager>) {
                 Err(e) => tracing::debug!(node = %id, "marking the node down failed: {e}"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_closed_session_is_given_less_time_than_a_silent_one() {
+        let p = Duration::from_millis(1000);
+        let at = |session| Liveness {
+            last_seen: Instant::now(),
+            session,
+        };
+        assert_eq!(at(SessionState::Open(1)).grace(p), p * 3);
+        assert_eq!(at(SessionState::Closed).grace(p), p);
+        assert_eq!(at(SessionState::NotYet).grace(p), p * 6);
+        // Under a new leader a fast heartbeat still leaves time to notice a
+        // silent old leader (at least 2 s on the node) and reconnect.
+        let fast = Duration::from_millis(100);
+        assert_eq!(at(SessionState::NotYet).grace(fast), MIN_NEW_LEADER_GRACE);
+    }
+
+    #[test]
+    fn state_names_parse_case_insensitively_and_unknown_ones_do_not() {
+        assert_eq!(parse_state("running"), Some(TaskState::Running));
+        assert_eq!(parse_state("FAILED"), Some(TaskState::Failed));
+        assert_eq!(parse_state("exploded"), None);
     }
 }

@@ -30,8 +30,11 @@ use super::{logs, Assignments};
 use crate::cluster::membership::Membership;
 use crate::engine::Engine;
 
-/// The node gives up on a leader that said nothing for this many periods.
+/// The node gives up on a leader that said nothing for this many periods
+/// (and at least [`MIN_SILENCE`]).
 pub const SILENT_PERIODS: u32 = 3;
+/// A busy leader may answer late under load: never give up on it sooner.
+pub const MIN_SILENCE: Duration = Duration::from_secs(2);
 /// How long opening a session may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -172,7 +175,7 @@ impl Session<'_> {
         let mut heartbeat = tokio::time::interval(self.period);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.tick().await;
-        let silence = self.period * SILENT_PERIODS;
+        let silence = (self.period * SILENT_PERIODS).max(MIN_SILENCE);
         // The leader answers every heartbeat: a leader silent this long is
         // gone (or cut off) even if the connection looks open.
         let mut silent_until = tokio::time::Instant::now() + silence;
