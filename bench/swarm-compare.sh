@@ -12,7 +12,7 @@
 # service is created with --no-resolve-image: nothing is asked of any registry.
 set -euo pipefail
 N=${1:-100}
-BIN=${FLOTILLA_BIN_DIR:-target/release}
+BIN=$(realpath "${FLOTILLA_BIN_DIR:-target/release}")
 WORK=$(mktemp -d /tmp/swarm-compare.XXXXXX)
 SOCK="unix://$WORK/docker.sock"
 DOCKER=(docker -H "$SOCK")

@@ -12,6 +12,8 @@ pub fn bin(name: &str) -> PathBuf {
             .expect("cluster-tests lives inside the workspace")
             .join("target/debug"),
     };
+    // Absolute: daemons are started inside lab hosts from other directories.
+    let dir = std::path::absolute(&dir).unwrap_or(dir);
     let path = dir.join(name);
     assert!(
         path.is_file(),
