@@ -3,6 +3,10 @@
 //! I/O beyond what tonic's generated clients and servers do.
 #![forbid(unsafe_code)]
 
+/// Largest gRPC message the cluster's own endpoints accept (a node's
+/// complete assignments, log chunks); tonic's default is 4 MB.
+pub const MAX_MESSAGE: usize = 64 << 20;
+
 pub mod cluster;
 pub mod engine;
 pub mod objects;

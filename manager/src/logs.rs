@@ -15,13 +15,17 @@ use agent_common::dispatcher_proto::session_down::Kind as Down;
 use agent_common::dispatcher_proto::{LogCancel, LogChunk, LogRequest, SessionDown};
 use tokio::sync::mpsc;
 
+/// Chunks held per request for a subscriber that reads slower than the node
+/// sends; beyond that the request is cancelled rather than buffered.
+pub const BUFFERED_CHUNKS: usize = 256;
+
 /// The sessions that can take log requests and the requests being answered.
 #[derive(Default)]
 struct Inner {
     /// Per node: the generation of its open session and how to reach it.
     sessions: Mutex<HashMap<String, (u64, mpsc::UnboundedSender<SessionDown>)>>,
     /// Per request ID: where its chunks go.
-    streams: Mutex<HashMap<String, mpsc::UnboundedSender<LogChunk>>>,
+    streams: Mutex<HashMap<String, mpsc::Sender<LogChunk>>>,
     generations: AtomicU64,
 }
 
@@ -38,8 +42,9 @@ pub struct LogSubscription {
     /// The node's session generation when asked (a new session means the
     /// node will not answer this request any more).
     pub generation: u64,
-    /// The chunks; the last one has `done` set.
-    pub chunks: mpsc::UnboundedReceiver<LogChunk>,
+    /// The chunks; the last one has `done` set. Ends early when the
+    /// subscriber fell [`BUFFERED_CHUNKS`] behind (the node is told to stop).
+    pub chunks: mpsc::Receiver<LogChunk>,
     id: String,
     inner: Arc<Inner>,
 }
@@ -105,7 +110,7 @@ impl LogBroker {
     ) -> Option<LogSubscription> {
         let (generation, session) = session_of(&self.inner, node)?;
         let id = crate::store::new_id();
-        let (tx, chunks) = mpsc::unbounded_channel();
+        let (tx, chunks) = mpsc::channel(BUFFERED_CHUNKS);
         if let Ok(mut s) = self.inner.streams.lock() {
             s.insert(id.clone(), tx);
         }
@@ -140,7 +145,7 @@ impl LogBroker {
         };
         let done = chunk.done;
         let id = chunk.request_id.clone();
-        let delivered = tx.send(chunk).is_ok();
+        let delivered = tx.try_send(chunk).is_ok();
         if done || !delivered {
             streams.remove(&id);
         }

@@ -649,7 +649,8 @@ impl Control for ControlApi {
                 .channel(&leader)
                 .map_err(|e| Status::unavailable(e.to_string()))?;
             let mut client =
-                agent_common::control_proto::control_client::ControlClient::new(channel);
+                agent_common::control_proto::control_client::ControlClient::new(channel)
+                    .max_decoding_message_size(agent_common::MAX_MESSAGE);
             let mut upstream = client.service_logs(r).await?.into_inner();
             tokio::spawn(async move {
                 loop {

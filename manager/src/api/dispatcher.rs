@@ -214,7 +214,19 @@ impl Dispatcher for DispatcherApi {
         let caller = Caller::of(&request);
         let node_id = caller_node(&self.m, &caller)?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        if !self.m.raft.is_leader() {
+        // A leader serves sessions from a store that has applied everything
+        // committed before its term (a fresh leader may not have yet: the
+        // node would be sent stale assignments).
+        let current = self.m.raft.is_leader()
+            && matches!(
+                tokio::time::timeout(
+                    Duration::from_secs(1),
+                    self.m.store().read_linearizable(|_| ())
+                )
+                .await,
+                Ok(Ok(()))
+            );
+        if !current {
             // Only the leader holds sessions: name it and hang up.
             let _ = tx.send(session::redirect(&self.m)).await;
         } else {

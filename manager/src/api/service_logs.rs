@@ -29,6 +29,8 @@ use crate::logs::LogSubscription;
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a follow looks for new tasks.
 pub const RESCAN: Duration = Duration::from_secs(1);
+/// Chunks a follow holds for a slow caller; the nodes wait beyond that.
+const FOLLOW_BUFFER: usize = 64;
 
 /// What the follow loop knows of the service's tasks.
 #[derive(Default)]
@@ -124,10 +126,32 @@ async fn read(m: &Manager, reference: &str) -> Result<(Service, Vec<Task>, Vec<N
         .map_err(store_status)?
 }
 
-fn reply(lines: &[ServiceLogLine]) -> Result<JsonReply, Status> {
-    serde_json::to_string(lines)
-        .map(|json| JsonReply { json })
-        .map_err(|e| Status::internal(e.to_string()))
+/// Most bytes of log text in one reply (gRPC clients accept 4 MB).
+const REPLY_BYTES: usize = 1 << 20;
+
+/// Sends `lines` in replies of at most about [`REPLY_BYTES`] each. False
+/// when the caller hung up.
+async fn send_lines(
+    out: &mpsc::Sender<Result<JsonReply, Status>>,
+    lines: &[ServiceLogLine],
+) -> bool {
+    let mut start = 0;
+    while start < lines.len() {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < lines.len() && (end == start || bytes + lines[end].text.len() < REPLY_BYTES) {
+            bytes += lines[end].text.len() + lines[end].task.len() + 64;
+            end += 1;
+        }
+        let reply = serde_json::to_string(&lines[start..end])
+            .map(|json| JsonReply { json })
+            .map_err(|e| Status::internal(e.to_string()));
+        if out.send(reply).await.is_err() {
+            return false;
+        }
+        start = end;
+    }
+    true
 }
 
 /// Streams the logs of service `reference` into `out` (see the module).
@@ -213,11 +237,18 @@ async fn serve(
         ));
     }
     first.sort_by_key(|l| l.time_nanos);
-    if out.send(reply(&first)).await.is_err() || !follow {
+    // Nothing at all still gets one (empty) reply: the caller knows the
+    // logs were read.
+    let sent = if first.is_empty() {
+        out.send(Ok(JsonReply { json: "[]".into() })).await.is_ok()
+    } else {
+        send_lines(out, &first).await
+    };
+    if !sent || !follow {
         return Ok(());
     }
     // Follow: every subscription feeds one channel.
-    let (merged_tx, mut merged) = mpsc::unbounded_channel::<(String, LogChunk)>();
+    let (merged_tx, mut merged) = mpsc::channel::<(String, LogChunk)>(FOLLOW_BUFFER);
     for sub in subs {
         forward(sub, merged_tx.clone());
     }
@@ -228,7 +259,7 @@ async fn serve(
             _ = out.closed() => return Ok(()),
             Some((node, chunk)) = merged.recv() => {
                 let lines = names.lines(&node, chunk);
-                if !lines.is_empty() && out.send(reply(&lines)).await.is_err() {
+                if !send_lines(out, &lines).await {
                     return Ok(());
                 }
             }
@@ -274,7 +305,7 @@ async fn serve(
 }
 
 /// Moves a subscription's chunks into `merged` until either side ends.
-fn forward(mut sub: LogSubscription, merged: mpsc::UnboundedSender<(String, LogChunk)>) {
+fn forward(mut sub: LogSubscription, merged: mpsc::Sender<(String, LogChunk)>) {
     tokio::spawn(async move {
         loop {
             let chunk = tokio::select! {
@@ -283,7 +314,7 @@ fn forward(mut sub: LogSubscription, merged: mpsc::UnboundedSender<(String, LogC
             };
             let Some(chunk) = chunk else { break };
             let done = chunk.done;
-            if merged.send((sub.node.clone(), chunk)).is_err() || done {
+            if merged.send((sub.node.clone(), chunk)).await.is_err() || done {
                 break;
             }
         }

@@ -519,19 +519,31 @@ async fn apply_statuses(
 
 /// While this manager leads: marks down the nodes that stayed silent longer
 /// than their [`Liveness::grace`]. Every node starts with a fresh grace
-/// when this manager becomes leader.
+/// when this manager becomes leader, and when it reaches a quorum again
+/// after it could not.
 pub async fn monitor_liveness(m: Arc<Manager>) {
-    let mut was_leader = false;
+    // The term this manager led in at the last look: a new term (even one
+    // won again between two looks) starts every node's grace afresh.
+    let mut led: Option<u64> = None;
     loop {
         let p = period(&m);
         tokio::time::sleep(p / 4).await;
-        if !m.raft.is_leader() {
-            was_leader = false;
+        let term = m.raft.leader_term();
+        if term.is_none() {
+            led = None;
+            continue;
+        }
+        // Only a leader that reaches a quorum now judges nodes: one that
+        // could not (a manager down in a two-manager cluster) served no
+        // sessions meanwhile, so nodes get a fresh grace once it can again.
+        let quorum = tokio::time::timeout(p / 2, m.store().read_linearizable(|_| ())).await;
+        if !matches!(quorum, Ok(Ok(()))) {
+            led = None;
             continue;
         }
         let now = Instant::now();
-        if !was_leader {
-            was_leader = true;
+        if term != led {
+            led = term;
             if let Ok(mut l) = m.liveness.lock() {
                 // Sessions opened before this manager led (it was a follower
                 // redirecting them) do not exist; keep the ones opened since.

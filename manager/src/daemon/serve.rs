@@ -88,8 +88,15 @@ pub async fn serve_cluster_port(
         },
     );
     tonic::transport::Server::builder()
+        // A peer that stopped answering (a cut-off node) is noticed and its
+        // streams end, instead of waiting on it for ever.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .add_service(raft)
-        .add_service(DispatcherServer::new(DispatcherApi::new(Arc::clone(&m))))
+        .add_service(
+            DispatcherServer::new(DispatcherApi::new(Arc::clone(&m)))
+                .max_decoding_message_size(agent_common::MAX_MESSAGE),
+        )
         .add_service(ControlServer::new(ControlApi::new(Arc::clone(&m))))
         .serve_with_incoming_shutdown(grpc::incoming(listener, server_tls), shutdown)
         .await

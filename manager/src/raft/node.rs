@@ -298,6 +298,13 @@ impl RaftNode {
         self.raft.metrics().borrow().clone()
     }
 
+    /// The term this member leads in, if it is the leader now (a leader that
+    /// lost and won again has a new term).
+    pub fn leader_term(&self) -> Option<u64> {
+        let m = self.raft.metrics().borrow().clone();
+        (m.current_leader == Some(self.id)).then_some(m.current_term)
+    }
+
     /// True if this member is the leader now.
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader == Some(self.id)

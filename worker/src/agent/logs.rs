@@ -17,22 +17,78 @@ use crate::engine::Engine;
 
 /// Most lines sent per container when all are asked for.
 const MAX_LINES: usize = 10_000;
-/// Most lines in one chunk (keeps messages well under gRPC's 4 MB).
+/// Most lines in one chunk.
 pub const CHUNK_LINES: usize = 1_000;
+/// Most bytes of text in one chunk (a line that alone is larger still goes,
+/// alone): messages stay well under gRPC's 4 MB.
+pub const CHUNK_BYTES: usize = 1 << 20;
+/// Most bytes read from a log file at once.
+const READ_LIMIT: u64 = 64 << 20;
 /// How often a follow looks for new lines.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
-/// One container's log file from `offset` on: its complete lines and the
-/// offset after them. `Ok(None)` when the file is gone (container removed).
+/// Where the last `lines` lines of `file` (`len` bytes) start: just after
+/// a newline, or 0; never more than [`READ_LIMIT`] before the end.
+fn tail_start(file: &mut std::fs::File, len: u64, lines: usize) -> std::io::Result<u64> {
+    const BLOCK: u64 = 64 << 10;
+    if lines == 0 {
+        return Ok(len);
+    }
+    let floor = len.saturating_sub(READ_LIMIT);
+    let mut end = len;
+    // The file ends with a newline: it does not start a line.
+    let mut seen = 0usize;
+    let mut first = true;
+    let mut buf = vec![0u8; BLOCK as usize];
+    while end > floor {
+        let start = end.saturating_sub(BLOCK).max(floor);
+        let n = (end - start) as usize;
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut buf[..n])?;
+        for i in (0..n).rev() {
+            if buf[i] == b'\n' {
+                if first && start + i as u64 + 1 == len {
+                    first = false;
+                    continue;
+                }
+                first = false;
+                seen += 1;
+                if seen >= lines {
+                    return Ok(start + i as u64 + 1);
+                }
+            }
+        }
+        end = start;
+    }
+    if floor == 0 {
+        return Ok(0);
+    }
+    // Cut at the read limit: start at the first whole line after it.
+    file.seek(SeekFrom::Start(floor))?;
+    let mut probe = vec![0u8; BLOCK as usize];
+    let n = file.read(&mut probe)?;
+    Ok(probe[..n]
+        .iter()
+        .position(|b| *b == b'\n')
+        .map_or(len, |i| floor + i as u64 + 1))
+}
+
+/// One container's log file from `offset` on (with `tail`, from where its
+/// last `tail` lines start instead): its complete lines and the offset
+/// after them. `Ok(None)` when the container is gone; a container whose log
+/// file does not exist yet (it is starting) has no lines so far.
 fn read_from(
     engine: &Engine,
     container_id: &str,
     offset: u64,
+    tail: Option<usize>,
 ) -> Result<Option<(Vec<LogLine>, u64)>, String> {
     let path = engine.log_path(container_id);
     let mut file = match std::fs::File::open(&path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(engine.find(container_id).is_ok().then(|| (Vec::new(), 0)));
+        }
         Err(e) => return Err(format!("container {container_id}: {e}")),
     };
     let len = file
@@ -40,13 +96,17 @@ fn read_from(
         .map_err(|e| format!("container {container_id}: {e}"))?
         .len();
     // A file shorter than what was read was replaced: start over.
-    let offset = if len < offset { 0 } else { offset };
+    let mut offset = if len < offset { 0 } else { offset };
+    if let Some(lines) = tail {
+        offset = tail_start(&mut file, len, lines)
+            .map_err(|e| format!("container {container_id}: {e}"))?;
+    }
     if len == offset {
         return Ok(Some((Vec::new(), offset)));
     }
-    let mut bytes = Vec::with_capacity((len - offset).min(64 << 20) as usize);
+    let mut bytes = Vec::with_capacity((len - offset).min(READ_LIMIT) as usize);
     file.seek(SeekFrom::Start(offset))
-        .and_then(|_| file.take(64 << 20).read_to_end(&mut bytes))
+        .and_then(|_| file.take(READ_LIMIT).read_to_end(&mut bytes))
         .map_err(|e| format!("container {container_id}: {e}"))?;
     let (lines, consumed) = crate::engine::io::parse_log(&bytes, true);
     let lines = lines
@@ -88,14 +148,22 @@ async fn send_chunks(
     error: String,
     done: bool,
 ) -> Result<(), ()> {
-    let mut chunks: Vec<Vec<LogLine>> = Vec::new();
-    let mut rest = lines;
-    while rest.len() > CHUNK_LINES {
-        let tail = rest.split_off(CHUNK_LINES);
-        chunks.push(rest);
-        rest = tail;
+    let mut chunks: Vec<Vec<LogLine>> = vec![Vec::new()];
+    let mut bytes = 0usize;
+    for line in lines {
+        let size = line.text.len() + line.container_id.len() + 16;
+        let full = chunks.last().is_some_and(|c| {
+            !c.is_empty() && (c.len() >= CHUNK_LINES || bytes + size > CHUNK_BYTES)
+        });
+        if full {
+            chunks.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        if let Some(c) = chunks.last_mut() {
+            c.push(line);
+        }
     }
-    chunks.push(rest);
     let n = chunks.len();
     for (i, lines) in chunks.into_iter().enumerate() {
         let last = i + 1 == n;
@@ -121,7 +189,12 @@ pub async fn answer(engine: Arc<Engine>, req: LogRequest, session: mpsc::Sender<
         let mut errors = Vec::new();
         let mut offsets = HashMap::new();
         for id in &ids {
-            match read_from(&engine2, id, 0) {
+            let keep = if tail < 0 {
+                MAX_LINES
+            } else {
+                (tail as usize).min(MAX_LINES)
+            };
+            match read_from(&engine2, id, 0, Some(keep)) {
                 Ok(Some((l, end))) => {
                     lines.extend(last(l, tail));
                     offsets.insert(id.clone(), end);
@@ -153,7 +226,7 @@ pub async fn answer(engine: Arc<Engine>, req: LogRequest, session: mpsc::Sender<
             let mut lines = Vec::new();
             let mut next = HashMap::new();
             for (id, offset) in current {
-                match read_from(&engine, &id, offset) {
+                match read_from(&engine, &id, offset, None) {
                     Ok(Some((l, end))) => {
                         lines.extend(l);
                         next.insert(id, end);
@@ -240,6 +313,45 @@ mod tests {
         };
         assert!(c.lines.is_empty() && !c.done);
         assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn tails_start_after_a_newline_counted_from_the_end() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log");
+        std::fs::write(&path, b"a\nbb\nccc\n").expect("write");
+        let mut f = std::fs::File::open(&path).expect("open");
+        let len = 9;
+        assert_eq!(tail_start(&mut f, len, 0).unwrap(), 9);
+        assert_eq!(tail_start(&mut f, len, 1).unwrap(), 5);
+        assert_eq!(tail_start(&mut f, len, 2).unwrap(), 2);
+        assert_eq!(tail_start(&mut f, len, 3).unwrap(), 0);
+        assert_eq!(tail_start(&mut f, len, 100).unwrap(), 0);
+        // A long file: the start is found across read blocks.
+        let line = "x".repeat(999) + "\n";
+        std::fs::write(&path, line.repeat(300)).expect("write");
+        let mut f = std::fs::File::open(&path).expect("open");
+        assert_eq!(tail_start(&mut f, 300_000, 70).unwrap(), 230_000);
+    }
+
+    #[tokio::test]
+    async fn chunks_are_cut_by_size_too() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let big = |n: i64| LogLine {
+            text: "y".repeat(600 << 10),
+            ..line(n)
+        };
+        send_chunks(&tx, "r", vec![big(1), big(2), line(3)], String::new(), true)
+            .await
+            .expect("sent");
+        let mut sizes = Vec::new();
+        while let Ok(msg) = rx.try_recv() {
+            let Some(Up::Logs(c)) = msg.kind else {
+                panic!("not a log chunk")
+            };
+            sizes.push(c.lines.len());
+        }
+        assert_eq!(sizes, [1, 2]);
     }
 
     #[test]

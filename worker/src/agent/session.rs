@@ -96,10 +96,15 @@ pub async fn run(
             period,
             tasks: HashMap::new(),
             readers: HashMap::new(),
+            established: false,
         };
         let ended = s.serve().await;
         for (_, reader) in s.readers.drain() {
             reader.abort();
+        }
+        if s.established {
+            // Failures before a good session do not slow the next recovery.
+            backoff.reset();
         }
         match ended {
             Ended::Redirected(leader) if !leader.is_empty() && leader != target => {
@@ -136,6 +141,8 @@ struct Session<'a> {
     tasks: HashMap<String, Task>,
     /// Log requests being answered, by request ID.
     readers: HashMap<String, JoinHandle<()>>,
+    /// The leader answered at least once.
+    established: bool,
 }
 
 impl Session<'_> {
@@ -144,7 +151,11 @@ impl Session<'_> {
             Ok(c) => c,
             Err(e) => return Ended::Failed(e.to_string()),
         };
+        // Two queues into the one stream: the session's own messages
+        // (heartbeats, reports) and log lines, which may fill theirs without
+        // ever holding up a heartbeat.
         let (up, up_rx) = mpsc::channel::<SessionUp>(64);
+        let (log_up, log_rx) = mpsc::channel::<SessionUp>(16);
         let (_, advertise, _) = self.membership.snapshot();
         let (nano_cpus, memory_bytes) = capacity();
         let hello = Hello {
@@ -164,7 +175,10 @@ impl Session<'_> {
         }
         let opened = tokio::time::timeout(
             OPEN_TIMEOUT,
-            client.session(tokio_stream::wrappers::ReceiverStream::new(up_rx)),
+            client.session(tokio_stream::StreamExt::merge(
+                tokio_stream::wrappers::ReceiverStream::new(up_rx),
+                tokio_stream::wrappers::ReceiverStream::new(log_rx),
+            )),
         )
         .await;
         let mut inbound = match opened {
@@ -193,10 +207,16 @@ impl Session<'_> {
                             statuses: batch.iter().map(to_proto).collect(),
                         })),
                     };
-                    if up.send(msg).await.is_err() {
-                        return Ended::Failed("the session closed".into());
+                    // Never wait on a full queue here: the silence deadline
+                    // must stay watched. A batch that does not fit is sent
+                    // on a later turn.
+                    match up.try_send(msg) {
+                        Ok(()) => in_flight = Some((seq, batch.len())),
+                        Err(mpsc::error::TrySendError::Full(_)) => {}
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            return Ended::Failed("the session closed".into());
+                        }
                     }
-                    in_flight = Some((seq, batch.len()));
                 }
             }
             tokio::select! {
@@ -205,6 +225,7 @@ impl Session<'_> {
                 }
                 msg = inbound.message() => {
                     silent_until = tokio::time::Instant::now() + silence;
+                    self.established = true;
                     let msg = match msg {
                         Err(s) => return Ended::Failed(s.message().to_string()),
                         Ok(None) => return Ended::Failed("the leader closed the session".into()),
@@ -238,7 +259,7 @@ impl Session<'_> {
                         }
                         Down::LogRequest(req) => {
                             let id = req.id.clone();
-                            let reader = tokio::spawn(logs::answer(Arc::clone(&self.engine), req, up.clone()));
+                            let reader = tokio::spawn(logs::answer(Arc::clone(&self.engine), req, log_up.clone()));
                             self.readers.retain(|_, r| !r.is_finished());
                             self.readers.insert(id, reader);
                         }
@@ -251,7 +272,9 @@ impl Session<'_> {
                 }
                 _ = heartbeat.tick() => {
                     let msg = SessionUp { kind: Some(Up::Heartbeat(Heartbeat {})) };
-                    if up.send(msg).await.is_err() {
+                    // A full queue means the connection is not draining: skip
+                    // this heartbeat (the silence deadline decides).
+                    if let Err(mpsc::error::TrySendError::Closed(_)) = up.try_send(msg) {
                         return Ended::Failed("the session closed".into());
                     }
                 }

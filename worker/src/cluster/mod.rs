@@ -364,7 +364,8 @@ impl ManagerClients {
 
     /// The Dispatcher client for `addr`.
     pub fn dispatcher(&self, addr: &str) -> Result<DispatcherClient<Channel>> {
-        Ok(DispatcherClient::new(self.channel(addr)?))
+        Ok(DispatcherClient::new(self.channel(addr)?)
+            .max_decoding_message_size(agent_common::MAX_MESSAGE))
     }
 }
 
