@@ -259,22 +259,8 @@ impl ClusterLab {
             !old.proc.is_running(),
             "the worker on {host} is still running"
         );
-        let (socket, data, _) = self.paths(host);
-        let data_s = data.display().to_string();
         let restarts = old.restarts + 1;
-        let proc = self.lab.host(host).spawn(
-            &format!("worker-{restarts}"),
-            bin("flotilla-worker"),
-            &[
-                "-H",
-                &socket,
-                "--data-root",
-                &data_s,
-                "--sandbox-pool",
-                &self.sandbox_pool,
-            ],
-            &[],
-        );
+        let proc = self.spawn_worker(host, &format!("worker-{restarts}"), &[]);
         let node = NodeProc {
             proc,
             restarts,
@@ -283,6 +269,25 @@ impl ClusterLab {
         self.put(node.clone());
         self.wait_answers(host, &node);
         node
+    }
+
+    /// Starts `flotilla-worker` on `host` (log name `name`) with the lab's
+    /// socket, data root and sandbox pool, then `extra` arguments.
+    fn spawn_worker(&self, host: &str, name: &str, extra: &[&str]) -> Proc {
+        let (socket, data, _) = self.paths(host);
+        let data_s = data.display().to_string();
+        let mut args = vec![
+            "-H",
+            &socket,
+            "--data-root",
+            &data_s,
+            "--sandbox-pool",
+            &self.sandbox_pool,
+        ];
+        args.extend_from_slice(extra);
+        self.lab
+            .host(host)
+            .spawn(name, bin("flotilla-worker"), &args, &[])
     }
 
     fn wait_answers(&self, host: &str, node: &NodeProc) {
@@ -306,25 +311,10 @@ impl ClusterLab {
         let token = self.token(via, "worker");
         let remote = self.node(via).addr.clone();
         let (socket, data, ip) = self.paths(host);
-        let data_s = data.display().to_string();
-        let proc = self.lab.host(host).spawn(
+        let proc = self.spawn_worker(
+            host,
             "worker",
-            bin("flotilla-worker"),
-            &[
-                "-H",
-                &socket,
-                "--data-root",
-                &data_s,
-                "--sandbox-pool",
-                &self.sandbox_pool,
-                "join",
-                "--token",
-                &token,
-                "--advertise-addr",
-                &ip,
-                &remote,
-            ],
-            &[],
+            &["join", "--token", &token, "--advertise-addr", &ip, &remote],
         );
         let node = NodeProc {
             host: host.to_string(),
