@@ -90,11 +90,6 @@ impl Outbox {
         q.pending.drain(..n);
     }
 
-    /// Drops the pending reports of `task_id` (refused for good).
-    pub fn drop_task(&self, task_id: &str) {
-        self.lock().pending.retain(|s| s.task_id != task_id);
-    }
-
     /// Resolves when a report was queued (at once if one was queued since
     /// the last call).
     pub async fn queued(&self) {

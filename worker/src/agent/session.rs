@@ -248,10 +248,13 @@ impl Session<'_> {
                         Down::Ack(ack) => {
                             if let Some((s, n)) = in_flight {
                                 if s == ack.seq {
+                                    // The whole batch leaves the outbox,
+                                    // refused reports too (they would be
+                                    // refused again); later ones stand on
+                                    // their own.
                                     self.outbox.ack(n);
                                     for r in ack.refused {
-                                        tracing::info!(task = %r.task_id, "dropping state reports: {}", r.reason);
-                                        self.outbox.drop_task(&r.task_id);
+                                        tracing::info!(task = %r.task_id, "the leader refused a state report: {}", r.reason);
                                     }
                                     in_flight = None;
                                 }
