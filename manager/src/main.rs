@@ -175,29 +175,8 @@ fn main() {
         }
         _ => {}
     }
-    let filter = if args.debug { "debug" } else { "info" };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
-                .unwrap_or_else(|_| format!("{filter},openraft=error").into()),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("flotilla-manager: failed to start the async runtime: {e}");
-            std::process::exit(1);
-        }
-    };
-    if let Err(e) = runtime.block_on(run(args)) {
-        eprintln!("flotilla-manager: {e:#}");
-        std::process::exit(1);
-    }
+    let debug = args.debug;
+    worker::daemon::run_daemon("flotilla-manager", debug, "openraft=error", run(args));
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -209,7 +188,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "flotilla-manager must run as root (its engine creates namespaces, mounts and cgroups)"
         );
     }
-    let socket = serve::socket_path(&args.host)?;
+    let socket = worker::daemon::socket_path(&args.host)?;
     // For a restart in place (after a demotion): the same flags, no subcommand.
     let _ = daemon::RESTART_ARGS.set(vec![
         "-H".into(),
@@ -262,7 +241,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     // The local socket first: a second daemon on the same socket fails
     // before touching any state.
-    let local = serve::bind_socket(&socket).await?;
+    let local = worker::daemon::bind_socket(&socket).await?;
     let (m, cluster_listener) = match &args.command {
         Some(Command::Init { .. }) => {
             if args.force_new_cluster {

@@ -7,50 +7,17 @@
 //! - The local socket (`-H unix://…`, mode 0600): the control API for the
 //!   `flotilla` CLI on this machine.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use agent_common::control_proto::control_server::ControlServer;
 use agent_common::dispatcher_proto::dispatcher_server::DispatcherServer;
 use agent_common::pki::NodeRole;
 use agent_common::tls::{self, grpc};
-use anyhow::{bail, Context};
+use anyhow::Context;
 
 use super::Manager;
 use crate::api::control::ControlApi;
 use crate::api::dispatcher::DispatcherApi;
-
-/// The socket path of a `unix://PATH` host.
-pub fn socket_path(host: &str) -> anyhow::Result<PathBuf> {
-    match host.strip_prefix("unix://") {
-        Some(p) if p.starts_with('/') => Ok(PathBuf::from(p)),
-        _ => bail!("invalid -H {host:?}: use unix:///absolute/path.sock"),
-    }
-}
-
-/// Binds the local socket (refusing to take over a live one).
-pub async fn bind_socket(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("failed to create {}", dir.display()))?;
-    }
-    if path.exists() {
-        if tokio::net::UnixStream::connect(path).await.is_ok() {
-            bail!(
-                "another daemon is already serving {}; stop it or pass a different -H",
-                path.display()
-            );
-        }
-        std::fs::remove_file(path)
-            .with_context(|| format!("failed to remove stale socket {}", path.display()))?;
-    }
-    let listener = tokio::net::UnixListener::bind(path)
-        .with_context(|| format!("failed to listen on {}", path.display()))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("failed to restrict {}", path.display()))?;
-    Ok(listener)
-}
 
 /// Serves the cluster port until `shutdown` resolves.
 pub async fn serve_cluster_port(

@@ -2,7 +2,7 @@
 //! re-executes itself as: `shim` (one per running container) and
 //! `exec-helper` (one per `exec`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
@@ -85,68 +85,17 @@ fn main() {
         }
         Some(Command::Join { .. }) | None => {}
     }
-    let filter = if args.debug { "debug" } else { "info" };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
-                .unwrap_or_else(|_| filter.into()),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("flotilla-worker: failed to start the async runtime: {e}");
-            std::process::exit(1);
-        }
-    };
-    if let Err(e) = runtime.block_on(serve(args)) {
-        eprintln!("flotilla-worker: {e:#}");
-        std::process::exit(1);
-    }
-}
-
-fn socket_path(host: &str) -> anyhow::Result<PathBuf> {
-    match host.strip_prefix("unix://") {
-        Some(p) if p.starts_with('/') => Ok(PathBuf::from(p)),
-        _ => bail!("invalid -H {host:?}: use unix:///absolute/path.sock"),
-    }
-}
-
-async fn bind(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("failed to create {}", dir.display()))?;
-    }
-    if path.exists() {
-        if tokio::net::UnixStream::connect(path).await.is_ok() {
-            bail!(
-                "another daemon is already serving {}; stop it or pass a different -H",
-                path.display()
-            );
-        }
-        std::fs::remove_file(path)
-            .with_context(|| format!("failed to remove stale socket {}", path.display()))?;
-    }
-    let listener = tokio::net::UnixListener::bind(path)
-        .with_context(|| format!("failed to listen on {}", path.display()))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("failed to restrict {}", path.display()))?;
-    Ok(listener)
+    let debug = args.debug;
+    worker::daemon::run_daemon("flotilla-worker", debug, "", serve(args));
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
     if !nix::unistd::Uid::effective().is_root() {
         bail!("flotilla-worker must run as root (it creates namespaces, mounts and cgroups)");
     }
-    let socket = socket_path(&args.host)?;
+    let socket = worker::daemon::socket_path(&args.host)?;
     let membership = cluster_membership(&args).await?;
-    let listener = bind(&socket).await?;
+    let listener = worker::daemon::bind_socket(&socket).await?;
     let engine = worker::daemon::start_engine(&worker::daemon::EngineOptions {
         data_root: args.data_root.clone(),
         sandbox_pool: args.sandbox_pool as usize,
