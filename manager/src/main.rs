@@ -189,6 +189,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let socket = worker::daemon::socket_path(&args.host)?;
+    worker::daemon::secure_data_root(&args.data_root)?;
     // For a restart in place (after a demotion): the same flags, no subcommand.
     let _ = daemon::RESTART_ARGS.set(vec![
         "-H".into(),

@@ -94,6 +94,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         bail!("flotilla-worker must run as root (it creates namespaces, mounts and cgroups)");
     }
     let socket = worker::daemon::socket_path(&args.host)?;
+    worker::daemon::secure_data_root(&args.data_root)?;
     let membership = cluster_membership(&args).await?;
     let listener = worker::daemon::bind_socket(&socket).await?;
     let engine = worker::daemon::start_engine(&worker::daemon::EngineOptions {
