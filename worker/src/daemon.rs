@@ -49,6 +49,8 @@ pub async fn start_engine(opts: &EngineOptions) -> anyhow::Result<Arc<Engine>> {
         .await
         .context("failed to set up the user-defined networks")?;
     let _ = engine.pool.bridge.set(Arc::new(bridge));
+    // Again, for what opening the engine and its networks created.
+    secure_data_root(&opts.data_root)?;
     engine.adopt().await;
     engine.pool.refill_all();
     Ok(engine)
