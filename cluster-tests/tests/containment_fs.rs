@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cluster_tests::registry::sha256_digest;
-use cluster_tests::{busybox_image, busybox_rootfs_tar, code, Daemon};
+use cluster_tests::{busybox_image, busybox_rootfs_tar, code, poll_until, Daemon};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -348,6 +348,49 @@ fn exec_with_dev_zero_as_etc_passwd_returns_promptly() {
     exec_fails_promptly(&d, "box");
     container_with_passwd(&d, &img, "big", "dd if=/dev/zero of=/etc/passwd bs=1M count=3");
     exec_fails_promptly(&d, "big");
+}
+
+#[test]
+fn health_checks_still_run_with_a_fifo_as_etc_passwd() {
+    use cluster_tests::cluster::ClusterLab;
+    let _serial = cluster_tests::cluster::serial();
+    let c = ClusterLab::new(&["m1"], "300ms");
+    c.init("m1");
+    c.load_busybox(&["m1"]);
+    // Every probe resolves the container's user from its /etc/passwd, now a FIFO: the probes
+    // must still run (and fail, `false`), so the task is found unhealthy and replaced.
+    c.cli(
+        "m1",
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "sick",
+            "--health-cmd",
+            "false",
+            "--health-interval",
+            "500ms",
+            "--health-retries",
+            "2",
+            "busybox",
+            "sh",
+            "-c",
+            "rm /etc/passwd && busybox mkfifo /etc/passwd && exec sleep 1000",
+        ],
+    )
+    .ok("create sick");
+    poll_until(Duration::from_secs(90), "the unhealthy task replaced", || {
+        c.cli("m1", &["service", "ps", "sick", "--format", "json"])
+            .ok("service ps")
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|t| {
+                t["CurrentState"] == "failed"
+                    && t["Error"].as_str().unwrap_or("").contains("unhealthy")
+            })
+    });
+    c.cli("m1", &["node", "ls"]).ok("the manager still answers");
 }
 
 #[test]
