@@ -208,13 +208,23 @@ fn two_layers_cannot_chmod_or_fill_a_host_dir_through_a_volume() {
     d.ok(&["create", "--name", "box", &img]);
     d.ok(&["create", "--name", "nbox", "-v", "named:/data", &img]);
     assert_eq!(mode(&target), 0o700, "the host dir's mode is untouched");
-    assert_eq!(listing(&target), ["kept"], "nothing was written into the host dir");
-    assert_eq!(std::fs::read_to_string(target.join("kept")).unwrap(), "host");
+    assert_eq!(
+        listing(&target),
+        ["kept"],
+        "nothing was written into the host dir"
+    );
+    assert_eq!(
+        std::fs::read_to_string(target.join("kept")).unwrap(),
+        "host"
+    );
     // The volume holds the image's view: the upper layer's directory, with its file.
     for name in ["box", "nbox"] {
         let (_, source) = volume_source(&d, name, "/data");
         let x = source.join("x");
-        assert!(x.is_dir() && !x.is_symlink(), "{name}: x is a real directory");
+        assert!(
+            x.is_dir() && !x.is_symlink(),
+            "{name}: x is a real directory"
+        );
         assert_eq!(mode(&x), 0o777);
         assert_eq!(
             std::fs::read_to_string(x.join("planted")).unwrap(),
@@ -326,7 +336,15 @@ fn exec_fails_promptly(d: &Daemon, name: &str) {
         t0.elapsed()
     );
     // (`id` itself would read the FIFO inside the container: read the kernel's view.)
-    let status = d.ok(&["exec", "-u", "65534", name, "grep", "^Uid:", "/proc/self/status"]);
+    let status = d.ok(&[
+        "exec",
+        "-u",
+        "65534",
+        name,
+        "grep",
+        "^Uid:",
+        "/proc/self/status",
+    ]);
     assert!(status.starts_with("Uid:\t65534\t"), "{status}");
     assert_eq!(d.ok(&["exec", name, "echo", "ok"]), "ok\n");
     d.ok(&["ps"]);
@@ -346,7 +364,12 @@ fn exec_with_dev_zero_as_etc_passwd_returns_promptly() {
     let img = busybox_image(&d, "zero");
     container_with_passwd(&d, &img, "box", "ln -s /dev/zero /etc/passwd");
     exec_fails_promptly(&d, "box");
-    container_with_passwd(&d, &img, "big", "dd if=/dev/zero of=/etc/passwd bs=1M count=3");
+    container_with_passwd(
+        &d,
+        &img,
+        "big",
+        "dd if=/dev/zero of=/etc/passwd bs=1M count=3",
+    );
     exec_fails_promptly(&d, "big");
 }
 
@@ -380,16 +403,20 @@ fn health_checks_still_run_with_a_fifo_as_etc_passwd() {
         ],
     )
     .ok("create sick");
-    poll_until(Duration::from_secs(90), "the unhealthy task replaced", || {
-        c.cli("m1", &["service", "ps", "sick", "--format", "json"])
-            .ok("service ps")
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .any(|t| {
-                t["CurrentState"] == "failed"
-                    && t["Error"].as_str().unwrap_or("").contains("unhealthy")
-            })
-    });
+    poll_until(
+        Duration::from_secs(90),
+        "the unhealthy task replaced",
+        || {
+            c.cli("m1", &["service", "ps", "sick", "--format", "json"])
+                .ok("service ps")
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .any(|t| {
+                    t["CurrentState"] == "failed"
+                        && t["Error"].as_str().unwrap_or("").contains("unhealthy")
+                })
+        },
+    );
     c.cli("m1", &["node", "ls"]).ok("the manager still answers");
 }
 
@@ -424,8 +451,7 @@ fn export_of_a_running_container_never_follows_its_symlinks() {
             let e = e.expect("a tar entry");
             let path = e.path().unwrap().display().to_string();
             assert!(!path.contains("HOSTMARKER"), "export followed /x: {path}");
-            if path.trim_start_matches("./") == "x/d" || path.trim_start_matches("./") == "x/d/"
-            {
+            if path.trim_start_matches("./") == "x/d" || path.trim_start_matches("./") == "x/d/" {
                 dirs += 1;
             }
         }
@@ -460,16 +486,25 @@ fn assert_private(root: &Path, id: &str, vol: &str) {
     }
     let c = root.join("containers").join(id);
     assert_eq!(mode(&c.join("config.v2.json")), 0o600);
-    assert_eq!(mode(&root.join("volumes").join(vol).join("volume.json")), 0o600);
+    assert_eq!(
+        mode(&root.join("volumes").join(vol).join("volume.json")),
+        0o600
+    );
     // Container content keeps its own modes; what is bind-mounted stays readable inside.
     assert_eq!(mode(&c.join("upper")), 0o755);
     assert_eq!(mode(&c.join("hosts")), 0o644);
     let record = c.join("config.v2.json");
     let (ok, out) = as_nobody(&["cat", record.to_str().unwrap()]);
-    assert!(!ok && !out.contains("hunter2"), "host user nobody read the record: {out}");
+    assert!(
+        !ok && !out.contains("hunter2"),
+        "host user nobody read the record: {out}"
+    );
     let suid = c.join("upper/suid");
     let (ok, out) = as_nobody(&[suid.to_str().unwrap(), "id", "-u"]);
-    assert!(!ok, "host user nobody ran the container's setuid binary: {out}");
+    assert!(
+        !ok,
+        "host user nobody ran the container's setuid binary: {out}"
+    );
 }
 
 #[test]
@@ -477,8 +512,11 @@ fn the_data_root_is_private_and_made_so_again_at_start() {
     let mut d = Daemon::start();
     // Only the data root itself may keep host users out (the test's temp dir is open).
     let root = d.data_root();
-    std::fs::set_permissions(root.parent().unwrap(), std::fs::Permissions::from_mode(0o755))
-        .unwrap();
+    std::fs::set_permissions(
+        root.parent().unwrap(),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
     let img = busybox_image(&d, "private");
     d.ok(&[
         "run",
@@ -494,7 +532,13 @@ fn the_data_root_is_private_and_made_so_again_at_start() {
         "1000",
     ]);
     // Container root leaves a setuid-root binary in its upper dir.
-    d.ok(&["exec", "box", "sh", "-c", "cp /bin/busybox /suid && chmod 4755 /suid"]);
+    d.ok(&[
+        "exec",
+        "box",
+        "sh",
+        "-c",
+        "cp /bin/busybox /suid && chmod 4755 /suid",
+    ]);
     let id = d.inspect("box")["Id"].as_str().unwrap().to_string();
     assert_private(&root, &id, "vol");
 
@@ -531,9 +575,16 @@ fn the_data_root_is_private_and_made_so_again_at_start() {
     .unwrap();
     let (ok, out) = as_nobody(&[
         "cat",
-        root.join("containers").join(&id).join("config.v2.json").to_str().unwrap(),
+        root.join("containers")
+            .join(&id)
+            .join("config.v2.json")
+            .to_str()
+            .unwrap(),
     ]);
-    assert!(ok && out.contains("hunter2"), "loosened for the test: {out}");
+    assert!(
+        ok && out.contains("hunter2"),
+        "loosened for the test: {out}"
+    );
     d.stop();
     d.restart();
     assert_private(&root, &id, "vol");

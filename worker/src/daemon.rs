@@ -103,7 +103,14 @@ pub fn secure_data_root(root: &Path) -> anyhow::Result<()> {
         for (file, ft) in read_dir(&dir)? {
             let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
             if ft.is_file() {
-                set(&file, if CONTAINER_VISIBLE.contains(&name) { 0o644 } else { 0o600 })?;
+                set(
+                    &file,
+                    if CONTAINER_VISIBLE.contains(&name) {
+                        0o644
+                    } else {
+                        0o600
+                    },
+                )?;
             }
         }
     }

@@ -168,8 +168,7 @@ pub fn read_regular(fd: &OwnedFd, limit: u64) -> io::Result<Vec<u8>> {
     }
     let (file, _) = reopen_for_reading(fd, &st)?;
     let mut buf = Vec::new();
-    file.take(limit + 1)
-        .read_to_end(&mut buf)?;
+    file.take(limit + 1).read_to_end(&mut buf)?;
     if buf.len() as u64 > limit {
         return Err(refused(format!("larger than {limit} bytes")));
     }
@@ -356,7 +355,11 @@ fn walk_layer(root: &OwnedFd, comps: &[OsString], shown: &str) -> io::Result<AtP
 /// directories of upper layers remove what lower ones had; FIFOs, devices
 /// and sockets are not copied. The volume's root takes the owner and mode of
 /// the image's directory.
-pub fn seed_from_layers(layers_bottom_first: &[PathBuf], path: &str, dest: &Path) -> io::Result<()> {
+pub fn seed_from_layers(
+    layers_bottom_first: &[PathBuf],
+    path: &str,
+    dest: &Path,
+) -> io::Result<()> {
     let comps = components(path)?;
     if comps.is_empty() {
         return Err(refused("a volume cannot be mounted at /".into()));
@@ -389,7 +392,12 @@ fn too_deep() -> io::Error {
 
 fn set_owner_mode(fd: &OwnedFd, st: &FileStat) -> io::Result<()> {
     // Owner first: chown clears the set-id bits the mode then sets.
-    fchown(fd, Some(Uid::from_raw(st.st_uid)), Some(Gid::from_raw(st.st_gid))).map_err(errno)?;
+    fchown(
+        fd,
+        Some(Uid::from_raw(st.st_uid)),
+        Some(Gid::from_raw(st.st_gid)),
+    )
+    .map_err(errno)?;
     fchmod(fd, Mode::from_bits_truncate(st.st_mode & 0o7777)).map_err(errno)
 }
 
@@ -608,7 +616,8 @@ fn append_entry<W: Write>(
             header.set_size(0);
             header.set_device_major(nix::sys::stat::major(dev) as u32)?;
             header.set_device_minor(nix::sys::stat::minor(dev) as u32)?;
-            tar.append_data(&mut header, path, io::empty()).map(|_| None)
+            tar.append_data(&mut header, path, io::empty())
+                .map(|_| None)
         }
         // Sockets cannot be archived.
         _ => Ok(None),
@@ -664,7 +673,10 @@ mod tests {
         assert_eq!(clean_container_path("/").unwrap(), "/");
         for bad in ["data", "", "/../../tmp/x", "/a/../b", "/a/.."] {
             let err = clean_container_path(bad).unwrap_err();
-            assert!(err.contains("..") || err.contains("absolute"), "{bad}: {err}");
+            assert!(
+                err.contains("..") || err.contains("absolute"),
+                "{bad}: {err}"
+            );
         }
     }
 
@@ -704,7 +716,13 @@ mod tests {
         // Too large.
         std::fs::write(lower.join("big"), vec![b'x'; 100]).unwrap();
         assert!(read_layered_file(&layers, "big", 99).is_err());
-        assert_eq!(read_layered_file(&layers, "big", 100).unwrap().unwrap().len(), 100);
+        assert_eq!(
+            read_layered_file(&layers, "big", 100)
+                .unwrap()
+                .unwrap()
+                .len(),
+            100
+        );
         assert!(read("../o/passwd").is_err());
     }
 
@@ -721,7 +739,10 @@ mod tests {
         let read = |p: &str| open_in_root(&fd, p).and_then(|f| read_regular(&f, MAX_READ));
         assert_eq!(read("/etc/passwd").unwrap(), b"inside\n");
         // `..` stops at the root: /dev/zero of the root, which does not exist.
-        assert_eq!(read("/etc/group").unwrap_err().kind(), io::ErrorKind::NotFound);
+        assert_eq!(
+            read("/etc/group").unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
         assert!(read("/etc/magic").is_err());
         // The host's /dev/zero itself is refused (not a regular file).
         let host = open_tree(Path::new("/")).unwrap();
@@ -737,7 +758,11 @@ mod tests {
         std::fs::create_dir_all(&host).unwrap();
         std::fs::write(host.join("secret"), "s").unwrap();
         std::fs::set_permissions(&host, std::fs::Permissions::from_mode(0o700)).unwrap();
-        let (l1, l2, vol) = (t.path().join("l1"), t.path().join("l2"), t.path().join("vol"));
+        let (l1, l2, vol) = (
+            t.path().join("l1"),
+            t.path().join("l2"),
+            t.path().join("vol"),
+        );
         for d in [&l1, &l2, &vol] {
             std::fs::create_dir_all(d).unwrap();
         }
@@ -749,11 +774,14 @@ mod tests {
         std::fs::write(l2.join("data/x/planted"), "p").unwrap();
         std::fs::set_permissions(l2.join("data/x"), std::fs::Permissions::from_mode(0o777))
             .unwrap();
-        seed_from_layers(&[l1.clone()], "/data", &vol).unwrap();
+        seed_from_layers(std::slice::from_ref(&l1), "/data", &vol).unwrap();
         assert_eq!(std::fs::read_link(vol.join("x")).unwrap(), host);
         seed_from_layers(&[l1.clone(), l2.clone()], "/data", &vol).unwrap();
         assert_eq!(mode(&host), 0o700, "the host dir's mode is untouched");
-        assert!(!host.join("planted").exists(), "nothing written into the host dir");
+        assert!(
+            !host.join("planted").exists(),
+            "nothing written into the host dir"
+        );
         assert_eq!(std::fs::read(vol.join("x/planted")).unwrap(), b"p");
         assert_eq!(mode(&vol.join("x")), 0o777);
         assert_eq!(std::fs::read(vol.join("kept")).unwrap(), b"k");
@@ -764,7 +792,7 @@ mod tests {
         symlink(&host, l3.join("data")).unwrap();
         let vol2 = t.path().join("vol2");
         std::fs::create_dir_all(&vol2).unwrap();
-        seed_from_layers(&[l3.clone()], "/data", &vol2).unwrap();
+        seed_from_layers(std::slice::from_ref(&l3), "/data", &vol2).unwrap();
         assert_eq!(std::fs::read_dir(&vol2).unwrap().count(), 0);
         // An upper layer's whiteout or symlink hides what lower ones had.
         seed_from_layers(&[l1.clone(), l3], "/data", &vol2).unwrap();
@@ -806,6 +834,9 @@ mod tests {
         assert_eq!(find("d/f").unwrap().2, "hello", "{seen:?}");
         assert_eq!(find("etc").unwrap().1, tar::EntryType::Symlink);
         assert_eq!(find("fifo").unwrap().1, tar::EntryType::Fifo);
-        assert!(seen.iter().all(|(p, ..)| !p.starts_with("etc/")), "{seen:?}");
+        assert!(
+            seen.iter().all(|(p, ..)| !p.starts_with("etc/")),
+            "{seen:?}"
+        );
     }
 }
