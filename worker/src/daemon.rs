@@ -263,3 +263,70 @@ where
         std::process::exit(1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().mode() & 0o7777
+    }
+
+    #[tokio::test]
+    async fn the_socket_is_private_from_the_start_and_no_staging_is_left() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("d.sock");
+        let listener = bind_socket(&path).await.unwrap();
+        assert_eq!(mode(&path), 0o600);
+        let names: Vec<_> = std::fs::read_dir(t.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "only the socket: {names:?}");
+        // It serves at its final path.
+        let (client, accepted) =
+            tokio::join!(tokio::net::UnixStream::connect(&path), listener.accept());
+        client.unwrap();
+        accepted.unwrap();
+        // A live socket is not taken over.
+        assert!(bind_socket(&path).await.is_err());
+    }
+
+    #[test]
+    fn the_data_root_is_tightened_again() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let c = root.join("containers/abc");
+        std::fs::create_dir_all(c.join("upper")).unwrap();
+        std::fs::create_dir_all(root.join("cluster/raft")).unwrap();
+        std::fs::create_dir_all(root.join("volumes/v/_data")).unwrap();
+        for f in [
+            c.join("config.v2.json"),
+            c.join("hosts"),
+            root.join("cluster/raft/db"),
+            root.join("volumes/v/volume.json"),
+        ] {
+            std::fs::write(&f, "x").unwrap();
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        for d in [&root, &root.join("containers"), &c, &root.join("cluster/raft")] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        secure_data_root(&root).unwrap();
+        for d in [
+            root.clone(),
+            root.join("containers"),
+            c.clone(),
+            root.join("cluster"),
+            root.join("cluster/raft"),
+            root.join("volumes/v"),
+        ] {
+            assert_eq!(mode(&d), 0o700, "{}", d.display());
+        }
+        assert_eq!(mode(&c.join("config.v2.json")), 0o600);
+        assert_eq!(mode(&root.join("cluster/raft/db")), 0o600);
+        assert_eq!(mode(&root.join("volumes/v/volume.json")), 0o600);
+        // Container content and what is bind-mounted into containers keep their modes.
+        assert_eq!(mode(&c.join("hosts")), 0o644);
+        assert_eq!(mode(&c.join("upper")), 0o755);
+        assert_eq!(mode(&root.join("volumes/v/_data")), 0o755);
+    }
+}
