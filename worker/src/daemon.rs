@@ -307,7 +307,12 @@ mod tests {
             std::fs::write(&f, "x").unwrap();
             std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
         }
-        for d in [&root, &root.join("containers"), &c, &root.join("cluster/raft")] {
+        for d in [
+            &root,
+            &root.join("containers"),
+            &c,
+            &root.join("cluster/raft"),
+        ] {
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
         secure_data_root(&root).unwrap();

@@ -47,7 +47,7 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The deepest directory nesting copied or archived (a hostile tree cannot
 /// exhaust the daemon's stack or descriptors).
-const MAX_DEPTH: usize = 512;
+const MAX_DEPTH: usize = 256;
 
 fn errno(e: Errno) -> io::Error {
     io::Error::from(e)
