@@ -231,6 +231,35 @@ pub fn read_container_file(pid: u32, path: &str, limit: u64) -> io::Result<Optio
     }
 }
 
+/// Opens the character device at `path` in the running container whose first
+/// process is `pid` (its terminal), resolved inside its root, for reading and
+/// writing without becoming the daemon's controlling terminal; anything but a
+/// character device is refused before it is opened.
+pub fn open_container_device(pid: u32, path: &str) -> io::Result<File> {
+    let root = nix::fcntl::open(
+        format!("/proc/{pid}/root").as_str(),
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(errno)?;
+    let fd = open_in_root(&root, path)?;
+    let st = fstat(&fd).map_err(errno)?;
+    if kind(&st) != SFlag::S_IFCHR {
+        return Err(refused("not a character device".into()));
+    }
+    let dev = nix::fcntl::open(
+        format!("/proc/self/fd/{}", fd.as_raw_fd()).as_str(),
+        OFlag::O_RDWR | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK | OFlag::O_NOCTTY,
+        Mode::empty(),
+    )
+    .map_err(errno)?;
+    let again = fstat(&dev).map_err(errno)?;
+    if again.st_rdev != st.st_rdev || again.st_ino != st.st_ino {
+        return Err(refused("the device changed while it was opened".into()));
+    }
+    Ok(File::from(dev))
+}
+
 /// Reads `path` from a stack of unmounted overlay layers (top first) as the
 /// mounted stack would show it: the topmost layer that has the path wins; a
 /// whiteout, or a missing entry below an opaque directory, hides the lower
@@ -749,6 +778,20 @@ mod tests {
         assert!(open_in_root(&host, "/dev/zero")
             .and_then(|f| read_regular(&f, MAX_READ))
             .is_err());
+    }
+
+    #[test]
+    fn container_devices_are_character_devices_only() {
+        // This process's root is the host's: /dev/null is a device, a file is not.
+        let me = std::process::id();
+        assert!(open_container_device(me, "/dev/null").is_ok());
+        let t = tempfile::tempdir().unwrap();
+        let file = t.path().join("f");
+        std::fs::write(&file, "x").unwrap();
+        assert!(open_container_device(me, file.to_str().unwrap()).is_err());
+        let fifo = t.path().join("p");
+        nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(open_container_device(me, fifo.to_str().unwrap()).is_err());
     }
 
     #[test]

@@ -104,6 +104,21 @@ async fn read_from(path: &std::path::Path, offset: u64) -> Vec<u8> {
     buf
 }
 
+/// Opens a container's terminal from its recorded `/proc/PID/root/dev/pts/N`
+/// path, resolved inside the container's root; a character device only.
+fn open_container_tty(recorded: &str) -> Option<std::fs::File> {
+    let rest = recorded.strip_prefix("/proc/")?;
+    let (pid, path) = rest.split_once("/root")?;
+    let pid: u32 = pid.parse().ok()?;
+    match super::confined::open_container_device(pid, path) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::debug!("not resizing the terminal {recorded}: {e}");
+            None
+        }
+    }
+}
+
 /// Reads an open file from `offset` to its end.
 fn read_open(file: &mut std::fs::File, offset: u64) -> Vec<u8> {
     use std::io::{Read, Seek};
@@ -243,9 +258,12 @@ impl Engine {
                         stdin.lock().await.take();
                     }
                     Some(attach_input::Kind::Resize(size)) => {
-                        if let Some(path) = &tty_path {
-                            let _ = crate::runtime::set_winsize(
-                                std::path::Path::new(path),
+                        // The terminal is opened inside the container's root
+                        // (a symlink planted there never reaches a host file).
+                        if let Some(tty) = tty_path.as_deref().and_then(open_container_tty) {
+                            use std::os::fd::AsRawFd;
+                            let _ = crate::runtime::set_winsize_fd(
+                                tty.as_raw_fd(),
                                 size.rows.min(u16::MAX as u32) as u16,
                                 size.cols.min(u16::MAX as u32) as u16,
                             );
