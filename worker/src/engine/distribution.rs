@@ -1100,7 +1100,76 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_challenge;
+    use super::{parse_challenge, Registry};
+    use agent_common::proto::RegistryOptions;
+
+    #[test]
+    fn credentials_go_only_to_token_realms_on_the_registry_host() {
+        let allowed = |host: &str, insecure: bool, realm: &str| {
+            let options = RegistryOptions {
+                insecure_registries: if insecure {
+                    vec![host.to_string()]
+                } else {
+                    Vec::new()
+                },
+                ..RegistryOptions::default()
+            };
+            let r = Registry::new(host, &options, None).expect("registry");
+            r.credentials_allowed(&reqwest::Url::parse(realm).expect("url"))
+                .is_ok()
+        };
+        // https on the registry's own host, any port, any case.
+        assert!(allowed(
+            "registry.example:5000",
+            false,
+            "https://registry.example/token"
+        ));
+        assert!(allowed(
+            "registry.example",
+            false,
+            "https://REGISTRY.example:8443/t"
+        ));
+        // Another host, a look-alike, or plain http to a remote registry: no.
+        assert!(!allowed(
+            "registry.example",
+            false,
+            "https://auth.example/token"
+        ));
+        assert!(!allowed(
+            "registry.example",
+            false,
+            "https://registry.example.evil.com/t"
+        ));
+        assert!(!allowed(
+            "registry.example",
+            false,
+            "http://registry.example/token"
+        ));
+        assert!(!allowed(
+            "registry.example",
+            false,
+            "ftp://registry.example/token"
+        ));
+        // Plain http only for a loopback or insecure registry, same host.
+        assert!(allowed(
+            "127.0.0.1:5000",
+            false,
+            "http://127.0.0.1:9000/token"
+        ));
+        assert!(!allowed(
+            "127.0.0.1:5000",
+            false,
+            "http://127.0.0.2:9000/token"
+        ));
+        assert!(!allowed(
+            "127.0.0.1:5000",
+            false,
+            "http://localhost:9000/token"
+        ));
+        assert!(allowed("[::1]:5000", false, "http://[::1]:9000/token"));
+        assert!(allowed("reg.lan:5000", true, "http://reg.lan/token"));
+        assert!(!allowed("reg.lan:5000", true, "http://other.lan/token"));
+    }
 
     #[test]
     fn bearer_challenges_parse() {
