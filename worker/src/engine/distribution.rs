@@ -866,13 +866,8 @@ impl Engine {
             .ok_or_else(|| reg_err("the manifest has no config"))?;
         let space = self.images.space();
         let limits = self.images.limits();
-        // Before writing anything: room for what the descriptors declare.
-        let declared: u64 = manifest
-            .layers
-            .iter()
-            .map(|l| l.size)
-            .fold(config_desc.size, u64::saturating_add);
-        space.check(declared)?;
+        // Before writing anything: room for the config.
+        space.check(config_desc.size)?;
         // The config (small): fetch and verify.
         let work = self.images.temp_dir("pull")?;
         let config_file = registry
@@ -902,6 +897,15 @@ impl Engine {
                 "the manifest and its config disagree on the number of layers",
             ));
         }
+        // Before downloading: room for the missing layers as declared.
+        let declared = manifest
+            .layers
+            .iter()
+            .zip(&diff_ids)
+            .filter(|(_, d)| !self.images.has_layer(d.as_str()))
+            .map(|(l, _)| l.size)
+            .fold(0, u64::saturating_add);
+        space.check(declared)?;
         for layer in &manifest.layers {
             let _ = tx
                 .send(progress(
