@@ -79,6 +79,42 @@ fn gzip_bomb(dir: &Path, size: u64) -> (Vec<u8>, String) {
     (sh(&format!("{stream} | gzip -c -1 -n"), None), diff_id)
 }
 
+/// A layer whose first entry is a GNU long name of `size` zero bytes (a tar
+/// reader that reads long names into memory would hold all of it), gzipped.
+/// Returns (gzip bytes, diff_id).
+fn long_name_bomb(dir: &Path, size: u64) -> (Vec<u8>, String) {
+    assert_eq!(size % 512, 0);
+    let mut long = tar::Header::new_gnu();
+    long.set_path("././@LongLink").expect("path");
+    long.set_size(size);
+    long.set_mode(0o644);
+    long.set_entry_type(tar::EntryType::GNULongName);
+    long.set_cksum();
+    let mut file = tar::Header::new_gnu();
+    file.set_path("x").expect("path");
+    file.set_size(0);
+    file.set_mode(0o644);
+    file.set_entry_type(tar::EntryType::Regular);
+    file.set_cksum();
+    let (h1, h2) = (dir.join("long-header"), dir.join("file-header"));
+    std::fs::write(&h1, long.as_bytes()).expect("write header");
+    std::fs::write(&h2, file.as_bytes()).expect("write header");
+    let stream = format!(
+        "{{ cat {}; head -c {size} /dev/zero; cat {}; head -c 1024 /dev/zero; }}",
+        h1.display(),
+        h2.display()
+    );
+    let sum = sh(&format!("{stream} | sha256sum"), None);
+    let diff_id = format!(
+        "sha256:{}",
+        String::from_utf8_lossy(&sum)
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+    );
+    (sh(&format!("{stream} | gzip -c -1 -n"), None), diff_id)
+}
+
 /// An image config for these diff_ids.
 fn config(diff_ids: &[&str]) -> Vec<u8> {
     serde_json::to_vec(&json!({
@@ -505,6 +541,32 @@ fn gzip_bomb_layer_stops_at_the_layer_limit() {
     assert_eq!(store_entries(&d), clean, "the bomb left something behind");
     let images = d.ok(&["images", "--format", "{{.Repository}}"]);
     assert!(!images.contains("bomb"), "{images}");
+
+    // A "file name" of 64 MiB: refused at the tar header, before it is read.
+    let (long_gz, long_diff) = long_name_bomb(&scratch, 64 << 20);
+    let cfg2 = config(&[&long_diff]);
+    let (cd2, ld2) = (sha256_digest(&cfg2), sha256_digest(&long_gz));
+    r.route(
+        "/v2/bomb/app/manifests/long-name",
+        Reply::ok(
+            OCI_MANIFEST,
+            manifest(
+                desc(OCI_CONFIG, &cd2, Some(cfg2.len())),
+                vec![desc(LAYER_GZ, &ld2, Some(long_gz.len()))],
+            ),
+        ),
+    );
+    r.route(
+        &format!("/v2/bomb/app/blobs/{cd2}"),
+        Reply::ok("application/octet-stream", cfg2),
+    );
+    r.route(
+        &format!("/v2/bomb/app/blobs/{ld2}"),
+        Reply::ok("application/octet-stream", long_gz),
+    );
+    let out = pull(&d, &r, &format!("{}/bomb/app:long-name", r.host()));
+    refused(&out, &["GNU long name", "larger than 1.0 MiB"]);
+    assert_eq!(store_entries(&d), clean, "the long name left something");
 
     // The same bomb in a `docker save` archive: load refuses it too.
     let archive = docker_save_tar(&[

@@ -180,6 +180,11 @@ impl Meter {
 pub struct Tripped(Arc<Mutex<Option<ImageError>>>);
 
 impl Tripped {
+    /// The slot itself, for other guarded readers.
+    pub(crate) fn shared(&self) -> Arc<Mutex<Option<ImageError>>> {
+        self.0.clone()
+    }
+
     /// The limit error if the reader stopped at one, else `other`.
     pub fn explain(&self, other: ImageError) -> ImageError {
         self.0

@@ -288,6 +288,21 @@ impl ImageStore {
         let dir = self.temp_dir("load")?;
         let (reader, _) =
             layer::decompressed(reader).map_err(|e| bad(format!("failed to read archive: {e}")))?;
+        // Oversized long names and PAX headers stop before the tar crate
+        // reads them into memory.
+        let (reader, guard) = super::tar_guard::TarGuard::new(reader);
+        self.spool_tar(reader, dir, &space, max)
+            .map_err(|e| guard.explain(e))
+    }
+
+    /// Spools every regular file of the archive into `dir`, named by position.
+    fn spool_tar(
+        &self,
+        reader: impl Read,
+        dir: TempDir,
+        space: &SpaceCheck,
+        max: u64,
+    ) -> Result<Source> {
         let mut archive = tar::Archive::new(reader);
         let mut files = HashMap::new();
         let mut symlinks = HashMap::new();

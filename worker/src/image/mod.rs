@@ -11,6 +11,7 @@
 //! - [`changes`]: Dockerfile-style `--change` instructions for import and commit.
 //! - [`digest`]: the validated [`Digest`], the only thing that names a stored blob.
 //! - [`limits`]: size limits and the free-space reserve for arriving images.
+//! - [`tar_guard`]: refuses oversized tar extension headers before they are read into memory.
 //!
 //! This module does not mount anything: the engine assembles the overlay
 //! from [`ImageStore::layer_dirs`].
@@ -24,6 +25,7 @@ pub mod load;
 pub mod reference;
 pub mod save;
 pub mod store;
+pub mod tar_guard;
 
 pub use config::{ImageConfig, RuntimeConfig};
 pub use digest::{Digest, InvalidDigest};
