@@ -229,6 +229,48 @@ impl<R: Read> Read for Capped<R> {
     }
 }
 
+/// A writer that counts what it writes against a meter (for the reserve).
+pub struct Metered<W> {
+    inner: W,
+    meter: Meter,
+    tripped: Tripped,
+}
+
+impl<W: std::io::Write> Metered<W> {
+    /// Wraps `inner`; the [`Tripped`] handle tells the limit error apart later.
+    pub fn new(inner: W, meter: Meter) -> (Metered<W>, Tripped) {
+        let tripped = Tripped::default();
+        (
+            Metered {
+                inner,
+                meter,
+                tripped: tripped.clone(),
+            },
+            tripped,
+        )
+    }
+
+    /// The inner writer.
+    pub fn into_inner(self) -> W {
+        self.inner
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for Metered<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Err(e) = self.meter.add(buf.len() as u64) {
+            let msg = e.to_string();
+            *self.tripped.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            return Err(io::Error::other(msg));
+        }
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

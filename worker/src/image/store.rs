@@ -1133,12 +1133,19 @@ impl ImageStore {
     ) -> Result<String> {
         let tag = reference.map(normalize_tag).transpose()?;
         let _pin = self.pin_layers();
+        let space = self.space();
+        space.check(0)?;
         let work = self.temp_dir("commit")?;
         let blob = work.path().join("blob");
         let file = File::create(&blob).map_err(io_err("create", &blob))?;
-        let mut w = io::BufWriter::new(file);
-        let (digest, _) = layer::write_upper_as_layer(upper_dir, &mut w)?;
-        w.flush().map_err(io_err("write", &blob))?;
+        // The container's own files: no size limit, but the reserve is kept.
+        let meter = Meter::new("the committed layer", u64::MAX, "").watching(space);
+        let (metered, tripped) = super::limits::Metered::new(file, meter);
+        let mut w = io::BufWriter::new(metered);
+        let (digest, _) =
+            layer::write_upper_as_layer(upper_dir, &mut w).map_err(|e| tripped.explain(e))?;
+        w.flush()
+            .map_err(|e| tripped.explain(ImageError::io("write", &blob, e)))?;
         drop(w);
         let digest = computed(digest)?;
         let diff_id = self.add_layer_locked(&blob, &digest, Some(&digest))?;
