@@ -336,6 +336,9 @@ impl Registry {
                 self.host
             ))
         })?;
+        // The realm as parsed (control characters escaped), for messages.
+        let realm = url.as_str().to_string();
+        let realm = realm.as_str();
         {
             let mut q = url.query_pairs_mut();
             if let Some(service) = params.get("service") {
