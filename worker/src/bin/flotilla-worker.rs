@@ -42,6 +42,14 @@ struct Args {
     /// containers reach each other only through links, on the exposed ports.
     #[arg(long = "icc", default_value_t = true, action = clap::ArgAction::Set)]
     icc: bool,
+    /// The largest image layer accepted from a registry or an archive, both
+    /// compressed and unpacked (e.g. 512m, 32g); a larger one is refused.
+    #[arg(long = "max-layer-size", default_value = "32g", value_parser = worker::image::limits::parse_size)]
+    max_layer_size: u64,
+    /// Space to keep free on the data root's filesystem: a pull, load or
+    /// import that would use it stops and removes what it wrote.
+    #[arg(long = "min-free-space", default_value = "256m", value_parser = worker::image::limits::parse_size)]
+    min_free_space: u64,
     /// Log at debug level.
     #[arg(short = 'D', long)]
     debug: bool,
@@ -105,6 +113,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         icc: args.icc,
     })
     .await?;
+    engine.images.set_limits(worker::image::Limits {
+        max_layer_size: args.max_layer_size,
+        min_free_space: args.min_free_space,
+    });
     tracing::info!(socket = %socket.display(), data_root = %args.data_root.display(), cgroups = engine.cgroups.describe(), "flotilla-worker ready");
     let shutdown = async {
         let mut term =
