@@ -791,3 +791,32 @@ fn playbooks_form_drain_upgrade_and_leave_a_cluster() {
     });
     cli_ok(&m1, &["service", "rm", "web"]);
 }
+
+#[test]
+fn ansible_lint_is_clean() {
+    assert!(
+        have("ansible-lint"),
+        "ansible-lint is missing: run scripts/install-deps.sh"
+    );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace");
+    let home = tempfile::tempdir().expect("tempdir");
+    // Offline: no collections or requirements fetched; its caches in a
+    // directory of its own.
+    let out = Command::new("ansible-lint")
+        .args(["--offline", "--nocolor", "ansible"])
+        .current_dir(root)
+        .env("HOME", home.path())
+        .env("ANSIBLE_HOME", home.path().join("ansible"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ansible-lint");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "ansible-lint found problems:\n{text}");
+    assert!(text.contains("Passed"), "{text}");
+}
