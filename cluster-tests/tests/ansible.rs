@@ -502,6 +502,28 @@ fn playbooks_form_drain_upgrade_and_leave_a_cluster() {
     let token = cli_ok(&m1, &["join-token", "-q", "worker"]);
     assert!(!inventory.contains(token.trim()));
 
+    // A node's drain order: start-first unless set otherwise.
+    let drain_order = |host: &str| {
+        let out = cli_ok(&m1, &["node", "inspect", host]);
+        let v: Value = serde_json::from_str(&out).expect("node inspect json");
+        v[0]["DrainOrder"].as_str().unwrap_or_default().to_string()
+    };
+    assert_eq!(drain_order("m3"), "start-first");
+    cli_ok(
+        &m1,
+        &["node", "update", "--drain-order", "stop-first", "m3"],
+    );
+    assert_eq!(drain_order("m3"), "stop-first");
+    cli_ok(
+        &m1,
+        &["node", "update", "--drain-order", "start-first", "m3"],
+    );
+    assert_eq!(drain_order("m3"), "start-first");
+    assert_ne!(
+        cli(&m1, &["node", "update", "--drain-order", "sideways", "m3"]).code,
+        0
+    );
+
     // --- A second run changes nothing. ---
     let recap2 = al.playbook("site.yml", &[]);
     assert!(
