@@ -92,8 +92,10 @@ enum Command {
     Join {
         #[command(flatten)]
         net: Network,
-        /// A manager join token (`flotilla join-token manager` on a manager).
-        #[arg(long)]
+        /// A manager join token (`flotilla join-token manager` on a manager); or
+        /// from the environment, which other users cannot read (a command
+        /// line they can).
+        #[arg(long, env = "FLOTILLA_JOIN_TOKEN", hide_env_values = true)]
         token: String,
         /// A manager's cluster address.
         #[arg(value_name = "MANAGER-ADDR[:PORT]")]

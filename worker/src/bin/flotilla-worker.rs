@@ -63,8 +63,10 @@ enum Command {
     /// serve. The membership is kept in the data root: later starts without
     /// a subcommand resume it.
     Join {
-        /// A worker join token (`flotilla join-token worker` on a manager).
-        #[arg(long)]
+        /// A worker join token (`flotilla join-token worker` on a manager); or
+        /// from the environment, which other users cannot read (a command
+        /// line they can).
+        #[arg(long, env = "FLOTILLA_JOIN_TOKEN", hide_env_values = true)]
         token: String,
         /// Address other nodes reach this worker at (default: this
         /// machine's only non-loopback IPv4 address).
