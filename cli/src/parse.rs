@@ -34,10 +34,15 @@ fn err<T>(msg: impl Into<String>) -> Result<T> {
 pub fn memory_size(input: &str) -> Result<i64> {
     let bad = || {
         ParseError(format!(
-            "invalid size {input:?}: use a number with an optional unit b, k, m or g (e.g. 512m, 1g)"
+            "invalid size {input:?}: use a number with an optional unit b, k, m, g, t or p (e.g. 512m, 1g)"
         ))
     };
     let s = input.trim();
+    if s.starts_with('-') {
+        return err(format!(
+            "invalid size {input:?}: a size cannot be negative (use 0 for none)"
+        ));
+    }
     let digits_end = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
@@ -71,9 +76,87 @@ pub fn memory_size(input: &str) -> Result<i64> {
     };
     let bytes = value * multiplier;
     if bytes >= i64::MAX as f64 {
-        return Err(bad());
+        return err(format!(
+            "invalid size {input:?}: sizes are at most 8 EiB ({} bytes)",
+            i64::MAX
+        ));
     }
     Ok(bytes as i64)
+}
+
+/// Parses a duration flag (`5s`, `1m30s`, `250ms`, `2h`): not negative, and
+/// at most [`agent_common::validate::MAX_DURATION_MS`] (about 292 years),
+/// so it never wraps when stored in milliseconds.
+pub fn duration(input: &str) -> Result<std::time::Duration> {
+    let s = input.trim();
+    if s.starts_with('-') {
+        return err(format!(
+            "invalid duration {input:?}: a duration cannot be negative (use 0 for none)"
+        ));
+    }
+    let d = humantime::parse_duration(s).map_err(|e| {
+        ParseError(format!(
+            "invalid duration {input:?}: {e}; use a number with a unit, e.g. 500ms, 10s, 1m30s, 2h"
+        ))
+    })?;
+    if d.as_millis() > u128::from(agent_common::validate::MAX_DURATION_MS) {
+        return err(format!(
+            "invalid duration {input:?}: durations are at most {}h (about 292 years)",
+            agent_common::validate::MAX_DURATION_MS / 3_600_000
+        ));
+    }
+    Ok(d)
+}
+
+/// Parses a count (`--replicas 3`): a whole number, 0 or more.
+pub fn count(input: &str) -> Result<u64> {
+    let s = input.trim();
+    if let Some(n) = s.strip_prefix('-') {
+        if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) {
+            return err(format!("{input} is negative: use 0 or more"));
+        }
+    }
+    s.parse::<u64>()
+        .map_err(|_| ParseError(format!("{input:?} is not a whole number: use 0, 1, 2…")))
+}
+
+/// [`count`], for counts kept in 32 bits (`--health-retries`).
+pub fn small_count(input: &str) -> Result<u32> {
+    let n = count(input)?;
+    u32::try_from(n)
+        .map_err(|_| ParseError(format!("{input} is too large: at most {}", u32::MAX)))
+}
+
+/// Parses a fraction (`--update-max-failure-ratio 0.25`): 0 to 1.
+pub fn fraction(input: &str) -> Result<f64> {
+    let v: f64 = input.trim().parse().map_err(|_| {
+        ParseError(format!(
+            "{input:?} is not a number: use a fraction between 0 and 1, e.g. 0.25"
+        ))
+    })?;
+    if !(0.0..=1.0).contains(&v) {
+        return err(format!(
+            "{input} is not between 0 and 1: it is the fraction of updated tasks allowed to fail (0.25 is a quarter)"
+        ));
+    }
+    Ok(v)
+}
+
+/// Parses a CPU count for `--reserve-cpu`/`--limit-cpu` (`0.5`, `2`) into
+/// billionths of a CPU, exactly; refuses negatives with that reason.
+pub fn cpus(input: &str) -> Result<u64> {
+    if input.trim().starts_with('-') {
+        return err(format!(
+            "{input} is negative: a number of CPUs is 0 (none) or more, e.g. 0.5 or 2"
+        ));
+    }
+    decimal_nanos(input)
+        .map(|n| n as u64)
+        .map_err(|_| {
+            ParseError(format!(
+                "{input:?} is not a number of CPUs: use a decimal number such as 0.5 or 2 (at most 9 decimal places)"
+            ))
+        })
 }
 
 /// The smallest memory limit a container may have (Docker's minimum).
@@ -93,6 +176,15 @@ pub fn memory_limit(input: &str) -> Result<i64> {
 /// Parses `--cpus 1.5` into NanoCpus (1_500_000_000), exactly, without
 /// floating point: at most nine decimal places.
 pub fn nano_cpus(input: &str) -> Result<i64> {
+    if input.trim().starts_with('-') {
+        return err(format!(
+            "invalid --cpus {input:?}: a number of CPUs cannot be negative; use 0.5, 2, …"
+        ));
+    }
+    decimal_nanos(input)
+}
+
+fn decimal_nanos(input: &str) -> Result<i64> {
     let bad = || {
         ParseError(format!(
             "invalid --cpus {input:?}: use a positive decimal number of CPUs such as 0.5 or 2"

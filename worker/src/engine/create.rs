@@ -15,9 +15,6 @@ use super::{now_rfc3339, random_id, Engine, EngineError, Result};
 use crate::runtime::spec::capability_set;
 use crate::volume::ANONYMOUS_LABEL;
 
-/// Docker's minimum memory limit.
-const MIN_MEMORY: i64 = 6 * 1024 * 1024;
-
 fn invalid(msg: impl Into<String>) -> EngineError {
     EngineError::InvalidArgument(msg.into())
 }
@@ -51,11 +48,8 @@ pub fn parse_volume_spec(spec: &str) -> Result<VolumeSpec> {
     let parts: Vec<&str> = spec.split(':').collect();
     let bad = |why: &str| invalid(format!("invalid volume specification {spec:?}: {why}"));
     let check_dest = |d: &str| -> Result<String> {
-        if !d.starts_with('/') {
-            return Err(bad("the container path must be absolute"));
-        }
-        if d == "/" {
-            return Err(bad("the container path cannot be /"));
+        if let Some(problem) = agent_common::validate::container_path_problem(d) {
+            return Err(bad(problem));
         }
         Ok(d.to_string())
     };
@@ -156,9 +150,11 @@ fn validate(req: &CreateContainer) -> Result<()> {
     if hc.auto_remove && !matches!(hc.restart_policy.name.as_str(), "" | "no") {
         return Err(invalid("Conflicting options: --restart and --rm"));
     }
-    if hc.memory != 0 && hc.memory < MIN_MEMORY {
-        return Err(invalid("Minimum memory limit allowed is 6MB"));
-    }
+    // The rules the manager's control API checks services with, too.
+    agent_common::validate::image(&req.config.image).map_err(|e| invalid(e.to_string()))?;
+    agent_common::validate::hostname(&req.config.hostname).map_err(|e| invalid(e.to_string()))?;
+    let memory = u64::try_from(hc.memory).unwrap_or(1);
+    agent_common::validate::memory_limit(memory).map_err(|e| invalid(e.to_string()))?;
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as i64;
     if hc.nano_cpus < 0 || hc.nano_cpus > ncpu * 1_000_000_000 {
         return Err(invalid(format!(
@@ -183,9 +179,7 @@ fn validate(req: &CreateContainer) -> Result<()> {
         parse_signal(sig)?;
     }
     if let Some(t) = req.config.stop_timeout {
-        if t < -1 {
-            return Err(invalid("stop timeout must be -1 (wait forever) or more"));
-        }
+        agent_common::validate::stop_timeout_secs(t).map_err(|e| invalid(e.to_string()))?;
     }
     let wd = &req.config.working_dir;
     if !wd.is_empty() && !wd.starts_with('/') {
@@ -270,9 +264,7 @@ fn validate(req: &CreateContainer) -> Result<()> {
         }
     }
     for e in &req.config.env {
-        if e.starts_with('=') || e.is_empty() {
-            return Err(invalid(format!("invalid environment variable: {e:?}")));
-        }
+        agent_common::validate::env(e).map_err(|e| invalid(e.to_string()))?;
     }
     Ok(())
 }
