@@ -68,13 +68,17 @@ pub enum Invalid {
         bytes: u64,
     },
     /// A CPU limit under the minimum.
-    #[error("invalid CPU limit {cpus}: the minimum is 0.01 CPU; give at least 0.01, or 0 for no limit")]
+    #[error(
+        "invalid CPU limit {cpus}: the minimum is 0.01 CPU; give at least 0.01, or 0 for no limit"
+    )]
     CpuLimit {
         /// The limit, in CPUs (for the message).
         cpus: String,
     },
     /// A duration longer than the engine can count.
-    #[error("invalid {what} of {ms} ms: durations are at most {MAX_DURATION_MS} ms (about 292 years)")]
+    #[error(
+        "invalid {what} of {ms} ms: durations are at most {MAX_DURATION_MS} ms (about 292 years)"
+    )]
     Duration {
         /// The flag or field.
         what: &'static str,

@@ -123,8 +123,7 @@ pub fn count(input: &str) -> Result<u64> {
 /// [`count`], for counts kept in 32 bits (`--health-retries`).
 pub fn small_count(input: &str) -> Result<u32> {
     let n = count(input)?;
-    u32::try_from(n)
-        .map_err(|_| ParseError(format!("{input} is too large: at most {}", u32::MAX)))
+    u32::try_from(n).map_err(|_| ParseError(format!("{input} is too large: at most {}", u32::MAX)))
 }
 
 /// Parses a fraction (`--update-max-failure-ratio 0.25`): 0 to 1.
@@ -780,6 +779,52 @@ mod tests {
             let e = memory_size(bad).unwrap_err();
             assert!(e.0.contains("invalid size"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn memory_size_errors_name_every_unit_and_the_real_reason() {
+        let e = memory_size("12x").unwrap_err();
+        assert!(e.0.contains("b, k, m, g, t or p"), "{e}");
+        assert!(memory_size("-1m").unwrap_err().0.contains("negative"));
+        assert!(memory_size("9999999p").unwrap_err().0.contains("at most"));
+        assert_eq!(memory_size("1000t").unwrap(), 1000 << 40);
+    }
+
+    #[test]
+    fn durations_are_non_negative_and_range_checked() {
+        assert_eq!(duration("5s").unwrap(), std::time::Duration::from_secs(5));
+        assert_eq!(
+            duration("1m30s").unwrap(),
+            std::time::Duration::from_secs(90)
+        );
+        assert!(duration("-5s").unwrap_err().0.contains("negative"));
+        assert!(duration("99999999999999h")
+            .unwrap_err()
+            .0
+            .contains("at most"));
+        assert!(duration("5 parsecs").unwrap_err().0.contains("500ms"));
+        let max = agent_common::validate::MAX_DURATION_MS;
+        assert!(duration(&format!("{max}ms")).is_ok());
+        assert!(duration(&format!("{}ms", max + 1)).is_err());
+    }
+
+    #[test]
+    fn counts_cpus_and_fractions_say_why_they_are_refused() {
+        assert_eq!(count("3").unwrap(), 3);
+        assert!(count("-1").unwrap_err().0.contains("negative"));
+        assert!(count("x").unwrap_err().0.contains("whole number"));
+        assert!(small_count("5000000000")
+            .unwrap_err()
+            .0
+            .contains("too large"));
+        assert_eq!(cpus("0.5").unwrap(), 500_000_000);
+        assert_eq!(cpus("2").unwrap(), 2_000_000_000);
+        assert!(cpus("-1").unwrap_err().0.contains("negative"));
+        assert!(cpus("lots").unwrap_err().0.contains("number of CPUs"));
+        assert_eq!(fraction("0.25").unwrap(), 0.25);
+        assert!(fraction("-0.5").unwrap_err().0.contains("between 0 and 1"));
+        assert!(fraction("NaN").is_err());
+        assert!(nano_cpus("-1").unwrap_err().0.contains("negative"));
     }
 
     #[test]

@@ -62,8 +62,14 @@ fn hostnames_are_dns_like_and_short() {
 fn mounts_parse_to_engine_binds() {
     let m = mount("type=bind,src=/srv,dst=/www,readonly").unwrap();
     assert_eq!(m.to_bind(), "/srv:/www:ro");
-    assert_eq!(mount("type=volume,target=/cache").unwrap().to_bind(), "/cache");
-    assert_eq!(mount("source=v1,target=/v,ro=false").unwrap().to_bind(), "v1:/v");
+    assert_eq!(
+        mount("type=volume,target=/cache").unwrap().to_bind(),
+        "/cache"
+    );
+    assert_eq!(
+        mount("source=v1,target=/v,ro=false").unwrap().to_bind(),
+        "v1:/v"
+    );
 }
 
 #[test]
@@ -106,7 +112,10 @@ fn durations_and_sizes_are_range_checked() {
     let msg = duration_ms("--stop-grace-period", MAX_DURATION_MS + 1)
         .unwrap_err()
         .to_string();
-    assert!(msg.contains("--stop-grace-period") && msg.contains("292 years"), "{msg}");
+    assert!(
+        msg.contains("--stop-grace-period") && msg.contains("292 years"),
+        "{msg}"
+    );
     assert!(size("x", MAX_BYTES).is_ok());
     assert!(size("x", MAX_BYTES + 1).is_err());
     assert!(stop_timeout_secs(-1).is_ok());
@@ -126,24 +135,57 @@ fn health_checks_need_a_known_test() {
     assert!(health_check(&hc(&["RUN", "x"])).is_err());
     let mut long = hc(&["CMD", "true"]);
     long.interval_ms = u64::MAX;
-    assert!(health_check(&long).unwrap_err().to_string().contains("--health-interval"));
+    assert!(health_check(&long)
+        .unwrap_err()
+        .to_string()
+        .contains("--health-interval"));
 }
 
 #[test]
 fn a_whole_service_spec_is_checked() {
     assert!(service(&spec_with(|_| {})).is_ok());
     let cases: Vec<(ServiceSpec, &str)> = vec![
-        (spec_with(|s| s.task.container.image = "Bad Image!!".into()), "reference"),
-        (spec_with(|s| s.task.container.env = vec!["=novalue".into()]), "environment"),
-        (spec_with(|s| s.task.container.hostname = "bad host name".into()), "hostname"),
-        (spec_with(|s| s.task.container.mounts = vec!["garbage".into()]), "mount"),
-        (spec_with(|s| s.task.resources.limits.memory_bytes = 1), "6MB"),
+        (
+            spec_with(|s| s.task.container.image = "Bad Image!!".into()),
+            "reference",
+        ),
+        (
+            spec_with(|s| s.task.container.env = vec!["=novalue".into()]),
+            "environment",
+        ),
+        (
+            spec_with(|s| s.task.container.hostname = "bad host name".into()),
+            "hostname",
+        ),
+        (
+            spec_with(|s| s.task.container.mounts = vec!["garbage".into()]),
+            "mount",
+        ),
+        (
+            spec_with(|s| s.task.resources.limits.memory_bytes = 1),
+            "6MB",
+        ),
         (spec_with(|s| s.task.resources.limits.nano_cpus = 5), "0.01"),
-        (spec_with(|s| s.task.resources.reservations.memory_bytes = u64::MAX), "--reserve-memory"),
-        (spec_with(|s| s.task.container.stop_grace_period_ms = u64::MAX), "--stop-grace-period"),
-        (spec_with(|s| s.task.restart.delay_ms = u64::MAX), "--restart-delay"),
-        (spec_with(|s| s.update.monitor_ms = u64::MAX), "--update-monitor"),
-        (spec_with(|s| s.rollback.delay_ms = u64::MAX), "--rollback-delay"),
+        (
+            spec_with(|s| s.task.resources.reservations.memory_bytes = u64::MAX),
+            "--reserve-memory",
+        ),
+        (
+            spec_with(|s| s.task.container.stop_grace_period_ms = u64::MAX),
+            "--stop-grace-period",
+        ),
+        (
+            spec_with(|s| s.task.restart.delay_ms = u64::MAX),
+            "--restart-delay",
+        ),
+        (
+            spec_with(|s| s.update.monitor_ms = u64::MAX),
+            "--update-monitor",
+        ),
+        (
+            spec_with(|s| s.rollback.delay_ms = u64::MAX),
+            "--rollback-delay",
+        ),
     ];
     for (spec, says) in cases {
         let msg = service(&spec).unwrap_err().to_string();

@@ -189,7 +189,11 @@ pub struct SpecFlags {
     #[arg(long = "reserve-cpu", value_name = "DECIMAL", value_parser = crate::parse::cpus, allow_negative_numbers = true)]
     pub reserve_cpu: Option<u64>,
     /// Memory reserved per task (e.g. 256m).
-    #[arg(long = "reserve-memory", value_name = "SIZE", allow_hyphen_values = true)]
+    #[arg(
+        long = "reserve-memory",
+        value_name = "SIZE",
+        allow_hyphen_values = true
+    )]
     pub reserve_memory: Option<String>,
     /// CPU limit per task.
     #[arg(long = "limit-cpu", value_name = "DECIMAL", value_parser = crate::parse::cpus, allow_negative_numbers = true)]
@@ -1047,14 +1051,55 @@ mod tests {
         assert!(apply(&mut ServiceSpec::default(), &a.spec).is_err());
         let a = create_args(&["--health-retries", "3", "busybox"]);
         assert!(apply(&mut ServiceSpec::default(), &a.spec).is_err());
-        let mut full = vec![
+    }
+
+    #[test]
+    fn negative_values_are_values_refused_for_being_negative() {
+        for (flag, value) in [
+            ("--replicas", "-1"),
+            ("--limit-cpu", "-1"),
+            ("--reserve-cpu", "-0.5"),
+            ("--restart-delay", "-5s"),
+            ("--stop-grace-period", "-1s"),
+            ("--update-parallelism", "-2"),
+            ("--restart-max-attempts", "-3"),
+        ] {
+            let full = ["flotilla", "service", "create", flag, value, "busybox"];
+            let err = crate::Cli::try_parse_from(full).unwrap_err().to_string();
+            assert!(err.contains("negative"), "{flag} {value}: {err}");
+            assert!(
+                !err.contains("unexpected argument"),
+                "{flag} {value}: {err}"
+            );
+        }
+        // Values that pass clap but not the size rules.
+        let a = create_args(&["--limit-memory", "-1m", "busybox"]);
+        let err = apply(&mut ServiceSpec::default(), &a.spec).unwrap_err();
+        assert!(err.to_string().contains("negative"), "{err}");
+    }
+
+    #[test]
+    fn durations_are_range_checked_not_wrapped() {
+        let full = [
             "flotilla",
             "service",
             "create",
-            "--replicas",
-            "-1",
+            "--stop-grace-period",
+            "99999999999999h",
             "busybox",
         ];
-        assert!(crate::Cli::try_parse_from(full.drain(..)).is_err());
+        let err = crate::Cli::try_parse_from(full).unwrap_err().to_string();
+        assert!(err.contains("at most"), "{err}");
+        let a = create_args(&[
+            "--stop-grace-period",
+            "90s",
+            "--limit-cpu",
+            "1.5",
+            "busybox",
+        ]);
+        let mut spec = ServiceSpec::default();
+        apply(&mut spec, &a.spec).unwrap();
+        assert_eq!(spec.task.container.stop_grace_period_ms, 90_000);
+        assert_eq!(spec.task.resources.limits.nano_cpus, 1_500_000_000);
     }
 }
