@@ -726,7 +726,35 @@ mod tests {
     #[test]
     fn tiny_memory_is_refused() {
         let mut req = CreateContainer::default();
+        req.config.image = "busybox".into();
         req.host_config.memory = 1024;
         assert!(validate(&req).unwrap_err().to_string().contains("6MB"));
+    }
+
+    #[test]
+    fn the_shared_rules_apply_to_create() {
+        let ok = || {
+            let mut req = CreateContainer::default();
+            req.config.image = "busybox".into();
+            req
+        };
+        assert!(validate(&ok()).is_ok());
+        let mut bad_image = ok();
+        bad_image.config.image = "UPPER/case:tag".into();
+        let mut bad_host = ok();
+        bad_host.config.hostname = "bad host name".into();
+        let mut bad_env = ok();
+        bad_env.config.env = vec!["=novalue".into()];
+        let mut bad_timeout = ok();
+        bad_timeout.config.stop_timeout = Some(i64::MAX);
+        for (req, says) in [
+            (bad_image, "reference"),
+            (bad_host, "hostname"),
+            (bad_env, "environment"),
+            (bad_timeout, "stop timeout"),
+        ] {
+            let msg = validate(&req).unwrap_err().to_string();
+            assert!(msg.contains(says), "{says}: {msg}");
+        }
     }
 }
