@@ -11,9 +11,11 @@ pub mod cluster;
 pub mod engine;
 pub mod objects;
 pub mod pki;
+pub mod reference;
 pub mod spec;
 pub mod task_state;
 pub mod tls;
+pub mod validate;
 
 /// The local engine API (client → local worker), generated from `proto/engine.proto`.
 pub mod proto {

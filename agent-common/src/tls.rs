@@ -22,6 +22,7 @@
 //! (`builder_with_provider`): nothing here depends on a process-wide default provider. Only
 //! TLS 1.3 is offered (every peer is Flotilla), and ALPN `h2` is set for gRPC.
 
+pub mod explain;
 pub mod grpc;
 
 use std::sync::Arc;

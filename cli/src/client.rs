@@ -132,6 +132,11 @@ pub async fn connect_channel(host: &str, tls: &TlsFiles) -> Result<Channel> {
 
 /// A daemon error: the gRPC status message only.
 pub fn status_error(status: tonic::Status) -> anyhow::Error {
+    // A refused TLS connection (revoked or foreign certificate) says why,
+    // rather than hyper's "operation was canceled" or "transport error".
+    if let Some(why) = agent_common::tls::explain::explain(&status) {
+        return anyhow::Error::new(RpcError(tonic::Status::new(status.code(), why)));
+    }
     anyhow::Error::new(RpcError(status))
 }
 

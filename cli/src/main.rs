@@ -280,10 +280,10 @@ pub struct RunArgs {
     #[arg(long, allow_hyphen_values = true)]
     pub entrypoint: Option<String>,
     /// Memory limit: bytes or a number with unit b, k, m, g (e.g. 512m).
-    #[arg(short = 'm', long, value_name = "SIZE")]
+    #[arg(short = 'm', long, value_name = "SIZE", allow_hyphen_values = true)]
     pub memory: Option<String>,
     /// Number of CPUs the container may use (e.g. 1.5).
-    #[arg(long, value_name = "DECIMAL")]
+    #[arg(long, value_name = "DECIMAL", allow_negative_numbers = true)]
     pub cpus: Option<String>,
     /// CPU shares: relative weight against other containers (default 1024).
     #[arg(short = 'c', long = "cpu-shares", value_name = "INT")]

@@ -34,10 +34,15 @@ fn err<T>(msg: impl Into<String>) -> Result<T> {
 pub fn memory_size(input: &str) -> Result<i64> {
     let bad = || {
         ParseError(format!(
-            "invalid size {input:?}: use a number with an optional unit b, k, m or g (e.g. 512m, 1g)"
+            "invalid size {input:?}: use a number with an optional unit b, k, m, g, t or p (e.g. 512m, 1g)"
         ))
     };
     let s = input.trim();
+    if s.starts_with('-') {
+        return err(format!(
+            "invalid size {input:?}: a size cannot be negative (use 0 for none)"
+        ));
+    }
     let digits_end = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
@@ -71,9 +76,86 @@ pub fn memory_size(input: &str) -> Result<i64> {
     };
     let bytes = value * multiplier;
     if bytes >= i64::MAX as f64 {
-        return Err(bad());
+        return err(format!(
+            "invalid size {input:?}: sizes are at most 8 EiB ({} bytes)",
+            i64::MAX
+        ));
     }
     Ok(bytes as i64)
+}
+
+/// Parses a duration flag (`5s`, `1m30s`, `250ms`, `2h`): not negative, and
+/// at most [`agent_common::validate::MAX_DURATION_MS`] (about 292 years),
+/// so it never wraps when stored in milliseconds.
+pub fn duration(input: &str) -> Result<std::time::Duration> {
+    let s = input.trim();
+    if s.starts_with('-') {
+        return err(format!(
+            "invalid duration {input:?}: a duration cannot be negative (use 0 for none)"
+        ));
+    }
+    let d = humantime::parse_duration(s).map_err(|e| {
+        ParseError(format!(
+            "invalid duration {input:?}: {e}; use a number with a unit, e.g. 500ms, 10s, 1m30s, 2h"
+        ))
+    })?;
+    if d.as_millis() > u128::from(agent_common::validate::MAX_DURATION_MS) {
+        return err(format!(
+            "invalid duration {input:?}: durations are at most {}h (about 292 years)",
+            agent_common::validate::MAX_DURATION_MS / 3_600_000
+        ));
+    }
+    Ok(d)
+}
+
+/// Parses a count (`--replicas 3`): a whole number, 0 or more.
+pub fn count(input: &str) -> Result<u64> {
+    let s = input.trim();
+    if let Some(n) = s.strip_prefix('-') {
+        if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) {
+            return err(format!("{input} is negative: use 0 or more"));
+        }
+    }
+    s.parse::<u64>()
+        .map_err(|_| ParseError(format!("{input:?} is not a whole number: use 0, 1, 2…")))
+}
+
+/// [`count`], for counts kept in 32 bits (`--health-retries`).
+pub fn small_count(input: &str) -> Result<u32> {
+    let n = count(input)?;
+    u32::try_from(n).map_err(|_| ParseError(format!("{input} is too large: at most {}", u32::MAX)))
+}
+
+/// Parses a fraction (`--update-max-failure-ratio 0.25`): 0 to 1.
+pub fn fraction(input: &str) -> Result<f64> {
+    let v: f64 = input.trim().parse().map_err(|_| {
+        ParseError(format!(
+            "{input:?} is not a number: use a fraction between 0 and 1, e.g. 0.25"
+        ))
+    })?;
+    if !(0.0..=1.0).contains(&v) {
+        return err(format!(
+            "{input} is not between 0 and 1: it is the fraction of updated tasks allowed to fail (0.25 is a quarter)"
+        ));
+    }
+    Ok(v)
+}
+
+/// Parses a CPU count for `--reserve-cpu`/`--limit-cpu` (`0.5`, `2`) into
+/// billionths of a CPU, exactly; refuses negatives with that reason.
+pub fn cpus(input: &str) -> Result<u64> {
+    if input.trim().starts_with('-') {
+        return err(format!(
+            "{input} is negative: a number of CPUs is 0 (none) or more, e.g. 0.5 or 2"
+        ));
+    }
+    decimal_nanos(input)
+        .map(|n| n as u64)
+        .map_err(|_| {
+            ParseError(format!(
+                "{input:?} is not a number of CPUs: use a decimal number such as 0.5 or 2 (at most 9 decimal places)"
+            ))
+        })
 }
 
 /// The smallest memory limit a container may have (Docker's minimum).
@@ -93,6 +175,15 @@ pub fn memory_limit(input: &str) -> Result<i64> {
 /// Parses `--cpus 1.5` into NanoCpus (1_500_000_000), exactly, without
 /// floating point: at most nine decimal places.
 pub fn nano_cpus(input: &str) -> Result<i64> {
+    if input.trim().starts_with('-') {
+        return err(format!(
+            "invalid --cpus {input:?}: a number of CPUs cannot be negative; use 0.5, 2, …"
+        ));
+    }
+    decimal_nanos(input)
+}
+
+fn decimal_nanos(input: &str) -> Result<i64> {
     let bad = || {
         ParseError(format!(
             "invalid --cpus {input:?}: use a positive decimal number of CPUs such as 0.5 or 2"
@@ -688,6 +779,52 @@ mod tests {
             let e = memory_size(bad).unwrap_err();
             assert!(e.0.contains("invalid size"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn memory_size_errors_name_every_unit_and_the_real_reason() {
+        let e = memory_size("12x").unwrap_err();
+        assert!(e.0.contains("b, k, m, g, t or p"), "{e}");
+        assert!(memory_size("-1m").unwrap_err().0.contains("negative"));
+        assert!(memory_size("9999999p").unwrap_err().0.contains("at most"));
+        assert_eq!(memory_size("1000t").unwrap(), 1000 << 40);
+    }
+
+    #[test]
+    fn durations_are_non_negative_and_range_checked() {
+        assert_eq!(duration("5s").unwrap(), std::time::Duration::from_secs(5));
+        assert_eq!(
+            duration("1m30s").unwrap(),
+            std::time::Duration::from_secs(90)
+        );
+        assert!(duration("-5s").unwrap_err().0.contains("negative"));
+        assert!(duration("99999999999999h")
+            .unwrap_err()
+            .0
+            .contains("at most"));
+        assert!(duration("5 parsecs").unwrap_err().0.contains("500ms"));
+        let max = agent_common::validate::MAX_DURATION_MS;
+        assert!(duration(&format!("{max}ms")).is_ok());
+        assert!(duration(&format!("{}ms", max + 1)).is_err());
+    }
+
+    #[test]
+    fn counts_cpus_and_fractions_say_why_they_are_refused() {
+        assert_eq!(count("3").unwrap(), 3);
+        assert!(count("-1").unwrap_err().0.contains("negative"));
+        assert!(count("x").unwrap_err().0.contains("whole number"));
+        assert!(small_count("5000000000")
+            .unwrap_err()
+            .0
+            .contains("too large"));
+        assert_eq!(cpus("0.5").unwrap(), 500_000_000);
+        assert_eq!(cpus("2").unwrap(), 2_000_000_000);
+        assert!(cpus("-1").unwrap_err().0.contains("negative"));
+        assert!(cpus("lots").unwrap_err().0.contains("number of CPUs"));
+        assert_eq!(fraction("0.25").unwrap(), 0.25);
+        assert!(fraction("-0.5").unwrap_err().0.contains("between 0 and 1"));
+        assert!(fraction("NaN").is_err());
+        assert!(nano_cpus("-1").unwrap_err().0.contains("negative"));
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! Errors: one clear line, Docker's exit codes, and nothing half-created left behind (`ps -a`
 //! and `volume ls` unchanged). Also several daemons side by side.
 
-use cluster_tests::{busybox_image, Daemon};
+use std::time::Duration;
+
+use cluster_tests::cluster::ClusterLab;
+use cluster_tests::{busybox_image, poll_for, poll_until, Daemon};
 
 /// What must not change when a command fails.
 fn snapshot(d: &Daemon) -> (Vec<String>, Vec<String>) {
@@ -172,6 +175,39 @@ fn bad_flag_values() {
         &["run", "--rm", "--volumes-from", "nosuchctr", &img, "true"],
         125,
         &["nosuchctr"],
+    );
+    // Negative values are read as values and refused for being negative.
+    refused(
+        &d,
+        &["run", "--rm", "-m", "-1m", &img, "true"],
+        125,
+        &["negative"],
+    );
+    refused(
+        &d,
+        &["run", "--rm", "--cpus", "-1", &img, "true"],
+        125,
+        &["negative"],
+    );
+    // The engine's shared rules: hostnames, stop timeouts in range.
+    refused(
+        &d,
+        &["run", "--rm", "--hostname", "bad host name", &img, "true"],
+        125,
+        &["hostname"],
+    );
+    refused(
+        &d,
+        &[
+            "run",
+            "--rm",
+            "--stop-timeout",
+            "9223372036854775807",
+            &img,
+            "true",
+        ],
+        125,
+        &["stop timeout"],
     );
     // --rm with a restart policy is a conflict in Docker.
     refused(
@@ -373,4 +409,190 @@ fn closed_stdout_ends_quietly() {
         "exit code with a closed stdout; stderr: {err}"
     );
     assert!(!err.contains("panicked"), "no panic message: {err}");
+}
+
+/// Runs `flotilla-worker join` on `host` with `token` through `via`,
+/// expecting it to fail; returns its error output.
+fn failing_join(c: &ClusterLab, host: &str, token: &str, via: &str) -> String {
+    let h = c.lab.host(host);
+    let dir = h.dir().join("failed-join");
+    let sock = format!("unix://{}/w.sock", dir.display());
+    let data = dir.join("data").display().to_string();
+    let out = h.run(
+        cluster_tests::bin("flotilla-worker"),
+        &[
+            "-H",
+            &sock,
+            "--data-root",
+            &data,
+            "--sandbox-pool",
+            "0",
+            "join",
+            "--token",
+            token,
+            "--advertise-addr",
+            &h.addr().to_string(),
+            &c.node(via).addr,
+        ],
+    );
+    assert!(!out.status.success(), "join with {token} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A join token of another cluster is refused in words, not with a dump of
+/// rustls structures.
+#[test]
+fn a_token_of_another_cluster_says_so() {
+    let _serial = cluster_tests::cluster::serial();
+    let c = ClusterLab::new(&["m1", "m2", "w1"], "300ms");
+    c.init("m1");
+    c.init("m2");
+    let token = c.token("m1", "worker");
+    let err = failing_join(&c, "w1", &token, "m2");
+    assert!(err.contains("belongs to another cluster"), "{err}");
+    assert!(err.contains("CA digest"), "{err}");
+    assert!(
+        !err.contains("OtherError") && !err.contains("Other("),
+        "{err}"
+    );
+}
+
+/// A removed worker says once that it was removed and runs on as a plain
+/// engine: its containers stay, its socket serves the engine API, it does
+/// not retry, and it starts as a plain engine after a restart. The revoked
+/// certificate, used by the CLI, is refused as revoked. A client certificate
+/// used by a node is told it may not make node calls.
+#[test]
+fn removed_workers_and_misused_certificates_are_told_so() {
+    let _serial = cluster_tests::cluster::serial();
+    const T: Duration = Duration::from_secs(60);
+    let c = ClusterLab::new(&["m1", "w1", "w2"], "300ms");
+    let m1 = c.init("m1");
+    c.join_worker("w1", "m1");
+    c.join_worker("w2", "m1");
+    c.load_busybox(&["w1"]);
+    poll_until(T, "3 ready nodes", || {
+        c.nodes("m1", false)
+            .iter()
+            .filter(|n| n["Status"] == "ready")
+            .count()
+            == 3
+    });
+    c.cli(
+        "w1",
+        &[
+            "run",
+            "-d",
+            "--name",
+            "keep",
+            "--network",
+            "none",
+            "busybox",
+            "sleep",
+            "1000",
+        ],
+    )
+    .ok("run keep on w1");
+
+    c.cli("m1", &["node", "rm", "--force", "w1"])
+        .ok("node rm w1");
+    let w1 = c.node("w1");
+    w1.proc.wait_for_log("runs on as a plain engine", T);
+    let data = w1.data_root.clone();
+    let retired = poll_for(T, "w1's cluster files moved aside", || {
+        std::fs::read_dir(&data)
+            .ok()
+            .and_then(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .find(|p| p.to_string_lossy().contains("cluster.removed-"))
+            })
+            .ok_or_else(|| "no cluster.removed-* directory".to_string())
+    });
+    assert!(!data.join("cluster").exists());
+    assert!(w1.proc.is_running(), "{}", w1.proc.log());
+    let ps = c.cli("w1", &["ps"]).ok("ps on w1");
+    assert!(ps.contains("keep"), "its container stays: {ps}");
+    let out = c.cli("w1", &["node", "ls"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("was removed"), "{}", out.stderr);
+
+    // Its revoked certificate, used by the CLI, is refused as revoked.
+    let remote = format!("tcp://{}", m1.addr);
+    let file = |name: &str| retired.join(name).display().to_string();
+    let out = c.lab.host("w1").run(
+        cluster_tests::bin("flotilla"),
+        &[
+            "-H",
+            &remote,
+            "--tlscacert",
+            &file("ca.pem"),
+            "--tlscert",
+            &file("cert.pem"),
+            "--tlskey",
+            &file("key.pem"),
+            "node",
+            "ls",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("revoked"), "{err}");
+    assert!(!err.contains("operation was canceled"), "{err}");
+
+    // Said once, and no retries after it.
+    let log = w1.proc.log();
+    assert_eq!(
+        log.matches("runs on as a plain engine").count(),
+        1,
+        "said once: {log}"
+    );
+    let after = log.split("runs on as a plain engine").nth(1).unwrap_or("");
+    assert!(
+        !after.contains("session with the managers ended"),
+        "no retries after the removal: {log}"
+    );
+
+    // Restarted, it is a plain engine: no agent, no retries.
+    w1.proc.kill9();
+    let w1 = c.resume_worker("w1");
+    let ps = c.cli("w1", &["ps"]).ok("ps on w1 after a restart");
+    assert!(ps.contains("keep"), "{ps}");
+    let out = c.cli("w1", &["node", "ls"]);
+    assert!(
+        out.stderr.contains("not part of a cluster"),
+        "{}",
+        out.stderr
+    );
+    let log = w1.proc.log();
+    assert!(
+        !log.contains("worker agent started"),
+        "a removed node runs no agent after a restart: {log}"
+    );
+
+    // A node presenting a client certificate is told node calls are not
+    // for it (not that it was removed).
+    let w2 = c.node("w2");
+    w2.proc.kill9();
+    let certs = c.lab.host("w2").dir().join("client-certs");
+    let out = std::process::Command::new(cluster_tests::bin("flotilla-manager"))
+        .arg("--data-root")
+        .arg(&m1.data_root)
+        .arg("client-cert")
+        .arg("--out")
+        .arg(&certs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in ["cert.pem", "key.pem"] {
+        std::fs::copy(certs.join(f), w2.data_root.join("cluster").join(f)).unwrap();
+    }
+    let w2 = c.resume_worker("w2");
+    let log = w2.proc.wait_for_log("node-only call", T);
+    assert!(!log.contains("was removed"), "{log}");
+    assert!(w2.data_root.join("cluster").exists(), "not retired");
 }

@@ -626,8 +626,28 @@ fn sessions_report_capacity_logs_follow_and_start_first_drains() {
         assert!(memory > 0 && cpus >= 1_000_000_000, "capacity of {n}");
         most_memory = most_memory.max(memory);
     }
-    // A reservation larger than any node: pending, with the reason.
+    // A reservation larger than any node: refused at create (no node could
+    // ever run it), nothing stored.
     let too_much = (most_memory + (1 << 30)).to_string();
+    let out = c.cli(
+        "m1",
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "huge",
+            "--reserve-memory",
+            &too_much,
+            "busybox",
+        ],
+    );
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert!(out.stderr.contains("more than any node"), "{}", out.stderr);
+    // One that fits a node alone, more times than there are nodes (the lab's
+    // hosts share one machine, so have the same memory): the one left over
+    // is pending, with the reason.
+    let three_quarters = (most_memory / 4 * 3).to_string();
     c.cli(
         "m1",
         &[
@@ -636,15 +656,17 @@ fn sessions_report_capacity_logs_follow_and_start_first_drains() {
             "-d",
             "--name",
             "big",
+            "--replicas",
+            "5",
             "--reserve-memory",
-            &too_much,
+            &three_quarters,
             "busybox",
             "sleep",
             "1000",
         ],
     )
     .ok("create big");
-    poll_until(T, "big pending for lack of memory", || {
+    poll_until(T, "a big task pending for lack of memory", || {
         tasks(&c, "m1", "big").iter().any(|t| {
             t["CurrentState"] == "pending"
                 && t["Message"]

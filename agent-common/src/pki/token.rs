@@ -71,7 +71,7 @@ pub enum TokenError {
     #[error("failed to parse the join token: the secret must be 25 characters of [0-9a-z]; was the token truncated?")]
     Secret,
     /// The token pins a different CA than the cluster's.
-    #[error("the join token pins CA {pinned} but the manager's CA is {actual}: the token belongs to another cluster, or the connection is being intercepted")]
+    #[error("this token belongs to another cluster (CA digest {pinned}): it pins that CA, but the manager at this address has CA {actual}; use a join token of this manager's cluster (`flotilla join-token worker` on one of its managers), or check that the connection is not being intercepted")]
     CaMismatch {
         /// The CA digest in the token.
         pinned: CaDigest,

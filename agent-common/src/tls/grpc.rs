@@ -101,6 +101,9 @@ pub fn channel(
                     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
                 let _ = tcp.set_nodelay(true);
                 let tls = connector.connect(server_name, tcp).await?;
+                // A refused client certificate fails the dial with its cause.
+                let tls =
+                    super::explain::confirm_accepted(tls, super::explain::FIRST_BYTES_WAIT).await?;
                 Ok::<_, io::Error>(TokioIo::new(tls))
             }
         })),
@@ -144,8 +147,13 @@ pub async fn connect_capturing_peer(
         }))
         .await
         .map_err(|e| {
+            // A TLS refusal says why (e.g. the token pins another
+            // cluster's CA), as an InvalidData error.
+            if let Some(why) = super::explain::explain(&e) {
+                return io::Error::new(io::ErrorKind::InvalidData, why);
+            }
             // tonic wraps the connector's error: show the innermost cause
-            // (e.g. the pinned-CA mismatch) rather than "transport error".
+            // rather than "transport error".
             let mut msg = e.to_string();
             let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
             while let Some(s) = src {

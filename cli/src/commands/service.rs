@@ -183,64 +183,68 @@ pub struct SpecFlags {
     #[arg(long = "placement-pref", value_name = "spread=node.labels.KEY")]
     pub placement_pref: Vec<String>,
     /// At most this many tasks of the service per node (0: no limit).
-    #[arg(long = "replicas-max-per-node", value_name = "N")]
+    #[arg(long = "replicas-max-per-node", value_name = "N", value_parser = crate::parse::count, allow_negative_numbers = true)]
     pub replicas_max_per_node: Option<u64>,
     /// CPUs reserved per task (e.g. 0.5).
-    #[arg(long = "reserve-cpu", value_name = "DECIMAL")]
-    pub reserve_cpu: Option<f64>,
+    #[arg(long = "reserve-cpu", value_name = "DECIMAL", value_parser = crate::parse::cpus, allow_negative_numbers = true)]
+    pub reserve_cpu: Option<u64>,
     /// Memory reserved per task (e.g. 256m).
-    #[arg(long = "reserve-memory", value_name = "SIZE")]
+    #[arg(
+        long = "reserve-memory",
+        value_name = "SIZE",
+        allow_hyphen_values = true
+    )]
     pub reserve_memory: Option<String>,
     /// CPU limit per task.
-    #[arg(long = "limit-cpu", value_name = "DECIMAL")]
-    pub limit_cpu: Option<f64>,
+    #[arg(long = "limit-cpu", value_name = "DECIMAL", value_parser = crate::parse::cpus, allow_negative_numbers = true)]
+    pub limit_cpu: Option<u64>,
     /// Memory limit per task.
-    #[arg(long = "limit-memory", value_name = "SIZE")]
+    #[arg(long = "limit-memory", value_name = "SIZE", allow_hyphen_values = true)]
     pub limit_memory: Option<String>,
     /// When to replace a stopped task.
     #[arg(long = "restart-condition", value_enum)]
     pub restart_condition: Option<ConditionArg>,
     /// Delay before a replacement starts (e.g. 5s).
-    #[arg(long = "restart-delay", value_parser = humantime::parse_duration)]
+    #[arg(long = "restart-delay", value_parser = crate::parse::duration, allow_hyphen_values = true)]
     pub restart_delay: Option<Duration>,
     /// Replacements per slot before giving up (0: no limit).
-    #[arg(long = "restart-max-attempts")]
+    #[arg(long = "restart-max-attempts", value_parser = crate::parse::count, allow_negative_numbers = true)]
     pub restart_max_attempts: Option<u64>,
     /// Window over which restarts are counted.
-    #[arg(long = "restart-window", value_parser = humantime::parse_duration)]
+    #[arg(long = "restart-window", value_parser = crate::parse::duration, allow_hyphen_values = true)]
     pub restart_window: Option<Duration>,
     /// Tasks updated at once.
-    #[arg(long = "update-parallelism")]
+    #[arg(long = "update-parallelism", value_parser = crate::parse::count, allow_negative_numbers = true)]
     pub update_parallelism: Option<u64>,
     /// Delay between update batches.
-    #[arg(long = "update-delay", value_parser = humantime::parse_duration)]
+    #[arg(long = "update-delay", value_parser = crate::parse::duration, allow_hyphen_values = true)]
     pub update_delay: Option<Duration>,
     /// What to do when an update fails.
     #[arg(long = "update-failure-action", value_enum)]
     pub update_failure_action: Option<FailureArg>,
     /// How long each updated task is watched for failure.
-    #[arg(long = "update-monitor", value_parser = humantime::parse_duration)]
+    #[arg(long = "update-monitor", value_parser = crate::parse::duration, allow_hyphen_values = true)]
     pub update_monitor: Option<Duration>,
     /// Failure ratio tolerated during an update (0 to 1).
-    #[arg(long = "update-max-failure-ratio")]
+    #[arg(long = "update-max-failure-ratio", value_parser = crate::parse::fraction, allow_negative_numbers = true)]
     pub update_max_failure_ratio: Option<f64>,
     /// Update order.
     #[arg(long = "update-order", value_enum)]
     pub update_order: Option<OrderArg>,
     /// Tasks rolled back at once.
-    #[arg(long = "rollback-parallelism")]
+    #[arg(long = "rollback-parallelism", value_parser = crate::parse::count, allow_negative_numbers = true)]
     pub rollback_parallelism: Option<u64>,
     /// Delay between rollback batches.
-    #[arg(long = "rollback-delay", value_parser = humantime::parse_duration)]
+    #[arg(long = "rollback-delay", value_parser = crate::parse::duration, allow_hyphen_values = true)]
     pub rollback_delay: Option<Duration>,
     /// What to do when a rollback fails (pause or continue).
     #[arg(long = "rollback-failure-action", value_enum)]
     pub rollback_failure_action: Option<FailureArg>,
     /// How long each rolled-back task is watched for failure.
-    #[arg(long = "rollback-monitor", value_parser = humantime::parse_duration)]
+    #[arg(long = "rollback-monitor", value_parser = crate::parse::duration, allow_hyphen_values = true)]
     pub rollback_monitor: Option<Duration>,
     /// Failure ratio tolerated during a rollback (0 to 1).
-    #[arg(long = "rollback-max-failure-ratio")]
+    #[arg(long = "rollback-max-failure-ratio", value_parser = crate::parse::fraction, allow_negative_numbers = true)]
     pub rollback_max_failure_ratio: Option<f64>,
     /// Rollback order.
     #[arg(long = "rollback-order", value_enum)]
@@ -249,19 +253,19 @@ pub struct SpecFlags {
     #[arg(long = "health-cmd", value_name = "CMD")]
     pub health_cmd: Option<String>,
     /// Time between health checks.
-    #[arg(long = "health-interval", value_parser = humantime::parse_duration)]
+    #[arg(long = "health-interval", value_parser = crate::parse::duration, allow_hyphen_values = true)]
     pub health_interval: Option<Duration>,
     /// Longest a health check may take.
-    #[arg(long = "health-timeout", value_parser = humantime::parse_duration)]
+    #[arg(long = "health-timeout", value_parser = crate::parse::duration, allow_hyphen_values = true)]
     pub health_timeout: Option<Duration>,
     /// Consecutive failures before a task is unhealthy.
-    #[arg(long = "health-retries")]
+    #[arg(long = "health-retries", value_parser = crate::parse::small_count, allow_negative_numbers = true)]
     pub health_retries: Option<u32>,
     /// Grace period before failures count.
-    #[arg(long = "health-start-period", value_parser = humantime::parse_duration)]
+    #[arg(long = "health-start-period", value_parser = crate::parse::duration, allow_hyphen_values = true)]
     pub health_start_period: Option<Duration>,
     /// Time to wait after SIGTERM before SIGKILL.
-    #[arg(long = "stop-grace-period", value_parser = humantime::parse_duration)]
+    #[arg(long = "stop-grace-period", value_parser = crate::parse::duration, allow_hyphen_values = true)]
     pub stop_grace_period: Option<Duration>,
     /// Container hostname.
     #[arg(long = "hostname")]
@@ -275,7 +279,7 @@ pub struct CreateArgs {
     #[arg(long)]
     pub name: Option<String>,
     /// Number of tasks (replicated services).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::parse::count, allow_negative_numbers = true)]
     pub replicas: Option<u64>,
     /// Service mode.
     #[arg(long, value_enum)]
@@ -302,7 +306,7 @@ pub struct UpdateArgs {
     #[arg(long)]
     pub image: Option<String>,
     /// New replica count.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::parse::count, allow_negative_numbers = true)]
     pub replicas: Option<u64>,
     /// Replace the tasks even if nothing changed.
     #[arg(long)]
@@ -402,15 +406,9 @@ fn kv(list: &[String], what: &str) -> Result<BTreeMap<String, String>> {
         .collect()
 }
 
+/// Milliseconds of a duration [`crate::parse::duration`] accepted (so it fits).
 fn ms(d: Duration) -> u64 {
-    d.as_millis() as u64
-}
-
-fn nano_cpus(v: f64, flag: &str) -> Result<u64> {
-    if !(v.is_finite() && v >= 0.0) {
-        bail!("invalid {flag} {v}: use a non-negative number of CPUs");
-    }
-    Ok((v * 1e9) as u64)
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Applies the flags that were given to `spec`.
@@ -437,19 +435,19 @@ fn apply(spec: &mut ServiceSpec, f: &SpecFlags) -> Result<()> {
         t.placement.max_replicas_per_node = n;
     }
     if let Some(c) = f.reserve_cpu {
-        t.resources.reservations.nano_cpus = nano_cpus(c, "--reserve-cpu")?;
+        t.resources.reservations.nano_cpus = c;
     }
     if let Some(m) = &f.reserve_memory {
         t.resources.reservations.memory_bytes = crate::parse::memory_size(m)
-            .with_context(|| format!("invalid --reserve-memory {m:?}"))?
+            .map_err(|e| anyhow!("--reserve-memory: {e}"))?
             .max(0) as u64;
     }
     if let Some(c) = f.limit_cpu {
-        t.resources.limits.nano_cpus = nano_cpus(c, "--limit-cpu")?;
+        t.resources.limits.nano_cpus = c;
     }
     if let Some(m) = &f.limit_memory {
         t.resources.limits.memory_bytes = crate::parse::memory_size(m)
-            .with_context(|| format!("invalid --limit-memory {m:?}"))?
+            .map_err(|e| anyhow!("--limit-memory: {e}"))?
             .max(0) as u64;
     }
     if let Some(c) = f.restart_condition {
@@ -1053,14 +1051,55 @@ mod tests {
         assert!(apply(&mut ServiceSpec::default(), &a.spec).is_err());
         let a = create_args(&["--health-retries", "3", "busybox"]);
         assert!(apply(&mut ServiceSpec::default(), &a.spec).is_err());
-        let mut full = vec![
+    }
+
+    #[test]
+    fn negative_values_are_values_refused_for_being_negative() {
+        for (flag, value) in [
+            ("--replicas", "-1"),
+            ("--limit-cpu", "-1"),
+            ("--reserve-cpu", "-0.5"),
+            ("--restart-delay", "-5s"),
+            ("--stop-grace-period", "-1s"),
+            ("--update-parallelism", "-2"),
+            ("--restart-max-attempts", "-3"),
+        ] {
+            let full = ["flotilla", "service", "create", flag, value, "busybox"];
+            let err = crate::Cli::try_parse_from(full).unwrap_err().to_string();
+            assert!(err.contains("negative"), "{flag} {value}: {err}");
+            assert!(
+                !err.contains("unexpected argument"),
+                "{flag} {value}: {err}"
+            );
+        }
+        // Values that pass clap but not the size rules.
+        let a = create_args(&["--limit-memory", "-1m", "busybox"]);
+        let err = apply(&mut ServiceSpec::default(), &a.spec).unwrap_err();
+        assert!(err.to_string().contains("negative"), "{err}");
+    }
+
+    #[test]
+    fn durations_are_range_checked_not_wrapped() {
+        let full = [
             "flotilla",
             "service",
             "create",
-            "--replicas",
-            "-1",
+            "--stop-grace-period",
+            "99999999999999h",
             "busybox",
         ];
-        assert!(crate::Cli::try_parse_from(full.drain(..)).is_err());
+        let err = crate::Cli::try_parse_from(full).unwrap_err().to_string();
+        assert!(err.contains("at most"), "{err}");
+        let a = create_args(&[
+            "--stop-grace-period",
+            "90s",
+            "--limit-cpu",
+            "1.5",
+            "busybox",
+        ]);
+        let mut spec = ServiceSpec::default();
+        apply(&mut spec, &a.spec).unwrap();
+        assert_eq!(spec.task.container.stop_grace_period_ms, 90_000);
+        assert_eq!(spec.task.resources.limits.nano_cpus, 1_500_000_000);
     }
 }

@@ -36,6 +36,9 @@ impl DispatcherApi {
 fn caller_node(m: &Manager, caller: &Caller) -> Result<String, Status> {
     caller.check_current(&m.revocations)?;
     match caller {
+        Caller::Node(cert) if cert.role() == NodeRole::Client => Err(Status::failed_precondition(
+            "this is a node-only call (nodes make it to managers): a client certificate may use the control API (`flotilla` commands) only",
+        )),
         Caller::Node(cert) => Ok(cert.node_id().to_string()),
         Caller::Local => Err(Status::failed_precondition(
             "this call is for cluster nodes over the cluster port",

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use agent_common::cluster::{ServiceView, TaskView};
 use agent_common::objects::{Availability, Kind, Node, NodeStatus, Service, Task};
-use agent_common::spec::{ServiceMode, ServiceSpec};
+use agent_common::spec::{ResourceAmounts, ServiceMode, ServiceSpec};
 use agent_common::task_state::TaskState;
 use tonic::Status;
 
@@ -42,6 +42,9 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), Status> {
     if spec.task.container.image.trim().is_empty() {
         return Err(Status::invalid_argument("a service needs an image"));
     }
+    // The engine's own rules (image, env, hostname, mounts, limits, ranges):
+    // a stored spec is one every node's engine accepts.
+    agent_common::validate::service(spec).map_err(|e| Status::invalid_argument(e.to_string()))?;
     if let ServiceMode::Replicated { replicas } = spec.mode {
         if replicas > 100_000 {
             return Err(Status::invalid_argument(format!(
@@ -59,6 +62,56 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), Status> {
     spec.rollback
         .validate()
         .map_err(|e| Status::invalid_argument(format!("--rollback-*: {e}")))?;
+    Ok(())
+}
+
+/// Refuses a spec no node of the cluster could ever run: a reservation
+/// larger than the largest node's memory or CPUs, or a CPU limit above every
+/// node's CPU count (the engine refuses it). Nodes that have not reported
+/// their capacity yet are given the benefit of the doubt, as is a cluster
+/// with no node that has.
+#[allow(clippy::result_large_err)]
+pub fn fits_some_node(spec: &ServiceSpec, nodes: &[Node]) -> Result<(), Status> {
+    let caps: Vec<(&str, ResourceAmounts)> = nodes
+        .iter()
+        .filter_map(|n| n.resources.map(|r| (n.hostname.as_str(), r)))
+        .collect();
+    if caps.is_empty() || nodes.iter().any(|n| n.resources.is_none()) {
+        return Ok(());
+    }
+    let r = &spec.task.resources;
+    let largest = |f: fn(&ResourceAmounts) -> u64| {
+        caps.iter()
+            .max_by_key(|(_, c)| f(c))
+            .map(|(h, c)| (*h, f(c)))
+            .unwrap_or_default()
+    };
+    let cpus = |n: u64| format!("{}", n as f64 / 1e9);
+    let gib = |b: u64| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64);
+    let (host, mem) = largest(|c| c.memory_bytes);
+    if r.reservations.memory_bytes > mem {
+        return Err(Status::invalid_argument(format!(
+            "--reserve-memory of {} is more than any node of this cluster has (the largest, {host}, has {}): no node could run this service; reserve less",
+            gib(r.reservations.memory_bytes),
+            gib(mem)
+        )));
+    }
+    let (host, most) = largest(|c| c.nano_cpus);
+    if r.reservations.nano_cpus > most {
+        return Err(Status::invalid_argument(format!(
+            "--reserve-cpu {} is more than any node of this cluster has (the largest, {host}, has {} CPUs): no node could run this service; reserve less",
+            cpus(r.reservations.nano_cpus),
+            cpus(most)
+        )));
+    }
+    if r.limits.nano_cpus > most {
+        return Err(Status::invalid_argument(format!(
+            "--limit-cpu {} is more than any node of this cluster has (the largest, {host}, has {} CPUs), and a node refuses a limit above its CPU count; limit to at most {}",
+            cpus(r.limits.nano_cpus),
+            cpus(most),
+            cpus(most)
+        )));
+    }
     Ok(())
 }
 
@@ -171,6 +224,7 @@ fn mirror(service: &mut Service) {
 /// Creates a service.
 pub async fn create(m: &Manager, spec: ServiceSpec) -> Result<ServiceView, Status> {
     validate(&spec)?;
+    fits_some_node(&spec, &m.store().view(|tx| tx.list::<Node>()))?;
     let mut service = Service {
         spec,
         spec_generation: 1,
@@ -198,6 +252,7 @@ pub async fn update(
 ) -> Result<ServiceView, Status> {
     if let Some(s) = &spec {
         validate(s)?;
+        fits_some_node(s, &m.store().view(|tx| tx.list::<Node>()))?;
     }
     for _ in 0..20 {
         let mut service = m

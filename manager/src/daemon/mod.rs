@@ -395,6 +395,7 @@ pub async fn init(opts: &Options) -> anyhow::Result<(Arc<Manager>, tokio::net::T
         listen_addr: opts.listen_addr.to_string(),
         raft_id,
         heartbeat_period_ms: period_ms,
+        ..Default::default()
     };
     files.save_record(&record)?;
     let ca_key_pem = ca.key_pem();
@@ -456,6 +457,7 @@ pub async fn join(
         listen_addr: opts.listen_addr.to_string(),
         raft_id: reply.raft_id,
         heartbeat_period_ms: reply.heartbeat_period_ms,
+        ..Default::default()
     };
     files.save_record(&record)?;
     let ca_key_pem = reply.ca_key_pem.clone();

@@ -47,54 +47,12 @@ pub fn grace_secs(task: &Task) -> i64 {
 }
 
 /// Converts one `--mount` spec (`type=volume,source=data,target=/data`,
-/// `type=bind,src=/host,dst=/ctr,readonly`) to the engine's `-v` form.
+/// `type=bind,src=/host,dst=/ctr,readonly`) to the engine's `-v` form, by
+/// the rules the control API checked it with ([`agent_common::validate::mount`]).
 pub fn mount_to_bind(spec: &str) -> Result<String, String> {
-    let mut kind = "volume".to_string();
-    let (mut source, mut target, mut readonly) = (String::new(), String::new(), false);
-    for field in spec.split(',').map(str::trim).filter(|f| !f.is_empty()) {
-        let (key, value) = match field.split_once('=') {
-            Some((k, v)) => (k.trim().to_ascii_lowercase(), v.trim().to_string()),
-            None => (field.to_ascii_lowercase(), String::new()),
-        };
-        match key.as_str() {
-            "type" => kind = value.to_ascii_lowercase(),
-            "source" | "src" => source = value,
-            "target" | "destination" | "dst" => target = value,
-            "readonly" | "ro" => {
-                readonly = match value.to_ascii_lowercase().as_str() {
-                    "" | "1" | "true" => true,
-                    "0" | "false" => false,
-                    other => return Err(format!("invalid mount {spec:?}: readonly={other} is neither true nor false")),
-                }
-            }
-            // Options the engine's -v has no place for are refused rather than ignored.
-            other => {
-                return Err(format!(
-                    "invalid mount {spec:?}: option {other:?} is not supported (type, source, target, readonly)"
-                ))
-            }
-        }
-    }
-    if !target.starts_with('/') {
-        return Err(format!(
-            "invalid mount {spec:?}: the target must be an absolute path"
-        ));
-    }
-    let ro = if readonly { ":ro" } else { "" };
-    match kind.as_str() {
-        "volume" if source.is_empty() => Ok(format!("{target}{ro}")),
-        "volume" if source.contains('/') => Err(format!(
-            "invalid mount {spec:?}: a volume source is a volume name, not a path (use type=bind)"
-        )),
-        "volume" => Ok(format!("{source}:{target}{ro}")),
-        "bind" if source.starts_with('/') => Ok(format!("{source}:{target}{ro}")),
-        "bind" => Err(format!(
-            "invalid mount {spec:?}: a bind source must be an absolute host path"
-        )),
-        other => Err(format!(
-            "invalid mount {spec:?}: type {other:?} is not supported (volume or bind)"
-        )),
-    }
+    agent_common::validate::mount(spec)
+        .map(|m| m.to_bind())
+        .map_err(|e| e.to_string())
 }
 
 /// The engine's create request for `task` on node `node_id`: the spec's
@@ -226,14 +184,16 @@ mod tests {
             "/cache"
         );
         assert_eq!(
-            mount_to_bind("source=v,target=/v,ro=false").unwrap(),
-            "v:/v"
+            mount_to_bind("source=v1,target=/v,ro=false").unwrap(),
+            "v1:/v"
         );
         for bad in [
             "type=tmpfs,target=/t",
             "type=bind,source=rel,target=/x",
             "type=volume,source=v,target=rel",
-            "type=volume,source=v,target=/v,volume-driver=x",
+            "type=volume,source=v1,target=/v,volume-driver=x",
+            // One character is not a volume name the engine takes.
+            "type=volume,source=v,target=/v",
         ] {
             assert!(mount_to_bind(bad).is_err(), "{bad}");
         }

@@ -54,7 +54,7 @@ const PARALLEL_STARTS: usize = 8;
 
 /// Starts the agent of the node `membership` describes, on `engine`: its
 /// session with the leader and the loops that act on it. Runs until the
-/// daemon exits.
+/// daemon exits, or until the cluster removes the node.
 pub fn spawn(engine: Arc<Engine>, membership: Membership) -> JoinHandle<()> {
     let membership = Arc::new(membership);
     let agent = Arc::new(Agent {
@@ -70,14 +70,19 @@ pub fn spawn(engine: Arc<Engine>, membership: Membership) -> JoinHandle<()> {
     });
     tokio::spawn(async move {
         let (tx, rx) = watch::channel(None);
-        tokio::spawn(session::run(
+        let session = tokio::spawn(session::run(
             Arc::clone(&agent.engine),
             membership,
             agent.outbox.clone(),
             tx,
         ));
         tracing::info!(node = %agent.node_id, "worker agent started");
-        agent.reconcile_loop(rx).await;
+        // The session ends only when the cluster removed this node: the
+        // agent stops with it, leaving its containers to the plain engine.
+        tokio::select! {
+            _ = session => {}
+            _ = agent.reconcile_loop(rx) => {}
+        }
     })
 }
 

@@ -46,6 +46,24 @@ enum Ended {
     Renewed,
     /// The stream broke or was refused.
     Failed(String),
+    /// The cluster removed this node (its certificate is revoked): there is
+    /// no point in trying again.
+    Removed(String),
+}
+
+/// How a refused call ended the session: removal (the manager's permission
+/// refusal, or a TLS refusal of the revoked certificate) or a failure worth
+/// retrying.
+fn ended_by(status: &tonic::Status) -> Ended {
+    let removed = status.code() == tonic::Code::PermissionDenied
+        || agent_common::tls::explain::is_revoked(status);
+    let why =
+        agent_common::tls::explain::explain(status).unwrap_or_else(|| status.message().to_string());
+    if removed {
+        Ended::Removed(why)
+    } else {
+        Ended::Failed(why)
+    }
 }
 
 /// The node's CPUs (in billionths) and memory (bytes), as the host has them.
@@ -66,7 +84,10 @@ pub fn capacity() -> (u64, u64) {
     (cpus * 1_000_000_000, memory)
 }
 
-/// Keeps a session with the leader open, for ever.
+/// Keeps a session with the leader open until the cluster removes this
+/// node: then says so once, retires the node's cluster files (a worker's;
+/// see [`Membership::retire`]) and returns. The node's containers stay, and
+/// its daemon keeps serving the engine API.
 pub async fn run(
     engine: Arc<Engine>,
     membership: Arc<Membership>,
@@ -116,6 +137,25 @@ pub async fn run(
                 tokio::time::sleep(period / 2).await;
             }
             Ended::Renewed => hint = Some(target),
+            Ended::Removed(why) => {
+                let retired = membership.retire();
+                match retired {
+                    Ok(Some(dir)) => tracing::warn!(
+                        manager = %target,
+                        "this node was removed from the cluster; it stops taking part and runs on as a plain engine: its containers stay and its socket keeps serving the engine API. Its cluster files were moved to {}; to join a cluster again, run `flotilla-worker join --token TOKEN MANAGER-ADDR` (the manager said: {why})",
+                        dir.display()
+                    ),
+                    Ok(None) => tracing::warn!(
+                        manager = %target,
+                        "this node was removed from the cluster; its agent stops, its containers stay (the manager said: {why})"
+                    ),
+                    Err(e) => tracing::warn!(
+                        manager = %target,
+                        "this node was removed from the cluster; it runs on as a plain engine, but its cluster files could not be moved aside ({e}): remove them before joining again (the manager said: {why})"
+                    ),
+                }
+                return;
+            }
             Ended::Failed(e) => {
                 if backoff.failures % 20 == 0 {
                     tracing::warn!(manager = %target, "session with the managers ended (will retry): {e}");
@@ -183,7 +223,7 @@ impl Session<'_> {
         .await;
         let mut inbound = match opened {
             Ok(Ok(r)) => r.into_inner(),
-            Ok(Err(s)) => return Ended::Failed(s.message().to_string()),
+            Ok(Err(s)) => return ended_by(&s),
             Err(_) => return Ended::Failed(format!("no answer within {OPEN_TIMEOUT:?}")),
         };
         let mut heartbeat = tokio::time::interval(self.period);
@@ -227,7 +267,7 @@ impl Session<'_> {
                     silent_until = tokio::time::Instant::now() + silence;
                     self.established = true;
                     let msg = match msg {
-                        Err(s) => return Ended::Failed(s.message().to_string()),
+                        Err(s) => return ended_by(&s),
                         Ok(None) => return Ended::Failed("the leader closed the session".into()),
                         Ok(Some(SessionDown { kind: None })) => continue,
                         Ok(Some(SessionDown { kind: Some(k) })) => k,

@@ -85,6 +85,33 @@ impl Membership {
         }
     }
 
+    /// Marks the node removed from the cluster. A worker's cluster files are
+    /// moved aside to `<data-root>/cluster.removed-<unix seconds>`, so the
+    /// daemon starts as a plain engine from then on and can join a cluster
+    /// again; returns where they went. A manager's (which hold its Raft log)
+    /// are left in place: `None`.
+    pub fn retire(&self) -> std::io::Result<Option<std::path::PathBuf>> {
+        let is_worker = match self.record.lock() {
+            Ok(mut r) => {
+                r.removed = true;
+                r.managers.clear();
+                r.raft_id == 0 && r.role != "manager"
+            }
+            Err(_) => false,
+        };
+        if !is_worker {
+            return Ok(None);
+        }
+        let dir = self.files.dir().to_path_buf();
+        let secs = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let to = dir.with_file_name(format!("cluster.removed-{secs}"));
+        std::fs::rename(&dir, &to)?;
+        Ok(Some(to))
+    }
+
     /// Renews the certificate through the manager at `target` when a third
     /// of its validity is left, or when the cluster records another role
     /// than it carries. Returns whether the node now has a new certificate

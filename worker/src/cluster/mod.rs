@@ -33,6 +33,8 @@ pub enum ClusterError {
     Tls(#[from] tls::TlsError),
     #[error("failed to reach the manager at {addr}: {reason}")]
     Unreachable { addr: String, reason: String },
+    #[error("the TLS handshake with the manager at {addr} failed: {reason}")]
+    Handshake { addr: String, reason: String },
     #[error("the manager at {addr} refused to let this node join: {message}")]
     Refused { addr: String, message: String },
     #[error("failed to read {path}: {reason}")]
@@ -69,6 +71,10 @@ pub struct NodeRecord {
     /// Heartbeat period in milliseconds.
     #[serde(default)]
     pub heartbeat_period_ms: u64,
+    /// The cluster removed this node (in memory: a removed worker's files
+    /// are moved aside, see `Membership::retire`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub removed: bool,
 }
 
 /// The cluster files of one node, under `<data-root>/cluster`.
@@ -208,9 +214,16 @@ pub async fn join(
     let (channel, chain) =
         grpc::connect_capturing_peer(&addr, config, tls::server_name(NodeRole::Manager))
             .await
-            .map_err(|e| ClusterError::Unreachable {
-                addr: addr.clone(),
-                reason: e.to_string(),
+            .map_err(|e| match e.kind() {
+                // The TLS handshake refused the manager (or it refused us).
+                std::io::ErrorKind::InvalidData => ClusterError::Handshake {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                },
+                _ => ClusterError::Unreachable {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                },
             })?;
     let ca = tls::pinned_ca(&chain, parsed.ca_digest())?;
     let key = NodeKey::generate()?;
@@ -420,7 +433,13 @@ impl NotAManager {
             .as_ref()
             .and_then(|r| r.lock().ok().map(|r| r.managers.clone()))
             .unwrap_or_default();
+        let removed = self
+            .record
+            .as_ref()
+            .and_then(|r| r.lock().ok().map(|r| r.removed))
+            .unwrap_or(false);
         Err(tonic::Status::failed_precondition(match (&self.record, managers.as_slice()) {
+            (Some(_), _) if removed => "this node was removed from the cluster and runs as a plain engine now: join a cluster again with `flotilla-worker join --token TOKEN MANAGER-ADDR`".to_string(),
             (None, _) => "this node is not part of a cluster: start one with `flotilla-manager init`, or join one with `flotilla-worker join --token TOKEN MANAGER-ADDR`".to_string(),
             (Some(_), []) => "this node is not a manager: run cluster commands on a manager".to_string(),
             (Some(_), m) => format!(

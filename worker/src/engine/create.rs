@@ -16,9 +16,6 @@ use super::{now_rfc3339, random_id, Engine, EngineError, Result};
 use crate::runtime::spec::capability_set;
 use crate::volume::ANONYMOUS_LABEL;
 
-/// Docker's minimum memory limit.
-const MIN_MEMORY: i64 = 6 * 1024 * 1024;
-
 fn invalid(msg: impl Into<String>) -> EngineError {
     EngineError::InvalidArgument(msg.into())
 }
@@ -52,6 +49,9 @@ pub fn parse_volume_spec(spec: &str) -> Result<VolumeSpec> {
     let parts: Vec<&str> = spec.split(':').collect();
     let bad = |why: &str| invalid(format!("invalid volume specification {spec:?}: {why}"));
     let check_dest = |d: &str| -> Result<String> {
+        if let Some(problem) = agent_common::validate::container_path_problem(d) {
+            return Err(bad(problem));
+        }
         let d = clean_container_path(d).map_err(|why| bad(&format!("the container path {why}")))?;
         if d == "/" {
             return Err(bad("the container path cannot be /"));
@@ -155,9 +155,11 @@ fn validate(req: &CreateContainer) -> Result<()> {
     if hc.auto_remove && !matches!(hc.restart_policy.name.as_str(), "" | "no") {
         return Err(invalid("Conflicting options: --restart and --rm"));
     }
-    if hc.memory != 0 && hc.memory < MIN_MEMORY {
-        return Err(invalid("Minimum memory limit allowed is 6MB"));
-    }
+    // The rules the manager's control API checks services with, too.
+    agent_common::validate::image(&req.config.image).map_err(|e| invalid(e.to_string()))?;
+    agent_common::validate::hostname(&req.config.hostname).map_err(|e| invalid(e.to_string()))?;
+    let memory = u64::try_from(hc.memory).unwrap_or(1);
+    agent_common::validate::memory_limit(memory).map_err(|e| invalid(e.to_string()))?;
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as i64;
     if hc.nano_cpus < 0 || hc.nano_cpus > ncpu * 1_000_000_000 {
         return Err(invalid(format!(
@@ -182,9 +184,7 @@ fn validate(req: &CreateContainer) -> Result<()> {
         parse_signal(sig)?;
     }
     if let Some(t) = req.config.stop_timeout {
-        if t < -1 {
-            return Err(invalid("stop timeout must be -1 (wait forever) or more"));
-        }
+        agent_common::validate::stop_timeout_secs(t).map_err(|e| invalid(e.to_string()))?;
     }
     let wd = &req.config.working_dir;
     if !wd.is_empty() && !wd.starts_with('/') {
@@ -269,9 +269,7 @@ fn validate(req: &CreateContainer) -> Result<()> {
         }
     }
     for e in &req.config.env {
-        if e.starts_with('=') || e.is_empty() {
-            return Err(invalid(format!("invalid environment variable: {e:?}")));
-        }
+        agent_common::validate::env(e).map_err(|e| invalid(e.to_string()))?;
     }
     Ok(())
 }
@@ -731,7 +729,35 @@ mod tests {
     #[test]
     fn tiny_memory_is_refused() {
         let mut req = CreateContainer::default();
+        req.config.image = "busybox".into();
         req.host_config.memory = 1024;
         assert!(validate(&req).unwrap_err().to_string().contains("6MB"));
+    }
+
+    #[test]
+    fn the_shared_rules_apply_to_create() {
+        let ok = || {
+            let mut req = CreateContainer::default();
+            req.config.image = "busybox".into();
+            req
+        };
+        assert!(validate(&ok()).is_ok());
+        let mut bad_image = ok();
+        bad_image.config.image = "UPPER/case:tag".into();
+        let mut bad_host = ok();
+        bad_host.config.hostname = "bad host name".into();
+        let mut bad_env = ok();
+        bad_env.config.env = vec!["=novalue".into()];
+        let mut bad_timeout = ok();
+        bad_timeout.config.stop_timeout = Some(i64::MAX);
+        for (req, says) in [
+            (bad_image, "reference"),
+            (bad_host, "hostname"),
+            (bad_env, "environment"),
+            (bad_timeout, "stop timeout"),
+        ] {
+            let msg = validate(&req).unwrap_err().to_string();
+            assert!(msg.contains(says), "{says}: {msg}");
+        }
     }
 }
