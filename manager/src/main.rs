@@ -157,6 +157,24 @@ fn client_cert(
     Ok(())
 }
 
+/// Raises the soft limit of open files to the hard limit: every connection,
+/// container log and Raft file takes a descriptor, and the default soft limit
+/// (often 1024) is reached by a few hundred idle connections.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!("failed to raise the open files limit from {soft} to {hard}: {e}");
+            } else {
+                tracing::debug!("open files limit raised from {soft} to {hard}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("failed to read the open files limit: {e}"),
+    }
+}
+
 fn parse_listen(s: &str) -> anyhow::Result<SocketAddr> {
     let with_port = agent_common::tls::grpc::with_port(s, agent_common::DEFAULT_CLUSTER_PORT);
     with_port
@@ -188,6 +206,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "flotilla-manager must run as root (its engine creates namespaces, mounts and cgroups)"
         );
     }
+    raise_fd_limit();
     let socket = worker::daemon::socket_path(&args.host)?;
     // For a restart in place (after a demotion): the same flags, no subcommand.
     let _ = daemon::RESTART_ARGS.set(vec![

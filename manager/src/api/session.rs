@@ -272,6 +272,18 @@ impl Session {
             .parse::<std::net::SocketAddr>()
             .map(|s| s.ip().to_string())
             .unwrap_or_else(|_| hello.addr.clone());
+        if !host_only.is_empty() {
+            // The address goes into the node's next certificate (renewal): refuse what would
+            // let it pass for another identity.
+            if let Err(e) = agent_common::pki::check_node_address(&host_only) {
+                let _ = self
+                    .send(Err(Status::invalid_argument(format!(
+                        "the session's address is refused: {e}"
+                    ))))
+                    .await;
+                return Err(format!("refused address {host_only:?}"));
+            }
+        }
         let resources =
             (hello.nano_cpus > 0 || hello.memory_bytes > 0).then_some(ResourceAmounts {
                 nano_cpus: hello.nano_cpus,
@@ -358,7 +370,7 @@ impl Session {
                 Ok(())
             }
             Up::Logs(chunk) => {
-                if !self.m.logs.publish(chunk.clone()) && !chunk.done {
+                if !self.m.logs.publish(&self.node_id, chunk.clone()) && !chunk.done {
                     // Nobody listens any more: stop the node's reader.
                     self.send(down(Down::LogCancel(
                         agent_common::dispatcher_proto::LogCancel {

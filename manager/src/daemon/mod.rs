@@ -133,6 +133,7 @@ fn advertise_ip(opts: &Options) -> anyhow::Result<String> {
             if a.is_empty() {
                 bail!("--advertise-addr is empty");
             }
+            agent_common::pki::check_node_address(a)?;
             Ok(a.to_string())
         }
         None => worker::cluster::default_advertise_addr(Some(opts.listen_addr.ip()))
