@@ -488,10 +488,19 @@ impl Caller {
     ) -> Result<(), tonic::Status> {
         if let Caller::Node(cert) = self {
             if revocations.is_revoked(cert) {
-                return Err(tonic::Status::permission_denied(format!(
-                    "node {} was removed from the cluster; its certificate is revoked",
-                    cert.node_id()
-                )));
+                return Err(tonic::Status::permission_denied(
+                    if cert.role() == NodeRole::Client {
+                        format!(
+                            "client certificate {} was revoked: ask a cluster administrator for a new one",
+                            cert.serial()
+                        )
+                    } else {
+                        format!(
+                            "node {} was removed from the cluster; its certificate is revoked",
+                            cert.node_id()
+                        )
+                    },
+                ));
             }
         }
         Ok(())

@@ -221,6 +221,11 @@ impl Manager {
                     list.revoke_node(n);
                 }
             }
+            for rec in c.client_certs.iter().filter(|r| r.revoked_at != 0) {
+                if let Some(serial) = agent_common::pki::CertSerial::from_hex(&rec.serial) {
+                    list.revoke_serial(serial);
+                }
+            }
             self.revocations.replace(list);
         }
     }
