@@ -174,6 +174,30 @@ pub fn pinned_ca(peer_certificates: &[CertificateDer<'_>], pin: CaDigest) -> Res
     Ok(CaCertificate::from_der(found.to_vec())?)
 }
 
+/// A readable account of a TLS failure somewhere in `err`'s source chain: rustls shows the
+/// causes this module attaches to certificate errors (a wrong role, a CA that is not the pinned
+/// one) with `Debug`; this gives their own message. `None` when no rustls error is in the chain.
+pub fn describe_tls_error(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        let found = e.downcast_ref::<rustls::Error>().or_else(|| {
+            e.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(found) = found {
+            return Some(match found {
+                rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
+                    format!("the peer's certificate was refused: {}", other.0)
+                }
+                other => other.to_string(),
+            });
+        }
+        cur = e.source();
+    }
+    None
+}
+
 /// Checks `cert` against `ca` at `now` as a TLS server would check a client (chain, validity,
 /// clientAuth usage). Backs [`CaCertificate::verify_node`].
 pub(crate) fn verify_node_certificate(
@@ -350,9 +374,11 @@ impl ServerCertVerifier for ManagerServerVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        // The role first, for the clearer error (a refusal decides nothing on unverified
+        // content), then the chain, validity and name.
+        require_manager(end_entity)?;
         self.inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
-        require_manager(end_entity)
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
     }
 
     fn verify_tls12_signature(
@@ -418,6 +444,7 @@ impl ServerCertVerifier for PinnedCaVerifier {
                 None => other_error(TlsError::PinnedCaMissing { pinned: self.pin }),
             });
         };
+        require_manager(end_entity)?;
         let ca = CaCertificate::from_der(ca_der.to_vec()).map_err(other_error)?;
         let roots = root_store(&ca).map_err(other_error)?;
         let verifier =
@@ -426,8 +453,7 @@ impl ServerCertVerifier for PinnedCaVerifier {
                 .map_err(|e| {
                     rustls::Error::General(format!("failed to build the verifier: {e}"))
                 })?;
-        verifier.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)?;
-        require_manager(end_entity)
+        verifier.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
     }
 
     fn verify_tls12_signature(

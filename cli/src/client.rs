@@ -140,8 +140,37 @@ pub fn status_error(status: tonic::Status) -> anyhow::Error {
 #[derive(Debug)]
 pub struct RpcError(pub tonic::Status);
 
+/// What a TLS failure under a status means for the user, if it is one they
+/// can act on (the manager's alerts about the client certificate, or the
+/// server's certificate refused by this client).
+fn tls_cause(status: &tonic::Status) -> Option<String> {
+    let mut chain = Vec::new();
+    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(status);
+    while let Some(e) = src {
+        chain.push(e.to_string());
+        src = e.source();
+    }
+    let all = chain.join(": ");
+    if all.contains("CertificateRevoked") {
+        return Some(
+            "the manager refused this client certificate: it was revoked; ask a cluster administrator for a new one".into(),
+        );
+    }
+    if all.contains("CertificateExpired") {
+        return Some(
+            "the manager refused this client certificate: it has expired; get a new one (`flotilla cluster client-cert create` on a manager)".into(),
+        );
+    }
+    agent_common::tls::describe_tls_error(status)
+}
+
 impl std::fmt::Display for RpcError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.code() == tonic::Code::Unavailable || self.0.code() == tonic::Code::Unknown {
+            if let Some(cause) = tls_cause(&self.0) {
+                return f.write_str(&cause);
+            }
+        }
         let msg = self.0.message();
         if msg.is_empty() {
             match self.0.code() {

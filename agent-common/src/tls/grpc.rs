@@ -146,6 +146,9 @@ pub async fn connect_capturing_peer(
         .map_err(|e| {
             // tonic wraps the connector's error: show the innermost cause
             // (e.g. the pinned-CA mismatch) rather than "transport error".
+            if let Some(tls) = super::describe_tls_error(&e) {
+                return io::Error::other(tls);
+            }
             let mut msg = e.to_string();
             let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
             while let Some(s) = src {

@@ -343,13 +343,15 @@ async fn a_worker_certificate_cannot_pass_for_a_manager() {
         )
         .await;
         let err = out.client.expect_err("client must refuse");
+        let Some(rustls::Error::InvalidCertificate(CertificateError::Other(other))) =
+            rustls_error(&err)
+        else {
+            panic!("unexpected error: {err}");
+        };
         assert!(
             matches!(
-                rustls_error(&err),
-                Some(rustls::Error::InvalidCertificate(
-                    CertificateError::NotValidForName
-                        | CertificateError::NotValidForNameContext { .. }
-                ))
+                other.0.downcast_ref::<PkiError>(),
+                Some(PkiError::WrongRole { .. })
             ),
             "{err}"
         );
