@@ -30,7 +30,9 @@ fn ready_count(nodes: &[serde_json::Value]) -> usize {
 /// lab stops it).
 fn worker_join_advertising(c: &ClusterLab, host: &str, token: &str, addr: &str) -> (bool, String) {
     let h = c.lab.host(host);
-    let dir = h.dir().join(format!("join-{}", addr.replace(['/', '*'], "_")));
+    let dir = h
+        .dir()
+        .join(format!("join-{}", addr.replace(['/', '*'], "_")));
     let sock = format!("unix://{}/w.sock", dir.display());
     let data = dir.join("data").display().to_string();
     let mut child = h
@@ -107,7 +109,9 @@ fn a_worker_cannot_join_with_a_role_name_or_a_node_id_as_its_address() {
     assert_eq!(nodes.len(), 1, "{nodes:?}");
     // An ordinary address still joins.
     c.join_worker("w1", "m1");
-    poll_until(T, "2 ready nodes", || ready_count(&c.nodes("m1", false)) == 2);
+    poll_until(T, "2 ready nodes", || {
+        ready_count(&c.nodes("m1", false)) == 2
+    });
 }
 
 /// Runs `f` on a thread inside `host`'s network namespace, with a
@@ -137,7 +141,10 @@ fn client_cert(c: &ClusterLab, host: &str, dir: &Path, extra: &[&str]) -> String
     let out_dir = dir.display().to_string();
     let mut args = vec!["cluster", "client-cert", "create", "--out", &out_dir];
     args.extend_from_slice(extra);
-    c.cli(host, &args).ok("client-cert create").trim().to_string()
+    c.cli(host, &args)
+        .ok("client-cert create")
+        .trim()
+        .to_string()
 }
 
 /// Runs the CLI on `from` against `addr` with the client files in `dir`.
@@ -196,9 +203,7 @@ fn forged_worker_cert(ca_pem: &str, ca_key_pem: &str, key_pem: &str) -> String {
 /// A TLS server on 127.0.0.1 presenting `identity` (accepting clients with
 /// or without a certificate) that counts the bytes clients send after the
 /// handshake. Runs until the returned sender is dropped.
-fn impostor(
-    identity: NodeIdentity,
-) -> (SocketAddr, Arc<AtomicUsize>, std::sync::mpsc::Sender<()>) {
+fn impostor(identity: NodeIdentity) -> (SocketAddr, Arc<AtomicUsize>, std::sync::mpsc::Sender<()>) {
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     let received = Arc::new(AtomicUsize::new(0));
@@ -248,13 +253,18 @@ fn a_worker_certificate_served_as_a_manager_is_refused_by_clients_and_joining_no
     let c = ClusterLab::new(&["m1", "w1"], "300ms");
     c.init("m1");
     c.join_worker("w1", "m1");
-    poll_until(T, "2 ready nodes", || ready_count(&c.nodes("m1", false)) == 2);
+    poll_until(T, "2 ready nodes", || {
+        ready_count(&c.nodes("m1", false)) == 2
+    });
     let client_dir = c.lab.host("m1").dir().join("client");
     client_cert(&c, "m1", &client_dir, &[]);
     let worker_files = c.node("w1").data_root.join("cluster");
     let manager_files = c.node("m1").data_root.join("cluster");
     let read = |dir: &PathBuf, name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
-    let (ca_pem, worker_key) = (read(&worker_files, "ca.pem"), read(&worker_files, "key.pem"));
+    let (ca_pem, worker_key) = (
+        read(&worker_files, "ca.pem"),
+        read(&worker_files, "key.pem"),
+    );
     let forged = forged_worker_cert(&ca_pem, &read(&manager_files, "ca-key.pem"), &worker_key);
     let token = c.token("m1", "worker");
     // The worker's own certificate, and one that also names flotilla-manager.
@@ -275,7 +285,10 @@ fn a_worker_certificate_served_as_a_manager_is_refused_by_clients_and_joining_no
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "node ls against an impostor succeeded");
+        assert!(
+            !out.status.success(),
+            "node ls against an impostor succeeded"
+        );
         assert!(
             err.contains("worker certificate") && err.contains("manager certificate"),
             "{err}"
@@ -293,7 +306,10 @@ fn a_worker_certificate_served_as_a_manager_is_refused_by_clients_and_joining_no
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "a join through an impostor succeeded");
+        assert!(
+            !out.status.success(),
+            "a join through an impostor succeeded"
+        );
         assert!(err.contains("worker certificate"), "{err}");
         assert_eq!(
             received.load(Ordering::SeqCst),
@@ -311,7 +327,9 @@ fn a_flood_of_connections_without_a_certificate_does_not_lock_clients_out() {
     let c = ClusterLab::new(&["m1", "w1", "x1"], "300ms");
     c.init("m1");
     c.join_worker("w1", "m1");
-    poll_until(T, "2 ready nodes", || ready_count(&c.nodes("m1", false)) == 2);
+    poll_until(T, "2 ready nodes", || {
+        ready_count(&c.nodes("m1", false)) == 2
+    });
     let client_dir = c.lab.host("w1").dir().join("client");
     client_cert(&c, "m1", &client_dir, &[]);
     let pin = JoinToken::parse(&c.token("m1", "worker"))
@@ -366,10 +384,17 @@ fn a_flood_of_connections_without_a_certificate_does_not_lock_clients_out() {
     let still_open = FLOOD - closed.load(Ordering::SeqCst);
     assert!(still_open <= CAP, "{still_open} connections still open");
     // ... and a client with a certificate still works, as does the worker.
-    let (ok, stdout, err) = remote(c.lab.host("w1"), &c.node("m1").addr, &client_dir, &["node", "ls"]);
+    let (ok, stdout, err) = remote(
+        c.lab.host("w1"),
+        &c.node("m1").addr,
+        &client_dir,
+        &["node", "ls"],
+    );
     assert!(ok, "{err}");
     assert!(stdout.contains("m1") && stdout.contains("w1"), "{stdout}");
-    poll_until(T, "2 ready nodes", || ready_count(&c.nodes("m1", false)) == 2);
+    poll_until(T, "2 ready nodes", || {
+        ready_count(&c.nodes("m1", false)) == 2
+    });
     drop(stop_tx);
     flood.join().expect("flood thread");
 }
@@ -448,7 +473,12 @@ fn client_certificates_are_recorded_scoped_revocable_and_short_lived() {
     assert!(stdout.starts_with("FLTKN-1-manager-"), "{stdout}");
 
     // Revoked by the admin client: refused, saying so.
-    let (ok, _, err) = remote(w1, &m1, &admin, &["cluster", "client-cert", "revoke", &serial]);
+    let (ok, _, err) = remote(
+        w1,
+        &m1,
+        &admin,
+        &["cluster", "client-cert", "revoke", &serial],
+    );
     assert!(ok, "{err}");
     let (ok, _, err) = remote(w1, &m1, &plain, &["node", "ls"]);
     assert!(!ok, "a revoked client certificate still works");
@@ -465,13 +495,29 @@ fn client_certificates_are_recorded_scoped_revocable_and_short_lived() {
     let dir = w1.dir().join("long");
     let out = c.cli(
         "m1",
-        &["cluster", "client-cert", "create", "--expiry", "400d", "--out", &dir.display().to_string()],
+        &[
+            "cluster",
+            "client-cert",
+            "create",
+            "--expiry",
+            "400d",
+            "--out",
+            &dir.display().to_string(),
+        ],
     );
     assert_ne!(out.code, 0);
     assert!(out.stderr.contains("365 days"), "{}", out.stderr);
     let out = c.cli(
         "m1",
-        &["cluster", "client-cert", "create", "--expiry", "0s", "--out", &dir.display().to_string()],
+        &[
+            "cluster",
+            "client-cert",
+            "create",
+            "--expiry",
+            "0s",
+            "--out",
+            &dir.display().to_string(),
+        ],
     );
     assert_ne!(out.code, 0);
     assert!(out.stderr.contains("--expiry"), "{}", out.stderr);

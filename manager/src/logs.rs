@@ -204,7 +204,10 @@ mod tests {
         assert_eq!(sub.chunks.try_recv().expect("chunk").lines[0].text, "one");
         // Another node cannot answer this request.
         assert!(!broker.publish("n2", chunk(&id, "forged", false)));
-        assert!(sub.chunks.try_recv().is_err(), "the forged chunk was delivered");
+        assert!(
+            sub.chunks.try_recv().is_err(),
+            "the forged chunk was delivered"
+        );
         // Unknown requests are refused (the node is told to stop).
         assert!(!broker.publish("n1", chunk("other", "x", false)));
         // The subscriber hangs up: the node is told to stop this request.

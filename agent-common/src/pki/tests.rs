@@ -276,9 +276,17 @@ fn role_names_node_id_shapes_and_wildcards_are_refused_as_addresses() {
         let spec = NodeCertSpec::new(id.clone(), NodeRole::Worker).address(bad);
         assert!(ca.sign_node(&csr, &spec).is_err(), "{bad:?} was signed");
     }
-    let msg = check_node_address("flotilla-manager").unwrap_err().to_string();
+    let msg = check_node_address("flotilla-manager")
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("role name"), "{msg}");
-    for good in ["10.0.0.1", "::1", "node-a", "node-a.example.com", "flotilla"] {
+    for good in [
+        "10.0.0.1",
+        "::1",
+        "node-a",
+        "node-a.example.com",
+        "flotilla",
+    ] {
         check_node_address(good).unwrap_or_else(|e| panic!("{good:?}: {e}"));
     }
     // IP addresses become IP SANs, names DNS SANs.

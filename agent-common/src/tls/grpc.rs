@@ -567,7 +567,10 @@ mod tests {
                 closed += 1;
             }
         }
-        assert_eq!(closed, 6, "the oldest connections beyond the cap were not closed");
+        assert_eq!(
+            closed, 6,
+            "the oldest connections beyond the cap were not closed"
+        );
         // A client with a certificate still gets through (evicting one more idle connection).
         let config = Arc::new(crate::tls::client_config(&client).unwrap());
         let tcp = TcpStream::connect(addr).await.unwrap();

@@ -388,7 +388,14 @@ async fn a_worker_certificate_named_flotilla_manager_is_refused_for_its_role() {
         };
         let cause = other.0.downcast_ref::<PkiError>().expect("a PkiError");
         assert!(
-            matches!(cause, PkiError::WrongRole { actual: NodeRole::Worker, required: NodeRole::Manager, .. }),
+            matches!(
+                cause,
+                PkiError::WrongRole {
+                    actual: NodeRole::Worker,
+                    required: NodeRole::Manager,
+                    ..
+                }
+            ),
             "{cause}"
         );
     }

@@ -529,7 +529,11 @@ async fn client_cert(ctx: &mut Ctx, g: ClientCertGroup) -> Result<i32> {
             Ok(0)
         }
         ClientCertGroup::Ls(a) => {
-            let reply = control.list_client_certs(Empty {}).await.rpc()?.into_inner();
+            let reply = control
+                .list_client_certs(Empty {})
+                .await
+                .rpc()?
+                .into_inner();
             let certs: Vec<ClientCertRecord> = decode(&reply.json)?;
             if a.quiet {
                 for c in &certs {

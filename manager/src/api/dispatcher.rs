@@ -281,7 +281,8 @@ const JOIN_TRACKED: usize = 4096;
 /// A token bucket per source IP address for `Join`.
 #[derive(Default)]
 pub struct JoinLimiter {
-    buckets: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (f64, std::time::Instant)>>,
+    buckets:
+        std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (f64, std::time::Instant)>>,
 }
 
 fn join_limiter() -> &'static JoinLimiter {
@@ -295,7 +296,8 @@ impl JoinLimiter {
     pub fn check(&self, ip: std::net::IpAddr, now: std::time::Instant) -> Result<(), Status> {
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         let refill = |(tokens, at): (f64, std::time::Instant)| {
-            let earned = now.saturating_duration_since(at).as_secs_f64() / JOIN_REFILL.as_secs_f64();
+            let earned =
+                now.saturating_duration_since(at).as_secs_f64() / JOIN_REFILL.as_secs_f64();
             (f64::min(JOIN_BURST, tokens + earned), now)
         };
         if !buckets.contains_key(&ip) && buckets.len() >= JOIN_TRACKED {
