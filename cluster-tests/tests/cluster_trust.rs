@@ -533,3 +533,37 @@ fn client_certificates_are_recorded_scoped_revocable_and_short_lived() {
     assert!(err.contains("365 days"), "{err}");
     assert!(!dir.join("cert.pem").exists());
 }
+
+#[test]
+fn a_worker_cannot_take_a_role_name_later_through_its_session() {
+    let _serial = cluster_tests::cluster::serial();
+    let c = ClusterLab::new(&["m1", "w1"], "300ms");
+    c.init("m1");
+    c.join_worker("w1", "m1");
+    poll_until(T, "2 ready nodes", || {
+        ready_count(&c.nodes("m1", false)) == 2
+    });
+    let ip = c.node("w1").addr.clone();
+    // The worker's recorded advertise address is what its session hello
+    // sends: rewrite it, then restart the worker.
+    c.node("w1").proc.kill9();
+    let record = c.node("w1").data_root.join("cluster/node.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&record).unwrap()).unwrap();
+    json["advertise_addr"] = "flotilla-manager".into();
+    std::fs::write(&record, json.to_string()).unwrap();
+    c.resume_worker("w1");
+    // Its sessions are refused, saying why; it is not ready and keeps its
+    // address.
+    poll_until(T, "the worker's session to be refused", || {
+        c.node("w1").proc.log().contains("advertise address")
+    });
+    poll_until(T, "w1 down", || {
+        c.nodes("m1", false)
+            .iter()
+            .any(|n| n["Hostname"] == "w1" && n["Status"] == "down")
+    });
+    let nodes = c.nodes("m1", false);
+    let w1 = nodes.iter().find(|n| n["Hostname"] == "w1").expect("w1");
+    assert_eq!(w1["Addr"], ip.as_str(), "{w1}");
+}
