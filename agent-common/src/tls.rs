@@ -305,7 +305,11 @@ impl ClientCertVerifier for NodeClientVerifier {
         self.inner
             .verify_client_cert(end_entity, intermediates, now)?;
         let cert = NodeCertificate::parse(end_entity).map_err(other_error)?;
-        if self.revocations.is_revoked(&cert) {
+        // A revoked client certificate (a remote CLI) gets through the handshake so that its
+        // calls can be refused with a message saying it was revoked (a TLS alert reaches the
+        // CLI as a bare "transport error"); every call checks revocation
+        // (`grpc::Caller::check_revoked`), so it can do nothing. Nodes are refused here.
+        if cert.role() != NodeRole::Client && self.revocations.is_revoked(&cert) {
             return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
         }
         Ok(ClientCertVerified::assertion())
