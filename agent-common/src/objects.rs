@@ -297,6 +297,29 @@ pub struct Network {
     pub labels: BTreeMap<String, String>,
 }
 
+/// A certificate issued to a remote `flotilla` client, as recorded in the cluster object.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct ClientCertRecord {
+    /// The certificate's serial number, lowercase hex.
+    pub serial: String,
+    /// The name given at issue (default: the client ID).
+    pub name: String,
+    /// The client ID: the certificate's CN.
+    #[serde(rename = "ClientID")]
+    pub client_id: String,
+    /// Issue time, seconds since the epoch.
+    pub issued_at: u64,
+    /// Expiry (`notAfter`), seconds since the epoch.
+    pub expires_at: u64,
+    /// Whether it has the admin scope (manager join token, promote/demote, client certificates).
+    #[serde(default)]
+    pub admin: bool,
+    /// When it was revoked, seconds since the epoch; 0 while it is valid.
+    #[serde(default)]
+    pub revoked_at: u64,
+}
+
 /// Cluster-wide settings (one object per cluster).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct Cluster {
@@ -330,6 +353,10 @@ pub struct Cluster {
     /// Validity of node certificates, in seconds.
     #[serde(default)]
     pub node_cert_validity_secs: u64,
+    /// Client certificates issued through managers (`client-cert create`): a client certificate
+    /// is accepted only while it is recorded here and not revoked. Expired records are dropped.
+    #[serde(default)]
+    pub client_certs: Vec<ClientCertRecord>,
     /// Operator labels.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,

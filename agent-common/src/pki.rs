@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-pub use ca::{CaCertificate, CaDigest, RootCa};
+pub use ca::{check_node_address, CaCertificate, CaDigest, RootCa};
 pub use node::{
     CertSerial, NodeCertSpec, NodeCertificate, NodeCsr, NodeId, NodeIdentity, NodeKey, NodeRole,
 };
@@ -99,6 +99,16 @@ pub enum PkiError {
     /// An address for a certificate's subjectAltName was neither an IP address nor a DNS name.
     #[error("failed to use {0:?} as a certificate address: expected an IP address or a DNS name, without a port")]
     Address(String),
+    /// An advertise address that would let the node's certificate pass for another identity: a
+    /// role name (`flotilla-manager`, ...), a name in the reserved `flotilla-` namespace, or the
+    /// shape of a node ID.
+    #[error("the advertise address {address:?} is refused: {reason}; use this node's IP address or its own DNS name")]
+    ReservedAddress {
+        /// The address as given.
+        address: String,
+        /// Why it is reserved.
+        reason: &'static str,
+    },
     /// A validity period was zero or did not fit in a date.
     #[error("failed to set the certificate validity: {0}")]
     Validity(String),

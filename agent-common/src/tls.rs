@@ -6,12 +6,13 @@
 //!   signed by the cluster CA that is not revoked.
 //! - [`join_server_config`]: the same, except that a client may present no certificate at all
 //!   (a joining node has none yet). A client that does present one is verified as above.
-//! - [`client_config`]: a node calling a manager: presents its own certificate and trusts only
-//!   the cluster CA. Connect with [`server_name`]`(NodeRole::Manager)`: only certificates of
-//!   managers carry that name.
+//! - [`client_config`]: a node (or remote client) calling a manager: presents its own
+//!   certificate, trusts only the cluster CA, and requires the manager role in the server
+//!   certificate's subject ([`ManagerServerVerifier`]). Connect with
+//!   [`server_name`]`(NodeRole::Manager)`.
 //! - [`bootstrap_client_config`]: a joining node: no certificate, and the server is trusted only
 //!   if it presents, in its chain, a CA certificate whose sha256 is the join token's pin and its
-//!   leaf certificate verifies against that CA ([`PinnedCaVerifier`]).
+//!   leaf certificate verifies against that CA and has the manager role ([`PinnedCaVerifier`]).
 //!
 //! What it does not do: decide which RPC a caller may make. The server reads the caller's
 //! certificate with [`peer_node`] and checks its role (e.g. with
@@ -117,20 +118,17 @@ pub fn join_server_config(
     build_server(identity, Arc::new(verifier))
 }
 
-/// A node calling other nodes: presents its certificate and trusts only the cluster CA. Use
-/// [`server_name`] for the name to connect to.
+/// A node or remote client calling a manager: presents its certificate and trusts only the
+/// cluster CA, and only servers whose certificate has the manager role in its subject
+/// ([`ManagerServerVerifier`]). Connect with [`server_name`]`(NodeRole::Manager)`.
 pub fn client_config(identity: &NodeIdentity) -> Result<ClientConfig> {
     let provider = crypto_provider();
-    let verifier = WebPkiServerVerifier::builder_with_provider(
-        root_store(identity.ca())?,
-        Arc::clone(&provider),
-    )
-    .build()
-    .map_err(TlsError::ServerVerifier)?;
+    let verifier = ManagerServerVerifier::new(identity.ca(), Arc::clone(&provider))?;
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(TlsError::Config)?
-        .with_webpki_verifier(verifier)
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_auth_cert(chain(identity), identity.key().to_rustls())
         .map_err(TlsError::Config)?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
@@ -284,10 +282,84 @@ impl ClientCertVerifier for NodeClientVerifier {
         self.inner
             .verify_client_cert(end_entity, intermediates, now)?;
         let cert = NodeCertificate::parse(end_entity).map_err(other_error)?;
-        if self.revocations.is_revoked(&cert) {
+        // A revoked client certificate (a remote CLI) gets through the handshake so that its
+        // calls can be refused with a message saying it was revoked (a TLS alert reaches the
+        // CLI as a bare "transport error"); every call checks revocation
+        // (`grpc::Caller::check_revoked`), so it can do nothing. Nodes are refused here.
+        if cert.role() != NodeRole::Client && self.revocations.is_revoked(&cert) {
             return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
         }
         Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// A server certificate that verified (chain, validity, name) must also name the manager role in
+/// its subject: a DNS name alone is not enough, since a node's advertise addresses become DNS
+/// names in its certificate.
+fn require_manager(end_entity: &CertificateDer<'_>) -> Result<ServerCertVerified, rustls::Error> {
+    let cert = NodeCertificate::parse(end_entity).map_err(other_error)?;
+    cert.require_role(NodeRole::Manager).map_err(other_error)?;
+    Ok(ServerCertVerified::assertion())
+}
+
+// === impl ManagerServerVerifier ===
+
+/// The server verifier of every client of a manager (nodes' sessions, the Raft transport, the
+/// remote CLI): webpki's checks against the cluster CA (signature, validity, server name), then
+/// the certificate must be a Flotilla node certificate whose subject has the manager role
+/// (`OU=flotilla-manager`). A worker's certificate is refused even if it carried the name
+/// `flotilla-manager`.
+#[derive(Debug)]
+pub struct ManagerServerVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+}
+
+impl ManagerServerVerifier {
+    /// A verifier trusting `ca` only, with `provider`'s algorithms.
+    pub fn new(ca: &CaCertificate, provider: Arc<CryptoProvider>) -> Result<Self> {
+        let inner = WebPkiServerVerifier::builder_with_provider(root_store(ca)?, provider)
+            .build()
+            .map_err(TlsError::ServerVerifier)?;
+        Ok(Self { inner })
+    }
+}
+
+impl ServerCertVerifier for ManagerServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        // The role first, for the clearer error (a refusal decides nothing on unverified
+        // content), then the chain, validity and name.
+        require_manager(end_entity)?;
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
     }
 
     fn verify_tls12_signature(
@@ -353,6 +425,7 @@ impl ServerCertVerifier for PinnedCaVerifier {
                 None => other_error(TlsError::PinnedCaMissing { pinned: self.pin }),
             });
         };
+        require_manager(end_entity)?;
         let ca = CaCertificate::from_der(ca_der.to_vec()).map_err(other_error)?;
         let roots = root_store(&ca).map_err(other_error)?;
         let verifier =

@@ -145,8 +145,20 @@ pub fn status_error(status: tonic::Status) -> anyhow::Error {
 #[derive(Debug)]
 pub struct RpcError(pub tonic::Status);
 
+/// What a TLS failure under a status means for the user, if it is one they
+/// can act on (the manager's alerts about the client certificate, or the
+/// server's certificate refused by this client).
+fn tls_cause(status: &tonic::Status) -> Option<String> {
+    agent_common::tls::explain::explain(status)
+}
+
 impl std::fmt::Display for RpcError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.code() == tonic::Code::Unavailable || self.0.code() == tonic::Code::Unknown {
+            if let Some(cause) = tls_cause(&self.0) {
+                return f.write_str(&cause);
+            }
+        }
         let msg = self.0.message();
         if msg.is_empty() {
             match self.0.code() {

@@ -458,8 +458,8 @@ fn remote_clients_need_a_manager_or_client_certificate() {
     // A client certificate issued on the manager works from the other host.
     let out_dir = w1.dir().join("client-certs");
     let out = std::process::Command::new(cluster_tests::bin("flotilla-manager"))
-        .arg("--data-root")
-        .arg(&c.node("m1").data_root)
+        .arg("-H")
+        .arg(&c.node("m1").socket)
         .arg("client-cert")
         .arg("--out")
         .arg(&out_dir)

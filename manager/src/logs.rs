@@ -24,8 +24,8 @@ pub const BUFFERED_CHUNKS: usize = 256;
 struct Inner {
     /// Per node: the generation of its open session and how to reach it.
     sessions: Mutex<HashMap<String, (u64, mpsc::UnboundedSender<SessionDown>)>>,
-    /// Per request ID: where its chunks go.
-    streams: Mutex<HashMap<String, mpsc::Sender<LogChunk>>>,
+    /// Per request ID: the node asked, and where its chunks go.
+    streams: Mutex<HashMap<String, (String, mpsc::Sender<LogChunk>)>>,
     generations: AtomicU64,
 }
 
@@ -112,7 +112,7 @@ impl LogBroker {
         let id = crate::store::new_id();
         let (tx, chunks) = mpsc::channel(BUFFERED_CHUNKS);
         if let Ok(mut s) = self.inner.streams.lock() {
-            s.insert(id.clone(), tx);
+            s.insert(id.clone(), (node.to_string(), tx));
         }
         let sub = LogSubscription {
             node: node.to_string(),
@@ -134,15 +134,24 @@ impl LogBroker {
         Some(sub)
     }
 
-    /// Hands a chunk to its subscriber. False when nobody waits for it any
-    /// more (the node should stop sending).
-    pub fn publish(&self, chunk: LogChunk) -> bool {
+    /// Hands a chunk that `node` sent to its subscriber. False when nobody
+    /// waits for it any more (the node should stop sending), and for a
+    /// request that was not sent to `node`: only the node asked may answer.
+    pub fn publish(&self, node: &str, chunk: LogChunk) -> bool {
         let Ok(mut streams) = self.inner.streams.lock() else {
             return false;
         };
-        let Some(tx) = streams.get(&chunk.request_id) else {
+        let Some((asked, tx)) = streams.get(&chunk.request_id) else {
             return false;
         };
+        if asked != node {
+            tracing::warn!(
+                node,
+                asked = %asked,
+                "a node sent log lines for a request sent to another node; ignored"
+            );
+            return false;
+        }
         let done = chunk.done;
         let id = chunk.request_id.clone();
         let delivered = tx.try_send(chunk).is_ok();
@@ -191,17 +200,23 @@ mod tests {
             .subscribe("n1", vec!["c".into()], 10, true)
             .expect("the node has a session");
         let id = request_id(rx.try_recv().expect("a request was sent"));
-        assert!(broker.publish(chunk(&id, "one", false)));
+        assert!(broker.publish("n1", chunk(&id, "one", false)));
         assert_eq!(sub.chunks.try_recv().expect("chunk").lines[0].text, "one");
+        // Another node cannot answer this request.
+        assert!(!broker.publish("n2", chunk(&id, "forged", false)));
+        assert!(
+            sub.chunks.try_recv().is_err(),
+            "the forged chunk was delivered"
+        );
         // Unknown requests are refused (the node is told to stop).
-        assert!(!broker.publish(chunk("other", "x", false)));
+        assert!(!broker.publish("n1", chunk("other", "x", false)));
         // The subscriber hangs up: the node is told to stop this request.
         drop(sub);
         match rx.try_recv().expect("a cancel was sent").kind {
             Some(Down::LogCancel(c)) => assert_eq!(c.id, id),
             other => panic!("expected a cancel, got {other:?}"),
         }
-        assert!(!broker.publish(chunk(&id, "late", false)));
+        assert!(!broker.publish("n1", chunk(&id, "late", false)));
     }
 
     #[test]
@@ -215,7 +230,7 @@ mod tests {
         assert_eq!(broker.generation("n1"), Some(new));
         let mut sub = broker.subscribe("n1", vec![], -1, false).expect("session");
         let id = request_id(rx2.try_recv().expect("request"));
-        assert!(broker.publish(chunk(&id, "last", true)));
+        assert!(broker.publish("n1", chunk(&id, "last", true)));
         assert!(sub.chunks.try_recv().expect("chunk").done);
         drop(sub);
         assert!(rx2.try_recv().is_err(), "no cancel after done");

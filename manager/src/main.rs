@@ -108,55 +108,104 @@ enum Command {
     #[command(hide = true)]
     ExecHelper { request: String },
     /// Issue a certificate for a remote `flotilla` client
-    /// (`flotilla -H tcp://MANAGER:2377 …`); run on a manager, as root.
-    /// Writes ca.pem, cert.pem and key.pem.
+    /// (`flotilla -H tcp://MANAGER:2377 …`) through the running manager at
+    /// `-H` (run on a manager, as root). The key is made here; the
+    /// certificate is recorded in the cluster (list and revoke it with
+    /// `flotilla cluster client-cert ls|revoke`). Writes ca.pem, cert.pem and
+    /// key.pem.
     ClientCert {
         /// Directory to write the files to.
         #[arg(long = "out", value_name = "DIR", default_value = ".")]
         out: PathBuf,
-        /// Validity of the certificate.
+        /// Validity of the certificate (at most 365d).
         #[arg(long = "expiry", default_value = "90d", value_parser = humantime::parse_duration)]
         expiry: Duration,
+        /// A name to recognize the certificate by in `client-cert ls`.
+        #[arg(long = "name", default_value = "")]
+        name: String,
+        /// Grant the admin scope: the manager join token, promote and demote,
+        /// and managing client certificates.
+        #[arg(long = "admin")]
+        admin: bool,
     },
 }
 
-/// `client-cert`: signs a client certificate with this manager's CA key.
-fn client_cert(
-    data_root: &std::path::Path,
+/// `client-cert`: asks the manager on the local socket `host` to issue and
+/// record a client certificate for a key made here.
+async fn client_cert(
+    host: &str,
     out: &std::path::Path,
     expiry: Duration,
+    name: &str,
+    admin: bool,
 ) -> anyhow::Result<()> {
-    use agent_common::pki::{NodeCertSpec, NodeId, NodeIdentity, NodeRole, RootCa};
-    let files = worker::cluster::ClusterFiles::new(data_root);
-    if !files.exists() {
-        bail!(
-            "{} holds no cluster: run client-cert on a manager, with its --data-root",
-            data_root.display()
-        );
-    }
-    let identity = files.load_identity()?;
-    let key = files
-        .load_ca_key()
-        .context("this node holds no CA key: run client-cert on a manager")?;
-    let ca = RootCa::from_pem(&identity.ca().to_pem(), &key)?;
-    let spec = NodeCertSpec::new(NodeId::generate()?, NodeRole::Client).validity(expiry);
-    let client = NodeIdentity::issue(&ca, &spec)?;
+    use agent_common::control_proto::{control_client::ControlClient, ClientCertRequest};
+    use agent_common::pki::NodeKey;
+    let socket = worker::daemon::socket_path(host)?;
+    let path = socket.clone();
+    let channel = tonic::transport::Endpoint::try_from("http://[::]:50051")?
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                let s = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+            }
+        }))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot reach the manager at {host}: client-cert runs on a manager whose daemon is running (pass its -H)"
+            )
+        })?;
+    let key = NodeKey::generate()?;
+    let reply = ControlClient::new(channel)
+        .issue_client_cert(ClientCertRequest {
+            csr_pem: key.csr()?.to_pem(),
+            name: name.to_string(),
+            expiry_secs: expiry.as_secs(),
+            admin,
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
     std::fs::create_dir_all(out).with_context(|| format!("failed to create {}", out.display()))?;
     let write = |name: &str, text: &str| -> anyhow::Result<()> {
         agent_common::pki::write_private_file(&out.join(name), text.as_bytes())
             .with_context(|| format!("failed to write {}", out.join(name).display()))
     };
-    write("ca.pem", &ca.cert_pem())?;
-    write("cert.pem", &client.certificate().to_pem())?;
-    write("key.pem", &client.key().to_pem())?;
+    write("ca.pem", &reply.ca_pem)?;
+    write("cert.pem", &reply.cert_pem)?;
+    write("key.pem", &key.to_pem())?;
     println!(
-        "Wrote ca.pem, cert.pem and key.pem to {} (client {}, valid {}).\n\
-         Use them with: flotilla -H tcp://MANAGER-ADDR:2377 --tlscacert ca.pem --tlscert cert.pem --tlskey key.pem node ls",
+        "Wrote ca.pem, cert.pem and key.pem to {} (client {}, serial {}, valid {}{}).\n\
+         Use them with: flotilla -H tcp://MANAGER-ADDR:2377 --tlscacert ca.pem --tlscert cert.pem --tlskey key.pem node ls\n\
+         Revoke it with: flotilla cluster client-cert revoke {}",
         out.display(),
-        client.node_id(),
-        humantime::format_duration(expiry)
+        reply.client_id,
+        reply.serial,
+        humantime::format_duration(expiry),
+        if admin { ", admin scope" } else { "" },
+        reply.serial,
     );
     Ok(())
+}
+
+/// Raises the soft limit of open files to the hard limit: every connection,
+/// container log and Raft file takes a descriptor, and the default soft limit
+/// (often 1024) is reached by a few hundred idle connections.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!("failed to raise the open files limit from {soft} to {hard}: {e}");
+            } else {
+                tracing::debug!("open files limit raised from {soft} to {hard}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("failed to read the open files limit: {e}"),
+    }
 }
 
 fn parse_listen(s: &str) -> anyhow::Result<SocketAddr> {
@@ -182,14 +231,21 @@ fn main() {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    if let Some(Command::ClientCert { out, expiry }) = &args.command {
-        return client_cert(&args.data_root, out, *expiry);
+    if let Some(Command::ClientCert {
+        out,
+        expiry,
+        name,
+        admin,
+    }) = &args.command
+    {
+        return client_cert(&args.host, out, *expiry, name, *admin).await;
     }
     if !nix::unistd::Uid::effective().is_root() {
         bail!(
             "flotilla-manager must run as root (its engine creates namespaces, mounts and cgroups)"
         );
     }
+    raise_fd_limit();
     let socket = worker::daemon::socket_path(&args.host)?;
     worker::daemon::secure_data_root(&args.data_root)?;
     // For a restart in place (after a demotion): the same flags, no subcommand.

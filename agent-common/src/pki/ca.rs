@@ -10,7 +10,7 @@ use rcgen::{
 use rustls::pki_types::CertificateDer;
 use time::OffsetDateTime;
 
-use super::node::{NodeCertSpec, NodeCertificate, NodeCsr};
+use super::node::{NodeCertSpec, NodeCertificate, NodeCsr, NodeId, NodeRole};
 use super::{
     pem_decode, pem_encode, random_bytes, sha256, PkiError, Result, CA_COMMON_NAME,
     DEFAULT_CA_VALIDITY, NOT_BEFORE_BACKDATE,
@@ -243,6 +243,26 @@ impl RootCa {
     /// `<node id>`, DNS `flotilla-<role>` and the spec's addresses, EKU serverAuth + clientAuth,
     /// a random 127-bit serial, and is valid from `issued_at - 5 min` to `issued_at + validity`.
     pub fn sign_node(&self, csr: &NodeCsr, spec: &NodeCertSpec) -> Result<NodeCertificate> {
+        self.sign_node_inner(csr, spec, true)
+    }
+
+    /// [`Self::sign_node`] without the address checks: tests make the certificate an attacker
+    /// would want (a worker named `flotilla-manager`) to show that peers refuse it anyway.
+    #[cfg(test)]
+    pub(crate) fn sign_node_unchecked(
+        &self,
+        csr: &NodeCsr,
+        spec: &NodeCertSpec,
+    ) -> Result<NodeCertificate> {
+        self.sign_node_inner(csr, spec, false)
+    }
+
+    fn sign_node_inner(
+        &self,
+        csr: &NodeCsr,
+        spec: &NodeCertSpec,
+        check: bool,
+    ) -> Result<NodeCertificate> {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, spec.node_id.as_str());
@@ -253,7 +273,11 @@ impl RootCa {
             dns_san(spec.role.server_name())?,
         ];
         for address in &spec.addresses {
-            let san = address_san(address)?;
+            let san = if check {
+                address_san(address)?
+            } else {
+                dns_san(address)?
+            };
             if !sans.contains(&san) {
                 sans.push(san);
             }
@@ -302,15 +326,60 @@ fn dns_san(name: &str) -> Result<SanType> {
     Ok(SanType::DnsName(ia5))
 }
 
-/// An IP address becomes an IP SAN; anything else must be a valid DNS name (no port).
+/// An IP address becomes an IP SAN; anything else must be a valid DNS name (no port) that
+/// [`check_node_address`] accepts.
 fn address_san(address: &str) -> Result<SanType> {
     if let Ok(ip) = address.parse::<std::net::IpAddr>() {
         return Ok(SanType::IpAddress(ip));
     }
+    check_node_address(address)?;
     if rustls::pki_types::DnsName::try_from(address).is_err() {
         return Err(PkiError::Address(address.to_string()));
     }
     dns_san(address)
+}
+
+/// Checks an address a node advertises (and so gets into its certificate as a subjectAltName):
+/// an IP address, or a DNS name that cannot make the certificate pass for another identity.
+/// Refused: names in the reserved `flotilla-` namespace (the role names `flotilla-manager`,
+/// `flotilla-worker`, `flotilla-client` are the TLS server names peers verify), names with the
+/// shape of a node ID (25 characters of `[0-9a-z]`, the other DNS name every certificate
+/// carries) and wildcards. DNS names compare without regard to case or a trailing dot, so
+/// neither changes the verdict. Also refuses what is neither an IP address nor a DNS name.
+pub fn check_node_address(address: &str) -> Result<()> {
+    let a = address.trim();
+    if a.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let reserved = |reason| PkiError::ReservedAddress {
+        address: address.to_string(),
+        reason,
+    };
+    let name = a.trim_end_matches('.').to_ascii_lowercase();
+    if name.contains('*') {
+        return Err(reserved("wildcard names are not node addresses"));
+    }
+    for role in [NodeRole::Manager, NodeRole::Worker, NodeRole::Client] {
+        if name == role.server_name() {
+            return Err(reserved(
+                "it is a role name, which every certificate of that role carries and peers verify",
+            ));
+        }
+    }
+    if name.starts_with("flotilla-") {
+        return Err(reserved(
+            "names starting with \"flotilla-\" are reserved for the cluster's own identities",
+        ));
+    }
+    if name.parse::<NodeId>().is_ok() {
+        return Err(reserved(
+            "it has the shape of a node ID (25 characters of [0-9a-z]), which names a node's certificate",
+        ));
+    }
+    if a.is_empty() || rustls::pki_types::DnsName::try_from(a).is_err() {
+        return Err(PkiError::Address(address.to_string()));
+    }
+    Ok(())
 }
 
 /// `[issued_at - backdate, issued_at + validity]` as rcgen dates, refusing what cannot be

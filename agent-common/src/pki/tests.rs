@@ -252,6 +252,54 @@ fn bad_addresses_and_validity_are_refused() {
 }
 
 #[test]
+fn role_names_node_id_shapes_and_wildcards_are_refused_as_addresses() {
+    let ca = new_ca();
+    let csr = NodeKey::generate().unwrap().csr().unwrap();
+    let id = NodeId::generate().unwrap();
+    let other_id = NodeId::generate().unwrap().to_string();
+    for bad in [
+        "flotilla-manager",
+        "FLOTILLA-MANAGER",
+        "flotilla-manager.",
+        "flotilla-worker",
+        "flotilla-client",
+        "flotilla-root-ca",
+        other_id.as_str(),
+        &other_id.to_uppercase(),
+        "*.example.com",
+    ] {
+        let err = check_node_address(bad).unwrap_err();
+        assert!(
+            matches!(err, PkiError::ReservedAddress { .. }),
+            "{bad:?}: {err}"
+        );
+        let spec = NodeCertSpec::new(id.clone(), NodeRole::Worker).address(bad);
+        assert!(ca.sign_node(&csr, &spec).is_err(), "{bad:?} was signed");
+    }
+    let msg = check_node_address("flotilla-manager")
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("role name"), "{msg}");
+    for good in [
+        "10.0.0.1",
+        "::1",
+        "node-a",
+        "node-a.example.com",
+        "flotilla",
+    ] {
+        check_node_address(good).unwrap_or_else(|e| panic!("{good:?}: {e}"));
+    }
+    // IP addresses become IP SANs, names DNS SANs.
+    let spec = NodeCertSpec::new(id, NodeRole::Worker)
+        .address("10.1.2.3")
+        .address("node-a");
+    let cert = ca.sign_node(&csr, &spec).unwrap();
+    let names = sans(cert.der());
+    assert!(names.iter().any(|n| n.starts_with("ip:")), "{names:?}");
+    assert!(names.contains(&"dns:node-a".to_string()), "{names:?}");
+}
+
+#[test]
 fn an_expired_certificate_is_refused_by_the_verifier() {
     let ca = new_ca();
     let spec = NodeCertSpec::new(NodeId::generate().unwrap(), NodeRole::Worker)

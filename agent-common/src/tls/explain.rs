@@ -60,10 +60,10 @@ pub fn explain(err: &(dyn Error + 'static)) -> Option<String> {
         // Our verifiers' own errors carry their explanation.
         rustls::Error::InvalidCertificate(CertificateError::Other(other)) => other.0.to_string(),
         rustls::Error::AlertReceived(AlertDescription::CertificateRevoked) => {
-            "the manager refused this certificate: it was revoked (its node was removed from the cluster, or the client certificate was revoked); join again with a token, or get a new client certificate with `flotilla-manager client-cert` on a manager".into()
+            "the manager refused this certificate: it was revoked (its node was removed from the cluster, or the client certificate was revoked); join again with a token, or ask a cluster administrator for a new client certificate (`flotilla cluster client-cert create`)".into()
         }
         rustls::Error::AlertReceived(AlertDescription::CertificateExpired) => {
-            "the manager refused this certificate: it has expired; join again with a token, or get a new client certificate with `flotilla-manager client-cert` on a manager".into()
+            "the manager refused this certificate: it has expired; join again with a token, or ask a cluster administrator for a new client certificate (`flotilla cluster client-cert create`)".into()
         }
         rustls::Error::AlertReceived(
             AlertDescription::UnknownCA

@@ -189,15 +189,41 @@ impl ServerTls {
     }
 }
 
-/// A stream of accepted, handshaken TLS connections from `listener`, for
-/// `tonic::transport::Server::serve_with_incoming`. Each handshake runs in its
-/// own task (bounded by [`HANDSHAKE_TIMEOUT`]); failed handshakes are logged
-/// at debug level and dropped, so one bad client never stops the server.
-pub fn incoming(
-    listener: TcpListener,
-    tls: ServerTls,
-) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
+/// How many connections may be open at once without having shown a client
+/// certificate (still in the TLS handshake, or anonymous: joining nodes).
+/// Beyond it, the oldest such connection is closed to make room, so a flood
+/// of idle connections cannot keep a node with a certificate (whose handshake
+/// takes milliseconds) out.
+pub const MAX_ANONYMOUS_CONNECTIONS: usize = 64;
+
+/// How long a connection without a client certificate may stay open after its
+/// handshake: long enough for a `Join`, too short to hoard.
+pub const ANONYMOUS_LIFETIME: Duration = Duration::from_secs(30);
+
+/// An accepted connection.
+pub type ServerStream = TlsStream<TcpStream>;
+
+/// The accepted, handshaken connections of a cluster port, split by whether
+/// the peer presented a (verified) client certificate.
+pub struct Incoming {
+    /// Connections of nodes and clients with a certificate of the cluster.
+    pub authenticated: ReceiverStream<io::Result<ServerStream>>,
+    /// Connections without a client certificate (joining nodes): counted
+    /// against [`MAX_ANONYMOUS_CONNECTIONS`] and closed after
+    /// [`ANONYMOUS_LIFETIME`]. Serve only `Join` on them.
+    pub anonymous: ReceiverStream<io::Result<Anonymous>>,
+}
+
+/// Accepts connections from `listener` and handshakes them with `tls`, each in
+/// its own task (bounded by [`HANDSHAKE_TIMEOUT`]); failed handshakes are
+/// logged at debug level and dropped, so one bad client never stops the
+/// server. Connections that have not shown a certificate (in the handshake,
+/// or anonymous after it) are capped at `max_anonymous`: the oldest is closed
+/// when a new one would exceed the cap.
+pub fn incoming(listener: TcpListener, tls: ServerTls, max_anonymous: usize) -> Incoming {
+    let (auth_tx, auth_rx) = tokio::sync::mpsc::channel(64);
+    let (anon_tx, anon_rx) = tokio::sync::mpsc::channel(64);
+    let slots = Slots::new(max_anonymous.max(1));
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = match listener.accept().await {
@@ -209,26 +235,200 @@ pub fn incoming(
                     continue;
                 }
             };
-            if tx.is_closed() {
+            if auth_tx.is_closed() && anon_tx.is_closed() {
                 return;
             }
             let Some(acceptor) = tls.acceptor() else {
                 continue;
             };
-            let tx = tx.clone();
+            let mut slot = slots.take();
+            let (auth_tx, anon_tx) = (auth_tx.clone(), anon_tx.clone());
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(stream)).await;
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+                let stream = tokio::select! {
+                    r = handshake => match r {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => return tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                    },
+                    () = slot.evicted() => {
+                        return tracing::debug!(%peer, "closed a connection in its TLS handshake to make room for newer ones");
                     }
-                    Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                };
+                if stream.get_ref().1.peer_certificates().is_some() {
+                    drop(slot);
+                    let _ = auth_tx.send(Ok(stream)).await;
+                } else {
+                    let _ = anon_tx
+                        .send(Ok(Anonymous {
+                            inner: stream,
+                            slot,
+                            deadline: Box::pin(tokio::time::sleep(ANONYMOUS_LIFETIME)),
+                        }))
+                        .await;
                 }
             });
         }
     });
-    ReceiverStream::new(rx)
+    Incoming {
+        authenticated: ReceiverStream::new(auth_rx),
+        anonymous: ReceiverStream::new(anon_rx),
+    }
+}
+
+/// The connections without a certificate, oldest first; dropping a sender
+/// tells its connection to close.
+struct Slots {
+    max: usize,
+    inner: Mutex<SlotsInner>,
+}
+
+#[derive(Default)]
+struct SlotsInner {
+    next: u64,
+    open: std::collections::BTreeMap<u64, tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Slots {
+    fn new(max: usize) -> Arc<Self> {
+        Arc::new(Slots {
+            max,
+            inner: Mutex::default(),
+        })
+    }
+
+    /// A slot for a new connection, closing the oldest if the cap is reached.
+    fn take(self: &Arc<Self>) -> Slot {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let id = inner.next;
+        inner.next += 1;
+        inner.open.insert(id, tx);
+        while inner.open.len() > self.max {
+            // Dropping the sender wakes the oldest connection, which closes.
+            inner.open.pop_first();
+        }
+        Slot {
+            id,
+            slots: Arc::clone(self),
+            evicted: Some(rx),
+        }
+    }
+}
+
+/// One connection's place among those without a certificate; freed on drop.
+struct Slot {
+    id: u64,
+    slots: Arc<Slots>,
+    evicted: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl Slot {
+    /// Resolves once the connection was chosen to close.
+    async fn evicted(&mut self) {
+        std::future::poll_fn(|cx| self.poll_evicted(cx)).await
+    }
+
+    fn poll_evicted(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        use std::future::Future;
+        match self.evicted.as_mut() {
+            None => std::task::Poll::Ready(()),
+            Some(rx) => match std::pin::Pin::new(rx).poll(cx) {
+                std::task::Poll::Ready(_) => {
+                    self.evicted = None;
+                    std::task::Poll::Ready(())
+                }
+                std::task::Poll::Pending => std::task::Poll::Pending,
+            },
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut inner) = self.slots.inner.lock() {
+            inner.open.remove(&self.id);
+        }
+    }
+}
+
+/// A connection without a client certificate: reads and writes fail once it
+/// has lived [`ANONYMOUS_LIFETIME`] or was closed to make room for newer
+/// ones, and the server then drops it.
+pub struct Anonymous {
+    inner: ServerStream,
+    slot: Slot,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Anonymous {
+    fn check(&mut self, cx: &mut std::task::Context<'_>) -> io::Result<()> {
+        use std::future::Future;
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "a connection without a client certificate outlived its time",
+            ));
+        }
+        if self.slot.poll_evicted(cx).is_ready() {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "closed to make room for newer connections without a certificate",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl tokio::io::AsyncRead for Anonymous {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Err(e) = this.check(cx) {
+            return std::task::Poll::Ready(Err(e));
+        }
+        std::pin::Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Anonymous {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if let Err(e) = this.check(cx) {
+            return std::task::Poll::Ready(Err(e));
+        }
+        std::pin::Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for Anonymous {
+    type ConnectInfo = <ServerStream as tonic::transport::server::Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
 }
 
 /// The node certificate the caller of `request` presented, if any (none on
@@ -296,10 +496,19 @@ impl Caller {
     ) -> Result<(), tonic::Status> {
         if let Caller::Node(cert) = self {
             if revocations.is_revoked(cert) {
-                return Err(tonic::Status::permission_denied(format!(
-                    "node {} was removed from the cluster; its certificate is revoked",
-                    cert.node_id()
-                )));
+                return Err(tonic::Status::permission_denied(
+                    if cert.role() == NodeRole::Client {
+                        format!(
+                            "client certificate {} was revoked: ask a cluster administrator for a new one",
+                            cert.serial()
+                        )
+                    } else {
+                        format!(
+                            "node {} was removed from the cluster; its certificate is revoked",
+                            cert.node_id()
+                        )
+                    },
+                ));
             }
         }
         Ok(())
@@ -329,6 +538,70 @@ impl Caller {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pki::{NodeCertSpec, NodeId, NodeIdentity, Revocations, RootCa};
+    use tokio::io::AsyncReadExt;
+    use tokio_stream::StreamExt;
+
+    fn issue(ca: &RootCa, role: NodeRole) -> NodeIdentity {
+        let spec = NodeCertSpec::new(NodeId::generate().unwrap(), role).address("127.0.0.1");
+        NodeIdentity::issue(ca, &spec).unwrap()
+    }
+
+    #[tokio::test]
+    async fn idle_connections_beyond_the_cap_are_closed_and_certified_clients_get_through() {
+        const CAP: usize = 4;
+        let ca = RootCa::generate().unwrap();
+        let manager = issue(&ca, NodeRole::Manager);
+        let client = issue(&ca, NodeRole::Client);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tls = ServerTls::new(
+            crate::tls::join_server_config(&manager, &Revocations::default()).unwrap(),
+        );
+        let mut inc = incoming(listener, tls, CAP);
+        // Idle connections that never start a handshake: all but the newest CAP are closed.
+        let mut idle = Vec::new();
+        for _ in 0..(CAP + 6) {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let mut closed = 0;
+        for conn in idle.iter_mut().take(6) {
+            let mut b = [0u8; 1];
+            let r = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut b)).await;
+            if matches!(r, Ok(Ok(0)) | Ok(Err(_))) {
+                closed += 1;
+            }
+        }
+        assert_eq!(
+            closed, 6,
+            "the oldest connections beyond the cap were not closed"
+        );
+        // A client with a certificate still gets through (evicting one more idle connection).
+        let config = Arc::new(crate::tls::client_config(&client).unwrap());
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let _tls = TlsConnector::from(config)
+            .connect(crate::tls::server_name(NodeRole::Manager), tcp)
+            .await
+            .unwrap();
+        let accepted = tokio::time::timeout(Duration::from_secs(5), inc.authenticated.next())
+            .await
+            .expect("the certified connection was handed to the server")
+            .unwrap()
+            .unwrap();
+        assert!(accepted.get_ref().1.peer_certificates().is_some());
+        // A joining node (no certificate) lands on the anonymous side.
+        let config = Arc::new(crate::tls::bootstrap_client_config(ca.digest()).unwrap());
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let _tls = TlsConnector::from(config)
+            .connect(crate::tls::server_name(NodeRole::Manager), tcp)
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), inc.anonymous.next())
+            .await
+            .expect("the anonymous connection was handed to the join server")
+            .unwrap()
+            .unwrap();
+    }
 
     #[test]
     fn addresses_get_the_default_port() {

@@ -343,15 +343,60 @@ async fn a_worker_certificate_cannot_pass_for_a_manager() {
         )
         .await;
         let err = out.client.expect_err("client must refuse");
+        let Some(rustls::Error::InvalidCertificate(CertificateError::Other(other))) =
+            rustls_error(&err)
+        else {
+            panic!("unexpected error: {err}");
+        };
         assert!(
             matches!(
-                rustls_error(&err),
-                Some(rustls::Error::InvalidCertificate(
-                    CertificateError::NotValidForName
-                        | CertificateError::NotValidForNameContext { .. }
-                ))
+                other.0.downcast_ref::<PkiError>(),
+                Some(PkiError::WrongRole { .. })
             ),
             "{err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_worker_certificate_named_flotilla_manager_is_refused_for_its_role() {
+    // The certificate an attacker wanted from `--advertise-addr flotilla-manager` (the CA no
+    // longer signs it; made here without the address check): the name matches, the role does
+    // not, and every client of a manager refuses it.
+    let ca = RootCa::generate().unwrap();
+    let key = NodeKey::generate().unwrap();
+    let spec = NodeCertSpec::new(NodeId::generate().unwrap(), NodeRole::Worker)
+        .address("flotilla-manager");
+    let cert = ca.sign_node_unchecked(&key.csr().unwrap(), &spec).unwrap();
+    let impostor = NodeIdentity::new(key, cert, ca.certificate().clone()).unwrap();
+    let member = issue(&ca, NodeRole::Worker);
+    for client in [
+        client_config(&member).unwrap(),
+        bootstrap_client_config(ca.digest()).unwrap(),
+    ] {
+        let out = handshake(
+            join_server_config(&impostor, &Revocations::default()).unwrap(),
+            client,
+            manager_name(),
+        )
+        .await;
+        let err = out.client.expect_err("client must refuse");
+        let Some(rustls::Error::InvalidCertificate(CertificateError::Other(other))) =
+            rustls_error(&err)
+        else {
+            panic!("unexpected error: {err}");
+        };
+        let cause = other.0.downcast_ref::<PkiError>().expect("a PkiError");
+        assert!(
+            matches!(
+                cause,
+                PkiError::WrongRole {
+                    actual: NodeRole::Worker,
+                    required: NodeRole::Manager,
+                    ..
+                }
+            ),
+            "{cause}"
         );
     }
 }

@@ -1,12 +1,14 @@
 //! Cluster verbs, answered by a manager's control API: `node ls/inspect/
-//! update/promote/demote/rm`, `cluster info`, `join-token`.
+//! update/promote/demote/rm`, `cluster info`, `cluster client-cert
+//! create/ls/revoke`, `join-token`.
 
 use super::Ctx;
 use crate::client::RpcResult;
 use crate::format::{self, OutputFormat};
 use agent_common::cluster::{ClusterInfo, NodeView};
 use agent_common::control_proto::{
-    JoinTokenRequest, NodeRef, ReadRequest, RemoveNodeRequest, UpdateNodeRequest,
+    ClientCertRequest, Empty, JoinTokenRequest, NodeRef, ReadRequest, RemoveNodeRequest,
+    RevokeClientCertRequest, UpdateNodeRequest,
 };
 use agent_common::objects::{Availability, DrainOrder, NodeRole, NodeStatus};
 use anyhow::{Context, Result};
@@ -37,6 +39,62 @@ pub enum NodeGroup {
 pub enum ClusterGroup {
     /// Managers, leader, Raft term and index, nodes by status.
     Info(ClusterInfoArgs),
+    /// Certificates for remote clients (`-H tcp://MANAGER:2377 --tlscert …`):
+    /// create, list and revoke them (needs the admin scope).
+    #[command(subcommand, name = "client-cert")]
+    ClientCert(ClientCertGroup),
+}
+
+/// `flotilla cluster client-cert …`.
+#[derive(Subcommand, Debug)]
+pub enum ClientCertGroup {
+    /// Issue a certificate for a remote client and write ca.pem, cert.pem
+    /// and key.pem (the key is made on this machine).
+    Create(ClientCertCreateArgs),
+    /// List the client certificates the cluster issued.
+    #[command(alias = "list")]
+    Ls(ClientCertLsArgs),
+    /// Revoke client certificates by serial (or a unique prefix): managers
+    /// refuse them from then on.
+    #[command(alias = "rm")]
+    Revoke(ClientCertRevokeArgs),
+}
+
+/// Flags of `cluster client-cert create`.
+#[derive(Args, Debug)]
+pub struct ClientCertCreateArgs {
+    /// Directory to write ca.pem, cert.pem and key.pem to.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub out: std::path::PathBuf,
+    /// Validity (e.g. 30d, 12h; at most 365d).
+    #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
+    pub expiry: std::time::Duration,
+    /// A name to recognize the certificate by in `client-cert ls`.
+    #[arg(long, default_value = "")]
+    pub name: String,
+    /// Grant the admin scope: the manager join token, promote and demote, and
+    /// managing client certificates.
+    #[arg(long)]
+    pub admin: bool,
+}
+
+/// Flags of `cluster client-cert ls`.
+#[derive(Args, Debug)]
+pub struct ClientCertLsArgs {
+    /// Only display serials.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Output format: table or json.
+    #[arg(long)]
+    pub format: Option<String>,
+}
+
+/// Flags of `cluster client-cert revoke`.
+#[derive(Args, Debug)]
+pub struct ClientCertRevokeArgs {
+    /// Serials (hex, as `client-cert ls` shows them) or unique prefixes.
+    #[arg(required = true, value_name = "SERIAL")]
+    pub serials: Vec<String>,
 }
 
 /// Flags of `node ls`.
@@ -405,9 +463,10 @@ fn print_pretty(n: &NodeView) {
 
 /// Runs a `cluster` subcommand.
 pub async fn cluster(ctx: &mut Ctx, g: ClusterGroup) -> Result<i32> {
-    let mut control = ctx.control().await?;
     match g {
+        ClusterGroup::ClientCert(g) => client_cert(ctx, g).await,
         ClusterGroup::Info(a) => {
+            let mut control = ctx.control().await?;
             let reply = control
                 .cluster_info(ReadRequest { local: a.local })
                 .await
@@ -450,6 +509,114 @@ pub async fn cluster(ctx: &mut Ctx, g: ClusterGroup) -> Result<i32> {
                 }
             }
             Ok(0)
+        }
+    }
+}
+
+/// Runs a `cluster client-cert` subcommand.
+async fn client_cert(ctx: &mut Ctx, g: ClientCertGroup) -> Result<i32> {
+    use agent_common::objects::ClientCertRecord;
+    let mut control = ctx.control().await?;
+    match g {
+        ClientCertGroup::Create(a) => {
+            let key = agent_common::pki::NodeKey::generate()?;
+            let reply = control
+                .issue_client_cert(ClientCertRequest {
+                    csr_pem: key.csr()?.to_pem(),
+                    name: a.name.clone(),
+                    expiry_secs: a.expiry.as_secs().max(1),
+                    admin: a.admin,
+                })
+                .await
+                .rpc()?
+                .into_inner();
+            std::fs::create_dir_all(&a.out)
+                .with_context(|| format!("failed to create {}", a.out.display()))?;
+            for (name, text) in [
+                ("ca.pem", &reply.ca_pem),
+                ("cert.pem", &reply.cert_pem),
+                ("key.pem", &key.to_pem()),
+            ] {
+                let path = a.out.join(name);
+                agent_common::pki::write_private_file(&path, text.as_bytes())
+                    .with_context(|| format!("failed to write {}", path.display()))?;
+            }
+            println!("{}", reply.serial);
+            eprintln!(
+                "Wrote ca.pem, cert.pem and key.pem to {}. Use them with: flotilla -H tcp://MANAGER-ADDR:2377 --tlscacert ca.pem --tlscert cert.pem --tlskey key.pem …",
+                a.out.display()
+            );
+            Ok(0)
+        }
+        ClientCertGroup::Ls(a) => {
+            let reply = control
+                .list_client_certs(Empty {})
+                .await
+                .rpc()?
+                .into_inner();
+            let certs: Vec<ClientCertRecord> = decode(&reply.json)?;
+            if a.quiet {
+                for c in &certs {
+                    println!("{}", c.serial);
+                }
+                return Ok(0);
+            }
+            if a.format.as_deref() == Some("json") {
+                for c in &certs {
+                    println!("{}", serde_json::to_string(c)?);
+                }
+                return Ok(0);
+            }
+            let now = format::now_unix();
+            let rows: Vec<Vec<String>> = certs
+                .iter()
+                .map(|c| {
+                    let status = if c.revoked_at != 0 {
+                        "revoked".to_string()
+                    } else if (c.expires_at as i64) <= now {
+                        "expired".to_string()
+                    } else {
+                        format!(
+                            "expires in {}",
+                            format::human_duration(c.expires_at as i64 - now)
+                        )
+                    };
+                    vec![
+                        c.serial.clone(),
+                        c.name.clone(),
+                        if c.admin { "admin" } else { "" }.to_string(),
+                        format::ago(c.issued_at as i64, now),
+                        status,
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                format::table(&["SERIAL", "NAME", "SCOPE", "CREATED", "STATUS"], &rows)
+            );
+            Ok(0)
+        }
+        ClientCertGroup::Revoke(a) => {
+            let mut code = 0;
+            for serial in a.serials {
+                match control
+                    .revoke_client_cert(RevokeClientCertRequest {
+                        serial: serial.clone(),
+                    })
+                    .await
+                    .rpc()
+                {
+                    Ok(reply) => {
+                        let rec: ClientCertRecord = decode(&reply.into_inner().json)?;
+                        println!("{}", rec.serial);
+                    }
+                    Err(e) => {
+                        eprintln!("Error: {e:#}");
+                        code = 1;
+                    }
+                }
+            }
+            Ok(code)
         }
     }
 }

@@ -15,10 +15,11 @@ use agent_common::control_proto::control_server::Control;
 use agent_common::control_proto::{
     ClientCertReply, ClientCertRequest, CreateServiceRequest, Empty, JoinTokenReply,
     JoinTokenRequest, JsonReply, ListTasksRequest, NodeRef, ReadRequest, RemoveNodeRequest,
-    ServiceLogsRequest, ServiceRef, UpdateNodeRequest, UpdateServiceRequest,
+    RevokeClientCertRequest, ServiceLogsRequest, ServiceRef, UpdateNodeRequest,
+    UpdateServiceRequest,
 };
 use agent_common::objects::{
-    Availability, Cluster, DrainOrder, Node, NodeRole as ObjRole, NodeStatus,
+    Availability, ClientCertRecord, Cluster, DrainOrder, Node, NodeRole as ObjRole, NodeStatus,
 };
 use agent_common::pki::NodeRole;
 use agent_common::tls::grpc::Caller;
@@ -49,8 +50,11 @@ impl ControlApi {
         // call; workers' certificates may not.
         let caller = Caller::of(request);
         caller.check_current(&self.m.revocations)?;
-        if !matches!(&caller, Caller::Node(cert) if cert.role() == NodeRole::Client) {
-            caller.require(NodeRole::Manager)?;
+        match &caller {
+            Caller::Node(cert) if cert.role() == NodeRole::Client => {
+                self.client_record(cert)?;
+            }
+            _ => caller.require(NodeRole::Manager)?,
         }
         let raft_id = self.m.raft.id();
         let is_member = self
@@ -229,6 +233,75 @@ impl ControlApi {
             })
     }
 
+    /// The record of a client certificate: only recorded, unrevoked client
+    /// certificates are accepted.
+    #[allow(clippy::result_large_err)]
+    fn client_record(
+        &self,
+        cert: &agent_common::pki::NodeCertificate,
+    ) -> Result<ClientCertRecord, Status> {
+        let serial = cert.serial().to_string();
+        let record = self
+            .m
+            .cluster()
+            .and_then(|c| c.client_certs.into_iter().find(|r| r.serial == serial));
+        match record {
+            None => Err(Status::permission_denied(format!(
+                "client certificate {serial} is not recorded by this cluster (it was issued before client certificates were recorded, or its record is gone): get a new one with `flotilla cluster client-cert create` or `flotilla-manager client-cert` on a manager"
+            ))),
+            Some(r) if r.revoked_at != 0 => Err(Status::permission_denied(format!(
+                "client certificate {serial} ({}) was revoked: ask a cluster administrator for a new one",
+                r.name
+            ))),
+            Some(r) => Ok(r),
+        }
+    }
+
+    /// The admin scope: the local socket, managers' certificates, and client
+    /// certificates issued with `--admin`. `what` names the operation.
+    #[allow(clippy::result_large_err)]
+    fn require_admin<T>(&self, request: &Request<T>, what: &str) -> Result<(), Status> {
+        match Caller::of(request) {
+            Caller::Local => Ok(()),
+            Caller::Node(cert) if cert.role() == NodeRole::Manager => Ok(()),
+            Caller::Node(cert) if cert.role() == NodeRole::Client => {
+                if self.client_record(&cert)?.admin {
+                    Ok(())
+                } else {
+                    Err(Status::permission_denied(format!(
+                        "{what} needs the admin scope, and client certificate {} does not have it: use an admin client certificate (`flotilla cluster client-cert create --admin`) or run the command on a manager",
+                        cert.serial()
+                    )))
+                }
+            }
+            Caller::Node(cert) => Err(Status::permission_denied(format!(
+                "{what} needs the admin scope; node {} has a {} certificate",
+                cert.node_id(),
+                cert.role().as_str()
+            ))),
+            Caller::Anonymous => Err(Status::unauthenticated(format!(
+                "{what} needs a certificate of this cluster with the admin scope"
+            ))),
+        }
+    }
+
+    /// Applies `change` to the cluster object, retrying on version conflicts.
+    async fn modify_cluster<R>(
+        &self,
+        mut change: impl FnMut(&mut Cluster) -> Result<R, Status>,
+    ) -> Result<R, Status> {
+        for _ in 0..20 {
+            let mut c = self.cluster_object().await?;
+            let out = change(&mut c)?;
+            match self.m.store().put(c).await {
+                Ok(_) => return Ok(out),
+                Err(StoreError::Refused(Refusal::Conflict { .. })) => continue,
+                Err(e) => return Err(store_status(e)),
+            }
+        }
+        Err(Status::aborted("the cluster kept changing; try again"))
+    }
+
     async fn cluster_object(&self) -> Result<Cluster, Status> {
         self.read(false, |tx| tx.list::<Cluster>().into_iter().next())
             .await?
@@ -335,6 +408,8 @@ impl Control for ControlApi {
 
     async fn promote_node(&self, request: Request<NodeRef>) -> Result<Response<JsonReply>, Status> {
         self.authorize(&request)?;
+        // A manager holds the CA key: making one is an admin's decision.
+        self.require_admin(&request, "promoting a node")?;
         let r = request.into_inner();
         let n = self.node_by_ref(&r.node, false).await?;
         if n.role == ObjRole::Manager {
@@ -371,6 +446,7 @@ impl Control for ControlApi {
 
     async fn demote_node(&self, request: Request<NodeRef>) -> Result<Response<JsonReply>, Status> {
         self.authorize(&request)?;
+        self.require_admin(&request, "demoting a manager")?;
         let r = request.into_inner();
         let n = self.node_by_ref(&r.node, false).await?;
         if n.role != ObjRole::Manager {
@@ -511,6 +587,7 @@ impl Control for ControlApi {
         request: Request<JoinTokenRequest>,
     ) -> Result<Response<JoinTokenReply>, Status> {
         self.authorize(&request)?;
+        let admin = self.require_admin(&request, "the manager join token");
         let r = request.into_inner();
         let role = match r.role.as_str() {
             "worker" => NodeRole::Worker,
@@ -521,6 +598,10 @@ impl Control for ControlApi {
                 )))
             }
         };
+        if role == NodeRole::Manager {
+            // A manager join hands out the CA key.
+            admin?;
+        }
         let mut cluster = self.cluster_object().await?;
         if r.rotate {
             let mut done = false;
@@ -702,10 +783,165 @@ impl Control for ControlApi {
         request: Request<ClientCertRequest>,
     ) -> Result<Response<ClientCertReply>, Status> {
         self.authorize(&request)?;
-        Err(Status::unimplemented(
-            "client certificates for remote access are not available yet; run the CLI on a manager",
-        ))
+        self.require_admin(&request, "issuing client certificates")?;
+        let r = request.into_inner();
+        let validity = client_cert_validity(r.expiry_secs)?;
+        let name = r.name.trim().to_string();
+        if name.len() > 64
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
+        {
+            return Err(Status::invalid_argument(
+                "--name: use at most 64 letters, digits and - _ . @",
+            ));
+        }
+        let csr = agent_common::pki::NodeCsr::from_pem(&r.csr_pem)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let client_id = agent_common::pki::NodeId::generate().map_err(super::internal)?;
+        let cert = self
+            .m
+            .sign(&csr, client_id.as_str(), NodeRole::Client, None, validity)
+            .map_err(|e| Status::invalid_argument(format!("failed to sign the request: {e:#}")))?;
+        let now = crate::daemon::unix_now();
+        let record = ClientCertRecord {
+            serial: cert.serial().to_string(),
+            name: if name.is_empty() {
+                client_id.to_string()
+            } else {
+                name
+            },
+            client_id: client_id.to_string(),
+            issued_at: now,
+            expires_at: secs_since_epoch(cert.not_after()),
+            admin: r.admin,
+            revoked_at: 0,
+        };
+        self.modify_cluster(|c| {
+            // Expired certificates are refused by TLS: their records can go.
+            c.client_certs.retain(|x| x.expires_at > now);
+            if c.client_certs.len() >= MAX_CLIENT_CERTS {
+                return Err(Status::resource_exhausted(format!(
+                    "the cluster already records {MAX_CLIENT_CERTS} client certificates: revoke unused ones first"
+                )));
+            }
+            c.client_certs.push(record.clone());
+            Ok(())
+        })
+        .await?;
+        tracing::info!(serial = %record.serial, name = %record.name, admin = record.admin, "client certificate issued");
+        Ok(Response::new(ClientCertReply {
+            cert_pem: cert.to_pem(),
+            ca_pem: self.m.identity.borrow().ca().to_pem(),
+            serial: record.serial,
+            client_id: record.client_id,
+        }))
     }
+
+    async fn list_client_certs(
+        &self,
+        request: Request<Empty>,
+    ) -> Result<Response<JsonReply>, Status> {
+        self.authorize(&request)?;
+        self.require_admin(&request, "listing client certificates")?;
+        let mut certs = self.cluster_object().await?.client_certs;
+        certs.sort_by(|a, b| (a.issued_at, &a.serial).cmp(&(b.issued_at, &b.serial)));
+        json(&certs)
+    }
+
+    async fn revoke_client_cert(
+        &self,
+        request: Request<RevokeClientCertRequest>,
+    ) -> Result<Response<JsonReply>, Status> {
+        self.authorize(&request)?;
+        self.require_admin(&request, "revoking client certificates")?;
+        let wanted = request.into_inner().serial.trim().to_ascii_lowercase();
+        if wanted.is_empty() || !wanted.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(Status::invalid_argument(
+                "give the serial of a client certificate (hex, as `flotilla cluster client-cert ls` shows it)",
+            ));
+        }
+        let now = crate::daemon::unix_now();
+        let record = self
+            .modify_cluster(|c| {
+                let matches: Vec<usize> = c
+                    .client_certs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.serial == wanted || r.serial.starts_with(&wanted))
+                    .map(|(i, _)| i)
+                    .collect();
+                let exact = c.client_certs.iter().position(|r| r.serial == wanted);
+                let i = match (exact, matches.as_slice()) {
+                    (Some(i), _) => i,
+                    (None, [i]) => *i,
+                    (None, []) => {
+                        return Err(Status::not_found(format!(
+                            "no client certificate with serial {wanted}"
+                        )))
+                    }
+                    (None, many) => {
+                        return Err(Status::invalid_argument(format!(
+                            "serial {wanted} is ambiguous ({} certificates start with it); give more of it",
+                            many.len()
+                        )))
+                    }
+                };
+                let r = &mut c.client_certs[i];
+                if r.revoked_at == 0 {
+                    r.revoked_at = now;
+                }
+                Ok(r.clone())
+            })
+            .await?;
+        // This manager refuses it from the next handshake on (the others
+        // when they apply the change).
+        if let Some(serial) = agent_common::pki::CertSerial::from_hex(&record.serial) {
+            self.m.revocations.revoke_serial(serial);
+        }
+        tracing::info!(serial = %record.serial, name = %record.name, "client certificate revoked");
+        json(&record)
+    }
+}
+
+/// Client certificates recorded at most.
+const MAX_CLIENT_CERTS: usize = 1000;
+
+/// Lifetime of a client certificate when none is asked for: 90 days.
+pub const CLIENT_CERT_DEFAULT_EXPIRY: Duration = Duration::from_secs(90 * 24 * 60 * 60);
+
+/// The longest lifetime of a client certificate: 365 days.
+pub const CLIENT_CERT_MAX_EXPIRY: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// The shortest lifetime of a client certificate: one minute.
+pub const CLIENT_CERT_MIN_EXPIRY: Duration = Duration::from_secs(60);
+
+/// The validity asked for (`0`: the default), within the bounds.
+#[allow(clippy::result_large_err)]
+fn client_cert_validity(expiry_secs: u64) -> Result<Duration, Status> {
+    if expiry_secs == 0 {
+        return Ok(CLIENT_CERT_DEFAULT_EXPIRY);
+    }
+    let asked = Duration::from_secs(expiry_secs);
+    if asked > CLIENT_CERT_MAX_EXPIRY {
+        return Err(Status::invalid_argument(format!(
+            "--expiry {} is longer than the longest client certificate lifetime, 365 days: issue a shorter one and a new one before it expires",
+            humantime::format_duration(asked)
+        )));
+    }
+    if asked < CLIENT_CERT_MIN_EXPIRY {
+        return Err(Status::invalid_argument(format!(
+            "--expiry {} is shorter than the shortest client certificate lifetime, 1 minute",
+            humantime::format_duration(asked)
+        )));
+    }
+    Ok(asked)
+}
+
+fn secs_since_epoch(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn status_word(s: NodeStatus) -> &'static str {

@@ -58,10 +58,19 @@ impl Dispatcher for DispatcherApi {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("flotilla-worker")
             .to_string();
+        if let Some(ip) = request.remote_addr().map(|a| a.ip()) {
+            join_limiter().check(ip, std::time::Instant::now())?;
+        }
         let req = request.into_inner();
         let token =
             JoinToken::parse(&req.token).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let m = &self.m;
+        // The token first, against this manager's own copy: a caller without
+        // a valid token costs no Raft round trip.
+        let local = m
+            .cluster()
+            .ok_or_else(|| Status::unavailable("the cluster is not initialized yet"))?;
+        check_token(m, &local, &token).map_err(Status::permission_denied)?;
         let cluster = m
             .store()
             .read_linearizable(|tx| {
@@ -90,6 +99,12 @@ impl Dispatcher for DispatcherApi {
             .parse::<std::net::SocketAddr>()
             .map(|s| s.ip().to_string())
             .unwrap_or_else(|_| advertise.clone());
+        if !host_only.is_empty() {
+            // The address becomes a name in the node's certificate: a role name or another
+            // node's ID there would let the certificate pass for someone else.
+            agent_common::pki::check_node_address(&host_only)
+                .map_err(|e| Status::invalid_argument(format!("--advertise-addr: {e}")))?;
+        }
         let validity = Duration::from_secs(if cluster.node_cert_validity_secs == 0 {
             agent_common::pki::DEFAULT_NODE_CERT_VALIDITY.as_secs()
         } else {
@@ -187,6 +202,11 @@ impl Dispatcher for DispatcherApi {
             .ok_or_else(|| Status::permission_denied("this node was removed from the cluster"))?;
         let csr =
             NodeCsr::from_pem(&req.csr_pem).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if !node.addr.is_empty() {
+            agent_common::pki::check_node_address(&node.addr).map_err(|e| {
+                Status::invalid_argument(format!("the node's recorded address is refused: {e}"))
+            })?;
+        }
         let validity = Duration::from_secs(
             m.cluster()
                 .map(|c| c.node_cert_validity_secs)
@@ -248,4 +268,79 @@ impl Dispatcher for DispatcherApi {
 fn rand_raft_id() -> u64 {
     use rand::Rng;
     rand::thread_rng().gen_range(1..u64::MAX)
+}
+
+/// Join attempts allowed per source address in a burst, then one more per
+/// [`JOIN_REFILL`].
+const JOIN_BURST: f64 = 20.0;
+
+/// How often a source address earns one more join attempt.
+const JOIN_REFILL: Duration = Duration::from_millis(500);
+
+/// Source addresses tracked at most (a flood from many addresses forgets the
+/// quiet ones first).
+const JOIN_TRACKED: usize = 4096;
+
+/// A token bucket per source IP address for `Join`.
+#[derive(Default)]
+pub struct JoinLimiter {
+    buckets:
+        std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (f64, std::time::Instant)>>,
+}
+
+fn join_limiter() -> &'static JoinLimiter {
+    static LIMITER: std::sync::OnceLock<JoinLimiter> = std::sync::OnceLock::new();
+    LIMITER.get_or_init(JoinLimiter::default)
+}
+
+impl JoinLimiter {
+    /// Takes one attempt from `ip`'s bucket, or refuses when it is empty.
+    #[allow(clippy::result_large_err)]
+    pub fn check(&self, ip: std::net::IpAddr, now: std::time::Instant) -> Result<(), Status> {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let refill = |(tokens, at): (f64, std::time::Instant)| {
+            let earned =
+                now.saturating_duration_since(at).as_secs_f64() / JOIN_REFILL.as_secs_f64();
+            (f64::min(JOIN_BURST, tokens + earned), now)
+        };
+        if !buckets.contains_key(&ip) && buckets.len() >= JOIN_TRACKED {
+            buckets.retain(|_, b| refill(*b).0 < JOIN_BURST);
+            if buckets.len() >= JOIN_TRACKED {
+                buckets.clear();
+            }
+        }
+        let bucket = buckets.entry(ip).or_insert((JOIN_BURST, now));
+        let (tokens, at) = refill(*bucket);
+        if tokens < 1.0 {
+            *bucket = (tokens, at);
+            return Err(Status::resource_exhausted(format!(
+                "too many join attempts from {ip}: wait a few seconds and try again"
+            )));
+        }
+        *bucket = (tokens - 1.0, at);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joins_are_rate_limited_per_source_address() {
+        let limiter = JoinLimiter::default();
+        let t0 = std::time::Instant::now();
+        let a: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let b: std::net::IpAddr = "10.0.0.2".parse().unwrap();
+        for _ in 0..JOIN_BURST as usize {
+            limiter.check(a, t0).unwrap();
+        }
+        let err = limiter.check(a, t0).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        assert!(err.message().contains("too many join attempts"), "{err}");
+        // Another address is not affected; time gives attempts back.
+        limiter.check(b, t0).unwrap();
+        limiter.check(a, t0 + JOIN_REFILL).unwrap();
+        assert!(limiter.check(a, t0 + JOIN_REFILL).is_err());
+    }
 }

@@ -128,6 +128,25 @@ pub async fn run(
             return;
         }
     };
+    // The address goes into the node's next certificate (renewal): refuse
+    // what would let it pass for another identity, before the node counts
+    // as heard from.
+    let host_only = hello
+        .addr
+        .parse::<std::net::SocketAddr>()
+        .map(|s| s.ip().to_string())
+        .unwrap_or_else(|_| hello.addr.clone());
+    if !host_only.is_empty() {
+        if let Err(e) = agent_common::pki::check_node_address(&host_only) {
+            tracing::warn!(node = %node_id, "refused a session: {e}");
+            let _ = tx
+                .send(Err(Status::invalid_argument(format!(
+                    "the session's address is refused: {e}"
+                ))))
+                .await;
+            return;
+        }
+    }
     let (requests_tx, mut requests) = mpsc::unbounded_channel();
     let generation = m.logs.attach(&node_id, requests_tx);
     seen(&m, &node_id, Some(SessionState::Open(generation)));
@@ -358,7 +377,7 @@ impl Session {
                 Ok(())
             }
             Up::Logs(chunk) => {
-                if !self.m.logs.publish(chunk.clone()) && !chunk.done {
+                if !self.m.logs.publish(&self.node_id, chunk.clone()) && !chunk.done {
                     // Nobody listens any more: stop the node's reader.
                     self.send(down(Down::LogCancel(
                         agent_common::dispatcher_proto::LogCancel {

@@ -133,6 +133,7 @@ fn advertise_ip(opts: &Options) -> anyhow::Result<String> {
             if a.is_empty() {
                 bail!("--advertise-addr is empty");
             }
+            agent_common::pki::check_node_address(a)?;
             Ok(a.to_string())
         }
         None => worker::cluster::default_advertise_addr(Some(opts.listen_addr.ip()))
@@ -218,6 +219,11 @@ impl Manager {
             for id in &c.revoked_nodes {
                 if let Ok(n) = id.parse::<NodeId>() {
                     list.revoke_node(n);
+                }
+            }
+            for rec in c.client_certs.iter().filter(|r| r.revoked_at != 0) {
+                if let Some(serial) = agent_common::pki::CertSerial::from_hex(&rec.serial) {
+                    list.revoke_serial(serial);
                 }
             }
             self.revocations.replace(list);

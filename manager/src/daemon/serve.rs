@@ -54,21 +54,65 @@ pub async fn serve_cluster_port(
             Ok(req)
         },
     );
-    tonic::transport::Server::builder()
+    let incoming = grpc::incoming(listener, server_tls, grpc::MAX_ANONYMOUS_CONNECTIONS);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    // Callers without a certificate (joining nodes) get a server of their
+    // own that only knows `Join`, with small limits: a few streams, small
+    // headers and messages (the connections themselves are capped and
+    // short-lived, see grpc::incoming).
+    let join_only = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(ANONYMOUS_STREAMS))
+        .http2_max_header_list_size(Some(ANONYMOUS_HEADER_LIST))
+        .http2_max_pending_accept_reset_streams(Some(ANONYMOUS_STREAMS as usize))
+        .timeout(grpc::ANONYMOUS_LIFETIME)
+        .add_service(
+            DispatcherServer::new(DispatcherApi::new(Arc::clone(&m)))
+                .max_decoding_message_size(MAX_JOIN_MESSAGE),
+        )
+        .serve_with_incoming_shutdown(incoming.anonymous, stopped(stop_rx.clone()));
+    let join_only = tokio::spawn(join_only);
+    let main = tonic::transport::Server::builder()
         // A peer that stopped answering (a cut-off node) is noticed and its
         // streams end, instead of waiting on it for ever.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        .max_concurrent_streams(Some(MAX_STREAMS))
+        .http2_max_header_list_size(Some(MAX_HEADER_LIST))
         .add_service(raft)
         .add_service(
             DispatcherServer::new(DispatcherApi::new(Arc::clone(&m)))
                 .max_decoding_message_size(agent_common::MAX_MESSAGE),
         )
         .add_service(ControlServer::new(ControlApi::new(Arc::clone(&m))))
-        .serve_with_incoming_shutdown(grpc::incoming(listener, server_tls), shutdown)
+        .serve_with_incoming_shutdown(incoming.authenticated, async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        })
         .await
-        .context("the cluster port server failed")
+        .context("the cluster port server failed");
+    join_only.abort();
+    main
 }
+
+/// Largest `Join` message (a token, a CSR, a hostname and an address fit in a
+/// few KiB).
+pub const MAX_JOIN_MESSAGE: usize = 64 * 1024;
+
+/// Concurrent streams per connection without a certificate.
+const ANONYMOUS_STREAMS: u32 = 4;
+
+/// Header list size per request without a certificate.
+const ANONYMOUS_HEADER_LIST: u32 = 16 * 1024;
+
+/// Concurrent streams per connection of a node or client (sessions, Raft,
+/// log streams, CLI calls).
+const MAX_STREAMS: u32 = 1024;
+
+/// Header list size per request of a node or client.
+const MAX_HEADER_LIST: u32 = 64 * 1024;
 
 /// Serves the local socket (control API and the local engine) until
 /// `shutdown` resolves.

@@ -506,6 +506,18 @@ impl agent_common::control_proto::control_server::Control for NotAManager {
     ) -> Result<tonic::Response<agent_common::control_proto::ClientCertReply>, tonic::Status> {
         self.refuse()
     }
+    async fn list_client_certs(
+        &self,
+        _: tonic::Request<agent_common::control_proto::Empty>,
+    ) -> Result<tonic::Response<agent_common::control_proto::JsonReply>, tonic::Status> {
+        self.refuse()
+    }
+    async fn revoke_client_cert(
+        &self,
+        _: tonic::Request<agent_common::control_proto::RevokeClientCertRequest>,
+    ) -> Result<tonic::Response<agent_common::control_proto::JsonReply>, tonic::Status> {
+        self.refuse()
+    }
     async fn create_service(
         &self,
         _: tonic::Request<agent_common::control_proto::CreateServiceRequest>,
