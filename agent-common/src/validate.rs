@@ -188,7 +188,9 @@ pub fn container_path_problem(path: &str) -> Option<&'static str> {
     } else if path.contains([':', '\0']) {
         Some("the container path cannot contain ':'")
     } else if path.split('/').any(|c| c == "..") {
-        Some("the container path cannot contain '..': give the path inside the container without it")
+        Some(
+            "the container path cannot contain '..': give the path inside the container without it",
+        )
     } else {
         None
     }
