@@ -352,50 +352,6 @@ fn mount_rootfs(cfg: &ShimConfig, root: &Path) -> Result<(), Failure> {
     })
 }
 
-/// Resolves `path` inside `root` the way the container will see it: symlinks
-/// are followed relative to `root`, and `..` never climbs above it.
-pub fn resolve_in_root(root: &Path, path: &str) -> PathBuf {
-    let mut resolved = PathBuf::new();
-    let mut pending: Vec<std::ffi::OsString> = Path::new(path)
-        .components()
-        .rev()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_os_string()),
-            Component::ParentDir => Some("..".into()),
-            _ => None,
-        })
-        .collect();
-    let mut links = 0;
-    while let Some(part) = pending.pop() {
-        if part == ".." {
-            resolved.pop();
-            continue;
-        }
-        let candidate = root.join(&resolved).join(&part);
-        match fs::symlink_metadata(&candidate) {
-            Ok(meta) if meta.file_type().is_symlink() && links < 40 => {
-                links += 1;
-                let Ok(target) = fs::read_link(&candidate) else {
-                    resolved.push(&part);
-                    continue;
-                };
-                if target.is_absolute() {
-                    resolved = PathBuf::new();
-                }
-                for c in target.components().rev() {
-                    match c {
-                        Component::Normal(n) => pending.push(n.to_os_string()),
-                        Component::ParentDir => pending.push("..".into()),
-                        _ => {}
-                    }
-                }
-            }
-            _ => resolved.push(&part),
-        }
-    }
-    root.join(resolved)
-}
-
 fn mount_flags(options: &[String]) -> (MsFlags, Vec<String>, bool) {
     let mut flags = MsFlags::empty();
     let mut data = Vec::new();
@@ -460,27 +416,38 @@ enum MountPoint {
 /// Opens (O_PATH) the mount destination `dest` inside the rootfs, creating
 /// missing directories (and the last component as `kind`) with `*at` calls
 /// on the fd of the parent, each step resolved inside the root by the kernel.
+/// A dangling symlink on the way is followed inside the root (its target is
+/// created there), as runc does.
 fn open_mount_point(root: &OwnedFd, dest: &str, kind: MountPoint) -> nix::Result<OwnedFd> {
+    let mut path = PathBuf::from(dest);
+    for _ in 0..40 {
+        match open_or_create(root, &path, kind)? {
+            Ok(fd) => return Ok(fd),
+            Err(redirect) => path = redirect,
+        }
+    }
+    Err(nix::Error::ELOOP)
+}
+
+/// One walk of [`open_mount_point`]: the fd, or the path to walk instead
+/// when a dangling symlink was met.
+fn open_or_create(
+    root: &OwnedFd,
+    path: &Path,
+    kind: MountPoint,
+) -> nix::Result<Result<OwnedFd, PathBuf>> {
     use nix::fcntl::OFlag;
-    let path = Path::new(dest);
     if let Ok(fd) = openat2_in_root(root, path, OFlag::O_PATH) {
-        return Ok(fd);
+        return Ok(Ok(fd));
     }
-    let parts: Vec<&std::ffi::OsStr> = path
+    let parts: Vec<Component> = path
         .components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n),
-            _ => None,
-        })
+        .filter(|c| matches!(c, Component::Normal(_) | Component::ParentDir))
         .collect();
-    if path.components().any(|c| c == Component::ParentDir) {
-        return Err(nix::Error::EINVAL);
-    }
     let mut dir = openat2_in_root(root, Path::new("/"), OFlag::O_PATH | OFlag::O_DIRECTORY)?;
     let mut so_far = PathBuf::from("/");
     for (i, part) in parts.iter().enumerate() {
         so_far.push(part);
-        let last = i + 1 == parts.len();
         match openat2_in_root(root, &so_far, OFlag::O_PATH) {
             Ok(fd) => {
                 dir = fd;
@@ -489,27 +456,40 @@ fn open_mount_point(root: &OwnedFd, dest: &str, kind: MountPoint) -> nix::Result
             Err(nix::Error::ENOENT) => {}
             Err(e) => return Err(e),
         }
-        if last && kind == MountPoint::File {
+        let Component::Normal(name) = part else {
+            return Err(nix::Error::ENOENT);
+        };
+        // Not there, or a symlink to something that is not there.
+        match nix::sys::stat::fstatat(&dir, *name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFLNK => {
+                let target = nix::fcntl::readlinkat(&dir, *name)?;
+                let mut next = so_far.parent().unwrap_or(Path::new("/")).join(target);
+                for rest in &parts[i + 1..] {
+                    next.push(rest);
+                }
+                return Ok(Err(next));
+            }
+            Ok(_) => return Err(nix::Error::ENOENT),
+            Err(nix::Error::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+        if i + 1 == parts.len() && kind == MountPoint::File {
             let f = nix::fcntl::openat(
                 &dir,
-                *part,
-                OFlag::O_CREAT
-                    | OFlag::O_EXCL
-                    | OFlag::O_NOFOLLOW
-                    | OFlag::O_WRONLY
-                    | OFlag::O_CLOEXEC,
+                *name,
+                OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
                 Mode::from_bits_truncate(0o644),
             )?;
             drop(f);
         } else {
-            match nix::sys::stat::mkdirat(&dir, *part, Mode::from_bits_truncate(0o755)) {
+            match nix::sys::stat::mkdirat(&dir, *name, Mode::from_bits_truncate(0o755)) {
                 Ok(()) | Err(nix::Error::EEXIST) => {}
                 Err(e) => return Err(e),
             }
         }
         dir = openat2_in_root(root, &so_far, OFlag::O_PATH)?;
     }
-    Ok(dir)
+    Ok(Ok(dir))
 }
 
 /// The path through which the kernel mounts on an O_PATH fd.
@@ -906,15 +886,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn resolve_in_root_confines_symlinks() {
+    fn mount_points_are_opened_and_created_inside_the_root() {
+        use std::os::unix::fs::MetadataExt;
         let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path();
+        let root = tmp.path().join("root");
+        let host = tmp.path().join("host");
         fs::create_dir_all(root.join("real")).unwrap();
+        fs::create_dir_all(&host).unwrap();
+        // Absolute and climbing symlinks, a dangling one naming a host path, a loop.
         symlink("/etc", root.join("abs")).unwrap();
         symlink("../../..", root.join("real/up")).unwrap();
-        assert_eq!(resolve_in_root(root, "/abs/hosts"), root.join("etc/hosts"));
-        assert_eq!(resolve_in_root(root, "/real/up/x"), root.join("x"));
-        assert_eq!(resolve_in_root(root, "/../../x"), root.join("x"));
+        symlink(&host, root.join("dangling")).unwrap();
+        symlink("/loop", root.join("loop")).unwrap();
+        let root_fd = nix::fcntl::open(
+            &root,
+            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY,
+            Mode::empty(),
+        )
+        .unwrap();
+        let ino = |fd: &OwnedFd| nix::sys::stat::fstat(fd).unwrap().st_ino;
+        let fd = open_mount_point(&root_fd, "/abs/hosts", MountPoint::File).unwrap();
+        assert_eq!(ino(&fd), fs::metadata(root.join("etc/hosts")).unwrap().ino());
+        let fd = open_mount_point(&root_fd, "/real/up/x", MountPoint::Dir).unwrap();
+        assert_eq!(ino(&fd), fs::metadata(root.join("x")).unwrap().ino());
+        let fd = open_mount_point(&root_fd, "/dangling/sub", MountPoint::Dir).unwrap();
+        let inside = root.join(host.strip_prefix("/").unwrap()).join("sub");
+        assert_eq!(ino(&fd), fs::metadata(&inside).unwrap().ino());
+        assert_eq!(fs::read_dir(&host).unwrap().count(), 0, "nothing on the host");
+        assert!(open_mount_point(&root_fd, "/loop/x", MountPoint::Dir).is_err());
     }
 
     #[test]
