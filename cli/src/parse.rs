@@ -962,4 +962,55 @@ mod tests {
         assert_eq!(registry_of("team/app"), None);
         assert_eq!(registry_of("busybox"), None);
     }
+
+    #[test]
+    fn device_flags() {
+        let d = device("/dev/null").unwrap();
+        assert_eq!(
+            (d.path_in_container.as_str(), d.cgroup_permissions.as_str()),
+            ("/dev/null", "rwm")
+        );
+        assert_eq!(
+            device("/dev/null:/dev/n").unwrap().path_in_container,
+            "/dev/n"
+        );
+        assert_eq!(device("/dev/null:rw").unwrap().cgroup_permissions, "rw");
+        assert_eq!(
+            device("/dev/null:/dev/n:r").unwrap().cgroup_permissions,
+            "r"
+        );
+        for bad in [
+            "null",
+            "/dev/null:/dev/n:rx",
+            "/dev/null:../x",
+            "/a:/b:r:w",
+            "/dev/null:/dev/../x",
+        ] {
+            assert!(device(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn security_opts() {
+        let no_file =
+            |_: &str| -> std::io::Result<String> { Err(std::io::ErrorKind::NotFound.into()) };
+        assert_eq!(
+            security_opt("seccomp=unconfined", &no_file).unwrap(),
+            "seccomp=unconfined"
+        );
+        assert_eq!(
+            security_opt("no-new-privileges", &no_file).unwrap(),
+            "no-new-privileges"
+        );
+        let err = security_opt("seccomp=/x.json", &no_file).unwrap_err();
+        assert!(err.0.contains("opening seccomp profile"), "{}", err.0);
+        let file = |_: &str| Ok(r#"{ "defaultAction": "SCMP_ACT_ALLOW" }"#.to_string());
+        assert_eq!(
+            security_opt("seccomp=/p.json", &file).unwrap(),
+            r#"seccomp={"defaultAction":"SCMP_ACT_ALLOW"}"#
+        );
+        let not_json = |_: &str| Ok("nope".to_string());
+        assert!(security_opt("seccomp=/p.json", &not_json).is_err());
+        assert!(security_opt("apparmor=x", &no_file).is_err());
+    }
 }

@@ -217,8 +217,9 @@ impl ContainerCgroup {
 
     /// Installs the device allow-list of a container about to start (the
     /// defaults and `--device` additions; empty means the defaults). On v1
-    /// everything was denied at [`create`](Self::create) and the lines are
-    /// added now; on v2 the program for the list is attached now.
+    /// everything but the defaults was denied at [`create`](Self::create)
+    /// and the additions are written now; on v2 the program for the whole
+    /// list is attached now.
     pub fn allow_devices(&self, rules: &[super::devices::DeviceRule]) -> Result<()> {
         let Some(dir) = self.dir("devices") else {
             return Ok(());
@@ -233,7 +234,14 @@ impl ContainerCgroup {
         let result = if Self::is_v2(dir) {
             super::devices::apply_v2(dir, rules)
         } else {
-            super::devices::apply_v1(dir, rules, false)
+            // The defaults went in at creation; only additions are written now.
+            let defaults = super::devices::default_rules();
+            let extra: Vec<_> = rules
+                .iter()
+                .filter(|r| !defaults.contains(r))
+                .cloned()
+                .collect();
+            super::devices::apply_v1(dir, &extra, false)
         };
         result.map_err(|e| CgroupError::Devices(dir.to_path_buf(), e))
     }

@@ -477,7 +477,11 @@ fn open_or_create(
             let f = nix::fcntl::openat(
                 &dir,
                 *name,
-                OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+                OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_WRONLY
+                    | OFlag::O_CLOEXEC,
                 Mode::from_bits_truncate(0o644),
             )?;
             drop(f);
@@ -906,13 +910,20 @@ mod tests {
         .unwrap();
         let ino = |fd: &OwnedFd| nix::sys::stat::fstat(fd).unwrap().st_ino;
         let fd = open_mount_point(&root_fd, "/abs/hosts", MountPoint::File).unwrap();
-        assert_eq!(ino(&fd), fs::metadata(root.join("etc/hosts")).unwrap().ino());
+        assert_eq!(
+            ino(&fd),
+            fs::metadata(root.join("etc/hosts")).unwrap().ino()
+        );
         let fd = open_mount_point(&root_fd, "/real/up/x", MountPoint::Dir).unwrap();
         assert_eq!(ino(&fd), fs::metadata(root.join("x")).unwrap().ino());
         let fd = open_mount_point(&root_fd, "/dangling/sub", MountPoint::Dir).unwrap();
         let inside = root.join(host.strip_prefix("/").unwrap()).join("sub");
         assert_eq!(ino(&fd), fs::metadata(&inside).unwrap().ino());
-        assert_eq!(fs::read_dir(&host).unwrap().count(), 0, "nothing on the host");
+        assert_eq!(
+            fs::read_dir(&host).unwrap().count(),
+            0,
+            "nothing on the host"
+        );
         assert!(open_mount_point(&root_fd, "/loop/x", MountPoint::Dir).is_err());
     }
 
