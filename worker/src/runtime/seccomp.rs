@@ -584,10 +584,11 @@ fn action_of(action: &str, errno: Option<u32>) -> SeccompAction {
 const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 const AUDIT_ARCH_I386: u32 = 0x4000_0003;
 
-/// (audit arch value, syscall table, argument width) per architecture to compile.
-fn sections(
-    profile: &Profile,
-) -> Result<Vec<(u32, &'static [(&'static str, i64)], bool)>, SeccompError> {
+/// (audit arch value, syscall table, 64-bit arguments) of one architecture.
+type Section = (u32, &'static [(&'static str, i64)], bool);
+
+/// The sections to compile, per architecture.
+fn sections(profile: &Profile) -> Result<Vec<Section>, SeccompError> {
     if std::env::consts::ARCH != "x86_64" {
         return Err(SeccompError::UnsupportedArch);
     }
@@ -802,7 +803,8 @@ pub fn install(compiled: &Compiled) -> std::io::Result<()> {
 /// JIT, the per-syscall cache). For benchmarks.
 pub fn time_install(compiled: &Compiled) -> std::io::Result<std::time::Duration> {
     use std::io::Read;
-    let (mut r, w) = std::io::pipe()?;
+    let (r, w) = nix::unistd::pipe().map_err(std::io::Error::from)?;
+    let mut r = std::fs::File::from(r);
     // SAFETY: the child only makes syscalls (prctl, seccomp, write, _exit)
     // on memory prepared before the fork; it never returns into Rust code
     // that could need a lock held by another thread.
