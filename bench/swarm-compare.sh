@@ -24,6 +24,12 @@ cleanup() {
   set +e
   if [ -n "$DOCKERD_PID" ]; then
     "${DOCKER[@]}" service rm bench >/dev/null 2>&1
+    # dockerd stopped while tasks are still shutting down leaves their
+    # containers running: wait (bounded) until none is left.
+    for _ in $(seq 600); do
+      [ -z "$("${DOCKER[@]}" ps -q 2>/dev/null)" ] && break
+      sleep 0.5
+    done
     "${DOCKER[@]}" swarm leave --force >/dev/null 2>&1
     kill "$DOCKERD_PID" 2>/dev/null
     for _ in $(seq 50); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.2; done

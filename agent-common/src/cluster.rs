@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::objects::{Availability, NodeRole, NodeStatus, Timestamp};
+use crate::objects::{Availability, DrainOrder, NodeRole, NodeStatus, Timestamp};
 
 /// A node as `node ls` / `node inspect` show it.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
@@ -27,6 +27,9 @@ pub struct NodeView {
     pub role: NodeRole,
     /// active, pause or drain.
     pub availability: Availability,
+    /// How a drain moves the node's tasks: start-first or stop-first.
+    #[serde(default)]
+    pub drain_order: DrainOrder,
     /// ready, down or unknown.
     pub status: NodeStatus,
     /// The address the node is reached at.

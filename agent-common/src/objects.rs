@@ -101,6 +101,19 @@ pub enum Availability {
     Drain,
 }
 
+/// How a drain moves a node's running tasks of replicated services.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum DrainOrder {
+    /// Each replacement starts elsewhere, and runs, before the task it
+    /// replaces stops: the service never has fewer running tasks.
+    #[default]
+    StartFirst,
+    /// Tasks stop at once and are replaced elsewhere (swarm mode's drain),
+    /// except those of services updated start-first.
+    StopFirst,
+}
+
 /// A node's liveness as the managers see it.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -149,6 +162,9 @@ pub struct Node {
     /// does not limit reservations by it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<crate::spec::ResourceAmounts>,
+    /// How a drain of this node moves its tasks (set by the operator).
+    #[serde(default)]
+    pub drain_order: DrainOrder,
 }
 
 /// A declared service: what to run, and how many.

@@ -45,6 +45,7 @@ async fn write(c: &mut ControlClient<Channel>, node: &str, key: &str, value: &st
         availability: String::new(),
         label_add: vec![format!("{key}={value}")],
         label_rm: vec![],
+        ..Default::default()
     })
     .await?;
     Ok(())

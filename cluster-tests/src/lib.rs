@@ -6,6 +6,7 @@
 //!   CLI against it, crashes and restarts it, and tears everything down in `Drop`.
 //! - [`busybox_image`] makes an image from the host's static busybox and imports it.
 //! - [`poll_until`] waits for a condition with a deadline, never a bare sleep.
+//! - [`registry`] runs a real registry; [`fake_registry`] a hostile one that serves lies.
 //!
 //! It does not build the binaries (run `cargo build --workspace` first) and does not skip tests
 //! that need root: the suite runs as root, here and in CI.
@@ -14,6 +15,7 @@ mod bins;
 mod cleanup;
 pub mod cluster;
 mod daemon;
+pub mod fake_registry;
 pub mod hosts;
 mod image;
 mod poll;

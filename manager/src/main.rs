@@ -92,8 +92,10 @@ enum Command {
     Join {
         #[command(flatten)]
         net: Network,
-        /// A manager join token (`flotilla join-token manager` on a manager).
-        #[arg(long)]
+        /// A manager join token (`flotilla join-token manager` on a manager); or
+        /// from the environment, which other users cannot read (a command
+        /// line they can).
+        #[arg(long, env = "FLOTILLA_JOIN_TOKEN", hide_env_values = true)]
         token: String,
         /// A manager's cluster address.
         #[arg(value_name = "MANAGER-ADDR[:PORT]")]
@@ -189,6 +191,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let socket = worker::daemon::socket_path(&args.host)?;
+    worker::daemon::secure_data_root(&args.data_root)?;
     // For a restart in place (after a demotion): the same flags, no subcommand.
     let _ = daemon::RESTART_ARGS.set(vec![
         "-H".into(),

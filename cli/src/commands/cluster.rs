@@ -8,7 +8,7 @@ use agent_common::cluster::{ClusterInfo, NodeView};
 use agent_common::control_proto::{
     JoinTokenRequest, NodeRef, ReadRequest, RemoveNodeRequest, UpdateNodeRequest,
 };
-use agent_common::objects::{Availability, NodeRole, NodeStatus};
+use agent_common::objects::{Availability, DrainOrder, NodeRole, NodeStatus};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::Value;
@@ -21,7 +21,7 @@ pub enum NodeGroup {
     Ls(NodeLsArgs),
     /// Display detailed information on one or more nodes.
     Inspect(NodeInspectArgs),
-    /// Change a node's availability or labels.
+    /// Change a node's availability, drain order or labels.
     Update(NodeUpdateArgs),
     /// Make workers managers (nodes running flotilla-manager only).
     Promote(NodesArgs),
@@ -88,6 +88,12 @@ pub struct NodeUpdateArgs {
     /// Availability of the node.
     #[arg(long, value_enum)]
     pub availability: Option<AvailabilityArg>,
+    /// How a drain of the node moves its replicated tasks: start-first (the
+    /// default: each replacement runs before the task it replaces stops) or
+    /// stop-first (stop at once; services updated start-first still move
+    /// start-first).
+    #[arg(long = "drain-order", value_name = "ORDER", value_parser = ["start-first", "stop-first"])]
+    pub drain_order: Option<String>,
     /// Add or update a node label (KEY=VALUE); repeatable.
     #[arg(long = "label-add", value_name = "KEY=VALUE")]
     pub label_add: Vec<String>,
@@ -260,8 +266,14 @@ pub async fn node(ctx: &mut Ctx, g: NodeGroup) -> Result<i32> {
             Ok(code)
         }
         NodeGroup::Update(a) => {
-            if a.availability.is_none() && a.label_add.is_empty() && a.label_rm.is_empty() {
-                anyhow::bail!("nothing to update: give --availability, --label-add or --label-rm");
+            if a.availability.is_none()
+                && a.drain_order.is_none()
+                && a.label_add.is_empty()
+                && a.label_rm.is_empty()
+            {
+                anyhow::bail!(
+                    "nothing to update: give --availability, --drain-order, --label-add or --label-rm"
+                );
             }
             let availability = match a.availability {
                 None => "",
@@ -275,6 +287,7 @@ pub async fn node(ctx: &mut Ctx, g: NodeGroup) -> Result<i32> {
                     availability: availability.into(),
                     label_add: a.label_add,
                     label_rm: a.label_rm,
+                    drain_order: a.drain_order.unwrap_or_default(),
                 })
                 .await
                 .rpc()?;
@@ -361,6 +374,13 @@ fn print_pretty(n: &NodeView) {
         }
     );
     println!("Availability:\t\t{}", availability_word(n.availability));
+    println!(
+        "Drain order:\t\t{}",
+        match n.drain_order {
+            DrainOrder::StartFirst => "start-first",
+            DrainOrder::StopFirst => "stop-first",
+        }
+    );
     println!(
         "Status:\n State:\t\t\t{}\n Addr:\t\t\t{}",
         status_word(n.status),

@@ -17,7 +17,9 @@ use agent_common::control_proto::{
     JoinTokenRequest, JsonReply, ListTasksRequest, NodeRef, ReadRequest, RemoveNodeRequest,
     ServiceLogsRequest, ServiceRef, UpdateNodeRequest, UpdateServiceRequest,
 };
-use agent_common::objects::{Availability, Cluster, Node, NodeRole as ObjRole, NodeStatus};
+use agent_common::objects::{
+    Availability, Cluster, DrainOrder, Node, NodeRole as ObjRole, NodeStatus,
+};
 use agent_common::pki::NodeRole;
 use agent_common::tls::grpc::Caller;
 use tokio_stream::wrappers::ReceiverStream;
@@ -129,6 +131,7 @@ impl ControlApi {
             hostname: n.hostname.clone(),
             role: n.role,
             availability: n.availability,
+            drain_order: n.drain_order,
             status: n.status,
             addr: n.addr.clone(),
             labels: n.labels.clone(),
@@ -289,6 +292,16 @@ impl Control for ControlApi {
                 )))
             }
         };
+        let drain_order = match r.drain_order.as_str() {
+            "" => None,
+            "start-first" => Some(DrainOrder::StartFirst),
+            "stop-first" => Some(DrainOrder::StopFirst),
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "invalid drain order {other:?}: use start-first or stop-first"
+                )))
+            }
+        };
         let adds = r
             .label_add
             .iter()
@@ -298,6 +311,9 @@ impl Control for ControlApi {
             .modify_node(&r.node, |n| {
                 if let Some(a) = availability {
                     n.availability = a;
+                }
+                if let Some(o) = drain_order {
+                    n.drain_order = o;
                 }
                 for (k, v) in &adds {
                     n.labels.insert(k.clone(), v.clone());

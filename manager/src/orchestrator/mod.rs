@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_common::objects::{
-    Availability, Meta, Node, NodeStatus, Object, Service, Task, Timestamp, UpdateStatus,
+    Availability, DrainOrder, Meta, Node, NodeStatus, Object, Service, Task, Timestamp,
+    UpdateStatus,
 };
 use agent_common::spec::{
     FailureAction, ResourceAmounts, RestartCondition, ServiceMode, UpdateOrder,
@@ -364,9 +365,15 @@ pub fn plan(services: &[Service], tasks: &[Task], nodes: &[Node], now: Timestamp
             actions.push(Action::Update(Object::Service(s)));
         }
 
-        // --update-order start-first also applies to tasks leaving a drained
-        // node: the replacement starts before the old task stops.
-        let start_first_moves = service.spec.update.order == UpdateOrder::StartFirst;
+        // A running task leaving a drained node keeps running until its
+        // replacement runs elsewhere (start-first), by the node's drain order
+        // for replicated services (start-first unless set to stop-first) and
+        // always for services updated start-first.
+        let start_first_moves = |n: &Node| {
+            service.spec.update.order == UpdateOrder::StartFirst
+                || (matches!(service.spec.mode, ServiceMode::Replicated { .. })
+                    && n.drain_order == DrainOrder::StartFirst)
+        };
         for (key, slot, node) in &wanted {
             let in_slot = slots.get(key).cloned().unwrap_or_default();
             let mut live: Vec<&Task> = in_slot
@@ -394,7 +401,7 @@ pub fn plan(services: &[Service], tasks: &[Task], nodes: &[Node], now: Timestamp
                 .is_some_and(|t| t.state.is_terminal() && !restarts(service, t, restarts_so_far));
             let mut need_new = live.is_empty() && !restart_refused;
             let mut replaced = Vec::new();
-            // Running tasks on a drained node of a start-first service: they
+            // Running tasks on a drained node that move start-first: they
             // keep running until their replacement does (below).
             let mut moving: Vec<&str> = Vec::new();
             for t in &live {
@@ -412,7 +419,10 @@ pub fn plan(services: &[Service], tasks: &[Task], nodes: &[Node], now: Timestamp
                     let drained = node_of.is_some_and(|n| {
                         n.status != NodeStatus::Down && n.availability == Availability::Drain
                     });
-                    if drained && start_first_moves && t.state == TaskState::Running {
+                    if drained
+                        && node_of.is_some_and(|n| start_first_moves(n))
+                        && t.state == TaskState::Running
+                    {
                         moving.push(t.meta.id.as_str());
                         continue;
                     }

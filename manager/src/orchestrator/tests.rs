@@ -514,11 +514,16 @@ fn replacements_by_updates_and_drains_are_not_restarts() {
 /// Two nodes, two replicas (one per node) running with `order`; then `change`
 /// is made to n1 and one pass runs. Returns whether n1's task is still meant
 /// to run after that pass, and the state of the cluster after a few more.
-fn move_off_n1(order: UpdateOrder, change: fn(&mut Node)) -> (bool, Vec<Task>) {
+fn move_off_n1(
+    order: UpdateOrder,
+    drain_order: DrainOrder,
+    change: fn(&mut Node),
+) -> (bool, Vec<Task>) {
     let mut nodes = vec![
         node("n1", NodeStatus::Ready, Availability::Active),
         node("n2", NodeStatus::Ready, Availability::Active),
     ];
+    nodes[0].drain_order = drain_order;
     let mut services = vec![service("web", 2)];
     services[0].spec.update.order = order;
     let mut tasks = Vec::new();
@@ -553,7 +558,7 @@ fn move_off_n1(order: UpdateOrder, change: fn(&mut Node)) -> (bool, Vec<Task>) {
 #[test]
 fn drain_with_start_first_stops_the_old_task_once_its_replacement_runs() {
     let drain = |n: &mut Node| n.availability = Availability::Drain;
-    let (kept, tasks) = move_off_n1(UpdateOrder::StartFirst, drain);
+    let (kept, tasks) = move_off_n1(UpdateOrder::StartFirst, DrainOrder::StopFirst, drain);
     assert!(
         kept,
         "start-first: the old task runs until the new one does"
@@ -567,14 +572,22 @@ fn drain_with_start_first_stops_the_old_task_once_its_replacement_runs() {
     assert_eq!(old, Some((TaskState::Shutdown, "node drained".to_string())));
     assert_eq!(tasks.len(), 3, "one replacement, no more: {tasks:#?}");
 
-    // Stop-first (the default) stops the old task in the same pass.
-    let (kept, tasks) = move_off_n1(UpdateOrder::StopFirst, drain);
+    // The node's drain order start-first (the default) does the same for a
+    // service updated stop-first.
+    let (kept, tasks) = move_off_n1(UpdateOrder::StopFirst, DrainOrder::StartFirst, drain);
+    assert!(kept, "drain order start-first keeps the old task running");
+    assert_eq!(running_per_node(&tasks).get("n2"), Some(&2), "{tasks:#?}");
+    assert_eq!(running_per_node(&tasks).get("n1"), None, "{tasks:#?}");
+
+    // Drain order stop-first and update order stop-first: the old task stops
+    // in the same pass.
+    let (kept, tasks) = move_off_n1(UpdateOrder::StopFirst, DrainOrder::StopFirst, drain);
     assert!(!kept);
     assert_eq!(running_per_node(&tasks).get("n2"), Some(&2), "{tasks:#?}");
 
     // A node that is down cannot be waited for, start-first or not.
     let down = |n: &mut Node| n.status = NodeStatus::Down;
-    let (kept, tasks) = move_off_n1(UpdateOrder::StartFirst, down);
+    let (kept, tasks) = move_off_n1(UpdateOrder::StartFirst, DrainOrder::StartFirst, down);
     assert!(!kept);
     assert_eq!(running_per_node(&tasks).get("n2"), Some(&2), "{tasks:#?}");
 }
@@ -692,4 +705,114 @@ fn max_attempts_above_the_kept_history_still_stop_restarts() {
     assert_eq!(next, attempts + 1, "first run + {attempts} restarts");
     assert_eq!(tasks.len() as u64, attempts + 1, "{tasks:#?}");
     assert!(tasks.iter().all(|t| !is_live_desired(t)));
+}
+
+/// Three nodes, a 6-replica service (update order `order`) converged, then n1
+/// (drain order `drain_order`) drained. Each round is one orchestrator and
+/// scheduling pass, then the agents: first they stop what was shut down,
+/// then the running tasks are counted (the worst moment), then they start
+/// what was assigned. Returns the fewest running tasks seen and the tasks at
+/// the end.
+fn drain_n1_counting(order: UpdateOrder, drain_order: DrainOrder) -> (usize, Vec<Task>) {
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|i| node(&format!("n{i}"), NodeStatus::Ready, Availability::Active))
+        .collect();
+    nodes[0].drain_order = drain_order;
+    let mut s = service("web", 6);
+    s.spec.update.order = order;
+    let services = std::slice::from_ref(&s);
+    let mut tasks = Vec::new();
+    let mut next = 0;
+    converge(services, &mut tasks, &nodes, &mut next);
+    for t in tasks.iter_mut() {
+        t.state = TaskState::Running;
+    }
+    assert_eq!(running_per_node(&tasks).get("n1"), Some(&2), "{tasks:#?}");
+    nodes[0].availability = Availability::Drain;
+    let running = |tasks: &[Task]| {
+        tasks
+            .iter()
+            .filter(|t| t.state == TaskState::Running)
+            .count()
+    };
+    let mut fewest = running(&tasks);
+    for _ in 0..6 {
+        let a = plan(services, &tasks, &nodes, 0);
+        apply(&mut tasks, a, &mut next);
+        let a = schedule(&tasks, &nodes, services);
+        apply(&mut tasks, a, &mut next);
+        for t in tasks.iter_mut() {
+            if t.desired_state == TaskState::Shutdown && !t.state.is_terminal() {
+                t.state = TaskState::Shutdown;
+            }
+        }
+        fewest = fewest.min(running(&tasks));
+        for t in tasks.iter_mut() {
+            if t.state == TaskState::Assigned && is_live_desired(t) {
+                t.state = TaskState::Running;
+            }
+        }
+    }
+    (fewest, tasks)
+}
+
+#[test]
+fn drains_start_each_replacement_before_stopping_its_task_unless_stop_first() {
+    // Default drain order, a service updated stop-first (the default): never
+    // fewer than 6 running; n1 empties; its two tasks were shut down as
+    // "node drained" and replaced once each.
+    let (fewest, tasks) = drain_n1_counting(UpdateOrder::StopFirst, DrainOrder::default());
+    assert_eq!(DrainOrder::default(), DrainOrder::StartFirst);
+    assert_eq!(fewest, 6, "{tasks:#?}");
+    let per = running_per_node(&tasks);
+    assert_eq!(per.get("n1"), None, "{per:?}");
+    assert_eq!(per.values().sum::<usize>(), 6, "{per:?}");
+    let drained: Vec<&Task> = tasks
+        .iter()
+        .filter(|t| t.node_id.as_deref() == Some("n1"))
+        .collect();
+    assert_eq!(drained.len(), 2, "{tasks:#?}");
+    assert!(drained
+        .iter()
+        .all(|t| t.state == TaskState::Shutdown && t.message == "node drained"));
+    assert_eq!(tasks.len(), 8, "two replacements, no more: {tasks:#?}");
+
+    // Drain order stop-first: the node's tasks stop before their
+    // replacements run (swarm mode's drain), so the count dips.
+    let (fewest, tasks) = drain_n1_counting(UpdateOrder::StopFirst, DrainOrder::StopFirst);
+    assert_eq!(fewest, 4, "{tasks:#?}");
+    assert_eq!(running_per_node(&tasks).get("n1"), None);
+    assert_eq!(running_per_node(&tasks).values().sum::<usize>(), 6);
+
+    // ... except for a service updated start-first, which can run twice.
+    let (fewest, tasks) = drain_n1_counting(UpdateOrder::StartFirst, DrainOrder::StopFirst);
+    assert_eq!(fewest, 6, "{tasks:#?}");
+    assert_eq!(running_per_node(&tasks).get("n1"), None);
+}
+
+#[test]
+fn jobs_leave_a_drained_node_stop_first_whatever_its_drain_order() {
+    // A job's task runs its work once: it is not started twice to move it.
+    let mut nodes = vec![
+        node("n1", NodeStatus::Ready, Availability::Active),
+        node("n2", NodeStatus::Ready, Availability::Active),
+    ];
+    let mut s = service("batch", 0);
+    s.spec.mode = ServiceMode::ReplicatedJob {
+        max_concurrent: 1,
+        total_completions: 1,
+    };
+    let services = std::slice::from_ref(&s);
+    let mut tasks = Vec::new();
+    let mut next = 0;
+    converge(services, &mut tasks, &nodes, &mut next);
+    assert_eq!(tasks.len(), 1, "{tasks:#?}");
+    tasks[0].state = TaskState::Running;
+    let on = tasks[0].node_id.clone().expect("placed");
+    let i = nodes.iter().position(|n| n.meta.id == on).expect("node");
+    nodes[i].availability = Availability::Drain;
+    let a = plan(services, &tasks, &nodes, 0);
+    apply(&mut tasks, a, &mut next);
+    assert_eq!(tasks[0].desired_state, TaskState::Shutdown, "{tasks:#?}");
+    assert_eq!(tasks[0].message, "node drained");
 }

@@ -144,7 +144,7 @@ async fn probe(engine: &Engine, c: &Container, check: &Check) -> bool {
         cmd: check.argv.clone(),
         ..Default::default()
     };
-    let Ok(mut cmd) = engine.exec_helper_command(c, &start) else {
+    let Ok(mut cmd) = engine.exec_helper_command(c, &start).await else {
         return false;
     };
     cmd.stdin(std::process::Stdio::null())

@@ -42,6 +42,14 @@ struct Args {
     /// containers reach each other only through links, on the exposed ports.
     #[arg(long = "icc", default_value_t = true, action = clap::ArgAction::Set)]
     icc: bool,
+    /// The largest image layer accepted from a registry or an archive, both
+    /// compressed and unpacked (e.g. 512m, 32g); a larger one is refused.
+    #[arg(long = "max-layer-size", default_value = "32g", value_parser = worker::image::limits::parse_size)]
+    max_layer_size: u64,
+    /// Space to keep free on the data root's filesystem: a pull, load or
+    /// import that would use it stops and removes what it wrote.
+    #[arg(long = "min-free-space", default_value = "256m", value_parser = worker::image::limits::parse_size)]
+    min_free_space: u64,
     /// Log at debug level.
     #[arg(short = 'D', long)]
     debug: bool,
@@ -55,8 +63,10 @@ enum Command {
     /// serve. The membership is kept in the data root: later starts without
     /// a subcommand resume it.
     Join {
-        /// A worker join token (`flotilla join-token worker` on a manager).
-        #[arg(long)]
+        /// A worker join token (`flotilla join-token worker` on a manager); or
+        /// from the environment, which other users cannot read (a command
+        /// line they can).
+        #[arg(long, env = "FLOTILLA_JOIN_TOKEN", hide_env_values = true)]
         token: String,
         /// Address other nodes reach this worker at (default: this
         /// machine's only non-loopback IPv4 address).
@@ -94,6 +104,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         bail!("flotilla-worker must run as root (it creates namespaces, mounts and cgroups)");
     }
     let socket = worker::daemon::socket_path(&args.host)?;
+    worker::daemon::secure_data_root(&args.data_root)?;
     let membership = cluster_membership(&args).await?;
     let listener = worker::daemon::bind_socket(&socket).await?;
     let engine = worker::daemon::start_engine(&worker::daemon::EngineOptions {
@@ -104,6 +115,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         icc: args.icc,
     })
     .await?;
+    engine.images.set_limits(worker::image::Limits {
+        max_layer_size: args.max_layer_size,
+        min_free_space: args.min_free_space,
+    });
     tracing::info!(socket = %socket.display(), data_root = %args.data_root.display(), cgroups = engine.cgroups.describe(), "flotilla-worker ready");
     let shutdown = async {
         let mut term =

@@ -79,13 +79,23 @@ impl ContainerRecord {
         })
     }
 
-    /// Writes the record atomically (temp file + rename).
+    /// Writes the record atomically (temp file + rename), readable by root
+    /// alone (0600: it holds the container's environment).
     pub fn save(&self, dir: &Path) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         let path = dir.join(RECORD_FILE);
         let tmp = dir.join(".config.v2.json.tmp");
         let bytes =
             serde_json::to_vec_pretty(self).map_err(|e| EngineError::Internal(e.to_string()))?;
-        std::fs::write(&tmp, bytes).map_err(EngineError::io("write", &tmp))?;
+        let _ = std::fs::remove_file(&tmp);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(&bytes))
+            .map_err(EngineError::io("write", &tmp))?;
         std::fs::rename(&tmp, &path).map_err(EngineError::io("write", &path))
     }
 

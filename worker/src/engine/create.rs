@@ -4,12 +4,13 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use agent_common::engine::{resolve_command, ContainerState, CreateContainer, MountPoint};
 
+use super::confined::{clean_container_path, seed_from_layers};
 use super::container::{Container, ContainerRecord};
 use super::{now_rfc3339, random_id, Engine, EngineError, Result};
 use crate::runtime::spec::capability_set;
@@ -51,13 +52,11 @@ pub fn parse_volume_spec(spec: &str) -> Result<VolumeSpec> {
     let parts: Vec<&str> = spec.split(':').collect();
     let bad = |why: &str| invalid(format!("invalid volume specification {spec:?}: {why}"));
     let check_dest = |d: &str| -> Result<String> {
-        if !d.starts_with('/') {
-            return Err(bad("the container path must be absolute"));
-        }
+        let d = clean_container_path(d).map_err(|why| bad(&format!("the container path {why}")))?;
         if d == "/" {
             return Err(bad("the container path cannot be /"));
         }
-        Ok(d.to_string())
+        Ok(d)
     };
     let readonly = |mode: &str| -> Result<bool> {
         let mut ro = false;
@@ -419,7 +418,22 @@ impl Engine {
             config.exposed_ports.entry(port).or_default();
         }
         for (v, _) in img.volumes.clone().unwrap_or_default() {
-            config.volumes.entry(v).or_default();
+            let clean = clean_container_path(&v).map_err(|why| {
+                invalid(format!(
+                    "image {} declares VOLUME {v:?}, which is refused: the path {why}",
+                    user.image
+                ))
+            })?;
+            config.volumes.entry(clean).or_default();
+        }
+        let requested = std::mem::take(&mut config.volumes);
+        for (v, x) in requested {
+            let clean = clean_container_path(&v)
+                .map_err(|why| invalid(format!("invalid volume {v:?}: the path {why}")))?;
+            if clean == "/" {
+                return Err(invalid("a volume cannot be mounted at /"));
+            }
+            config.volumes.insert(clean, x);
         }
         let mut labels: BTreeMap<String, String> = img.labels.clone().unwrap_or_default();
         labels.extend(user.labels.clone());
@@ -438,12 +452,20 @@ impl Engine {
         }
         config.image = user.image.clone();
 
-        // The container directory.
+        // The container directory: the daemon's alone (0700). Its upper dir
+        // is the container's `/`, which every user in the container reads.
         let dir = self.container_dir(&id);
-        for sub in ["upper", "work", "rootfs"] {
-            fs::create_dir_all(dir.join(sub)).map_err(EngineError::io("create", dir.join(sub)))?;
-        }
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(EngineError::io("create", &dir))?;
         undo.dir = Some(dir.clone());
+        for (sub, mode) in [("upper", 0o755), ("work", 0o700), ("rootfs", 0o755)] {
+            let p = dir.join(sub);
+            fs::create_dir(&p)
+                .and_then(|_| fs::set_permissions(&p, fs::Permissions::from_mode(mode)))
+                .map_err(EngineError::io("create", p))?;
+        }
 
         // Mounts: binds and named volumes, then --volumes-from, then image VOLUMEs.
         let layer_dirs = self.images.layer_dirs(image)?;
@@ -478,7 +500,7 @@ impl Engine {
                     let (info, created) = self.volumes.create(&name, BTreeMap::new(), "")?;
                     if created {
                         undo.volumes.push(name.clone());
-                        populate_from_image(&layer_dirs, &destination, Path::new(&info.mountpoint));
+                        populate_from_image(&layer_dirs, &destination, &name, &info.mountpoint)?;
                     }
                     mounts.push(MountPoint {
                         kind: "volume".into(),
@@ -520,7 +542,7 @@ impl Engine {
                 [(ANONYMOUS_LABEL.to_string(), String::new())].into();
             let (info, _) = self.volumes.create(&name, labels, "")?;
             undo.volumes.push(name.clone());
-            populate_from_image(&layer_dirs, &dest, Path::new(&info.mountpoint));
+            populate_from_image(&layer_dirs, &dest, &name, &info.mountpoint)?;
             mounts.push(MountPoint {
                 kind: "volume".into(),
                 name,
@@ -620,52 +642,16 @@ impl Engine {
     }
 }
 
-/// Copies what the image has at `path` into a new, empty volume, the way
-/// Docker seeds volumes from image content. Layers are applied bottom first;
-/// whiteouts (character devices 0/0) remove what lower layers had.
-fn populate_from_image(layer_dirs: &[PathBuf], path: &str, dest: &Path) {
-    let rel = path.trim_start_matches('/');
-    for layer in layer_dirs {
-        let src = layer.join(rel);
-        if src.is_dir() {
-            copy_tree(&src, dest);
-        }
-    }
-}
-
-fn is_whiteout(meta: &fs::Metadata) -> bool {
-    use std::os::unix::fs::FileTypeExt;
-    meta.file_type().is_char_device() && meta.rdev() == 0
-}
-
-fn copy_tree(src: &Path, dest: &Path) {
-    let Ok(entries) = fs::read_dir(src) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let Ok(meta) = e.path().symlink_metadata() else {
-            continue;
-        };
-        let target = dest.join(e.file_name());
-        if is_whiteout(&meta) {
-            let _ = fs::remove_dir_all(&target).or_else(|_| fs::remove_file(&target));
-            continue;
-        }
-        let ft = meta.file_type();
-        if ft.is_dir() {
-            let _ = fs::create_dir_all(&target);
-            let _ = fs::set_permissions(&target, fs::Permissions::from_mode(meta.mode() & 0o7777));
-            copy_tree(&e.path(), &target);
-        } else if ft.is_symlink() {
-            if let Ok(link) = fs::read_link(e.path()) {
-                let _ = fs::remove_file(&target);
-                let _ = std::os::unix::fs::symlink(link, &target);
-            }
-        } else if ft.is_file() {
-            let _ = fs::copy(e.path(), &target);
-        }
-        let _ = std::os::unix::fs::lchown(&target, Some(meta.uid()), Some(meta.gid()));
-    }
+/// Copies what the image has at `path` into the new, empty volume `name`
+/// (mounted from `dest`), the way Docker seeds volumes from image content,
+/// resolving `path` inside each layer by descriptor ([`seed_from_layers`]):
+/// a symlink in the image is copied as a link, never followed.
+fn populate_from_image(layer_dirs: &[PathBuf], path: &str, name: &str, dest: &str) -> Result<()> {
+    seed_from_layers(layer_dirs, path, Path::new(dest)).map_err(|e| {
+        EngineError::Internal(format!(
+            "failed to copy the image's content at {path} into volume {name}: {e}"
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -696,6 +682,14 @@ mod tests {
                 readonly: false
             }
         );
+        assert_eq!(
+            parse_volume_spec("vol://data/./x/").unwrap(),
+            VolumeSpec::Named {
+                name: "vol".into(),
+                destination: "/data/x".into(),
+                readonly: false
+            }
+        );
         for bad in [
             "data",
             "vol:data",
@@ -703,6 +697,9 @@ mod tests {
             "vol:/d:xx",
             "a:b:c:d",
             "../x:/d",
+            "vol:/../../tmp/x",
+            "/srv:/a/../b",
+            "/x/..",
         ] {
             assert!(parse_volume_spec(bad).is_err(), "{bad} should be refused");
         }

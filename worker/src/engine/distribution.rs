@@ -3,9 +3,20 @@
 //! only for registries named insecure) and the glue that moves blobs between
 //! a registry and the image store, verifying every digest, streaming every
 //! layer to disk (never whole in memory), reporting progress per layer.
+//!
+//! A registry is not trusted: every descriptor digest is a validated
+//! [`Digest`] from the moment the JSON is parsed, temp files are named by
+//! position (`config`, `layer-0`, …) and removed on every error path
+//! ([`PartialFile`]), content is verified against its digest before it moves
+//! into the store, and every body is bounded (documents 4 MiB, token replies
+//! 1 MiB, blobs by their descriptor's size and the store's layer limit) while
+//! the free-space reserve of the data root is watched. Credentials go only to
+//! the registry itself and to token realms on its own host over https (plain
+//! http only when the registry is loopback or named insecure); a realm
+//! elsewhere gets an anonymous request, and the user is told.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use agent_common::proto::{
@@ -17,21 +28,25 @@ use reqwest::header::{
 };
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
-use sha2::Digest;
+use sha2::Digest as _;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
 use super::{Engine, EngineError, Result};
+use crate::image::digest::Digest;
+use crate::image::limits::{Meter, SpaceCheck, MAX_DOCUMENT, MAX_TOKEN_REPLY};
 use crate::image::reference::Reference;
+use crate::image::store::PartialFile;
+use crate::image::ImageError;
 
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-/// Manifests and configs larger than this are refused.
-const MAX_DOCUMENT: usize = 4 << 20;
+/// How much of an error reply is read (for its message).
+const MAX_ERROR_BODY: u64 = 64 << 10;
 
 fn reg_err(msg: impl Into<String>) -> EngineError {
     EngineError::InvalidArgument(msg.into())
@@ -60,13 +75,15 @@ fn net_err(registry: &str, e: reqwest::Error) -> EngineError {
     ))
 }
 
-#[derive(Deserialize, Default)]
-#[serde(default)]
+/// A content descriptor. `digest` is validated while the JSON is parsed, so
+/// a manifest or index carrying a path-shaped digest never parses.
+#[derive(Deserialize)]
 struct Descriptor {
-    #[serde(rename = "mediaType")]
-    media_type: String,
-    digest: String,
+    digest: Digest,
+    /// 0 when absent; then only the store's layer limit bounds the blob.
+    #[serde(default)]
     size: u64,
+    #[serde(default)]
     platform: Option<Platform>,
 }
 
@@ -84,13 +101,77 @@ struct Manifest {
     schema_version: u32,
     #[serde(rename = "mediaType")]
     media_type: String,
-    config: Descriptor,
+    config: Option<Descriptor>,
     layers: Vec<Descriptor>,
     manifests: Vec<Descriptor>,
 }
 
 fn sha256(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
+}
+
+/// Reads a whole reply body of at most `limit` bytes (refusing a larger
+/// Content-Length before reading, and stopping a longer stream as soon as it
+/// passes the limit), never more into memory.
+async fn read_capped(
+    host: &str,
+    resp: reqwest::Response,
+    limit: u64,
+    what: &str,
+) -> Result<Vec<u8>> {
+    let too_large = || {
+        EngineError::Image(ImageError::TooLarge {
+            what: format!("{what} from registry {host}"),
+            limit,
+            hint: "",
+        })
+    };
+    if resp.content_length().is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut out = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| net_err(host, e))?;
+        if (out.len() + chunk.len()) as u64 > limit {
+            return Err(too_large());
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// The first 64 KiB of an error reply, as text.
+async fn error_text(resp: reqwest::Response) -> String {
+    let mut out = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(Ok(chunk)) = stream.next().await {
+        let room = (MAX_ERROR_BODY as usize).saturating_sub(out.len());
+        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if out.len() as u64 >= MAX_ERROR_BODY {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Where a blob download goes and what bounds it.
+struct BlobTarget<'a> {
+    /// The temp file to create (named by position).
+    dest: std::path::PathBuf,
+    /// The most bytes accepted when the descriptor gives no size (and the
+    /// most a descriptor may declare).
+    cap: u64,
+    /// Says which limit `cap` is.
+    hint: &'static str,
+    /// The data root's free-space reserve, watched while writing.
+    space: &'a SpaceCheck,
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A client for one registry host.
@@ -101,6 +182,12 @@ struct Registry {
     auth: Option<RegistryAuth>,
     /// Bearer tokens per scope.
     tokens: tokio::sync::Mutex<HashMap<String, String>>,
+    /// Spoken to over plain http (named in --insecure-registry).
+    insecure: bool,
+    /// Why credentials were not sent to a token realm, once that happened.
+    withheld: std::sync::Mutex<Option<String>>,
+    /// Where to tell the user (a pull's or push's progress stream).
+    notify: Option<mpsc::Sender<Progress>>,
 }
 
 impl Registry {
@@ -151,7 +238,73 @@ impl Registry {
             http,
             auth: auth.filter(|a| !a.username.is_empty() || !a.identity_token.is_empty()),
             tokens: tokio::sync::Mutex::new(HashMap::new()),
+            insecure,
+            withheld: std::sync::Mutex::new(None),
+            notify: None,
         })
+    }
+
+    /// Sends notices (credentials withheld) to `tx` as progress lines.
+    fn with_notices(mut self, tx: mpsc::Sender<Progress>) -> Registry {
+        self.notify = Some(tx);
+        self
+    }
+
+    /// Whether credentials may go to the token realm `realm`: only to the
+    /// registry's own host, over https, or over plain http when the registry
+    /// itself is loopback or named insecure. `Err` says why not.
+    fn credentials_allowed(&self, realm: &reqwest::Url) -> std::result::Result<(), String> {
+        let own = reqwest::Url::parse(&self.base)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_string))
+            .unwrap_or_default()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        let realm_host = realm
+            .host_str()
+            .unwrap_or("")
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        if realm_host != own {
+            return Err(format!(
+                "the token server {realm_host:?} is not the registry's host {own:?}"
+            ));
+        }
+        match realm.scheme() {
+            "https" => Ok(()),
+            "http" if self.insecure || is_loopback_host(&own) => Ok(()),
+            other => Err(format!(
+                "the token server is reached over {other}, not https"
+            )),
+        }
+    }
+
+    /// Records (and tells the user once) that credentials were withheld.
+    fn note_withheld(&self, realm: &str, reason: &str) {
+        let note = format!(
+            "credentials for {} were not sent to the token server {realm}: {reason}; the request went anonymously",
+            self.host
+        );
+        let mut w = self.withheld.lock().unwrap_or_else(|p| p.into_inner());
+        if w.is_none() {
+            tracing::warn!("{note}");
+            if let Some(tx) = &self.notify {
+                let _ = tx.try_send(progress("", &format!("Warning: {note}"), 0, 0));
+            }
+            *w = Some(note);
+        }
+    }
+
+    /// `; note: credentials … withheld` for auth errors, when that happened.
+    fn withheld_note(&self) -> String {
+        self.withheld
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|n| format!("; note: {n}"))
+            .unwrap_or_default()
     }
 
     fn basic(&self) -> Option<String> {
@@ -183,6 +336,9 @@ impl Registry {
                 self.host
             ))
         })?;
+        // The realm as parsed (control characters escaped), for messages.
+        let realm = url.as_str().to_string();
+        let realm = realm.as_str();
         {
             let mut q = url.query_pairs_mut();
             if let Some(service) = params.get("service") {
@@ -192,21 +348,40 @@ impl Registry {
                 q.append_pair("scope", scope);
             }
         }
+        let basic = match self.basic() {
+            Some(b) => match self.credentials_allowed(&url) {
+                Ok(()) => Some(b),
+                Err(reason) => {
+                    self.note_withheld(realm, &reason);
+                    None
+                }
+            },
+            None => None,
+        };
+        let sent_credentials = basic.is_some();
         let mut req = self.http.get(url);
-        if let Some(b) = self.basic() {
+        if let Some(b) = basic {
             req = req.header(AUTHORIZATION, b);
         }
         let resp = req.send().await.map_err(|e| net_err(&self.host, e))?;
         if resp.status() == StatusCode::UNAUTHORIZED || resp.status() == StatusCode::FORBIDDEN {
-            return Err(EngineError::InvalidArgument(format!(
-                "unauthorized: incorrect username or password for {} (flotilla login {})",
-                self.host, self.host
-            )));
+            return Err(EngineError::InvalidArgument(if sent_credentials {
+                format!(
+                    "unauthorized: incorrect username or password for {} (flotilla login {})",
+                    self.host, self.host
+                )
+            } else {
+                format!(
+                    "unauthorized: the token server {realm} refused an anonymous request for {}{}",
+                    self.host,
+                    self.withheld_note()
+                )
+            }));
         }
         if !resp.status().is_success() {
             return Err(reg_err(format!("token server answered {}", resp.status())));
         }
-        let bytes = resp.bytes().await.map_err(|e| net_err(&self.host, e))?;
+        let bytes = read_capped(&self.host, resp, MAX_TOKEN_REPLY, "token reply").await?;
         let body: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|e| reg_err(format!("bad token response: {e}")))?;
         body.get("token")
@@ -244,8 +419,10 @@ impl Registry {
             if resp.status() != StatusCode::UNAUTHORIZED || attempt == 1 {
                 if resp.status() == StatusCode::UNAUTHORIZED {
                     return Err(EngineError::InvalidArgument(format!(
-                        "unauthorized: authentication required by {} (use flotilla login {})",
-                        self.host, self.host
+                        "unauthorized: authentication required by {} (use flotilla login {}){}",
+                        self.host,
+                        self.host,
+                        self.withheld_note()
                     )));
                 }
                 return Ok(resp);
@@ -307,9 +484,6 @@ impl Registry {
                 resp.status()
             )));
         }
-        if resp.content_length().unwrap_or(0) as usize > MAX_DOCUMENT {
-            return Err(reg_err("manifest too large"));
-        }
         let media_type = resp
             .headers()
             .get(CONTENT_TYPE)
@@ -320,10 +494,13 @@ impl Registry {
             .unwrap_or("")
             .trim()
             .to_string();
-        let bytes = resp.bytes().await.map_err(|e| net_err(&self.host, e))?;
-        if bytes.len() > MAX_DOCUMENT {
-            return Err(reg_err("manifest too large"));
-        }
+        let bytes = read_capped(
+            &self.host,
+            resp,
+            MAX_DOCUMENT,
+            &format!("manifest {repo}:{reference}"),
+        )
+        .await?;
         let digest = sha256(&bytes);
         if reference.starts_with("sha256:") && digest != reference {
             return Err(EngineError::Image(
@@ -334,18 +511,35 @@ impl Registry {
                 },
             ));
         }
-        Ok((bytes.to_vec(), media_type, digest))
+        Ok((bytes, media_type, digest))
     }
 
-    /// Streams a blob to `dest` while hashing it; keeps it only if the digest matches.
+    /// Streams a blob into a new temp file while hashing and counting it:
+    /// never more bytes than the descriptor's size (or, without one, than
+    /// `target.cap`), never below the free-space reserve, and the file is
+    /// kept only when its length and digest match the descriptor. Any error
+    /// removes the partial file.
     async fn fetch_blob(
         &self,
         repo: &str,
         desc: &Descriptor,
         scope: &str,
-        dest: &Path,
+        target: BlobTarget<'_>,
         progress: &mut (dyn FnMut(u64) + Send),
-    ) -> Result<()> {
+    ) -> Result<PartialFile> {
+        let what = format!("blob {} from registry {}", desc.digest, self.host);
+        if desc.size > target.cap {
+            return Err(EngineError::Image(ImageError::TooLarge {
+                what: format!("{what} (its descriptor declares {} bytes)", desc.size),
+                limit: target.cap,
+                hint: target.hint,
+            }));
+        }
+        let (limit, hint) = if desc.size > 0 {
+            (desc.size, "; the size its descriptor declares")
+        } else {
+            (target.cap, target.hint)
+        };
         let url = format!("{}/v2/{repo}/blobs/{}", self.base, desc.digest);
         let resp = self
             .send(Method::GET, &url, HeaderMap::new(), scope, &|| None)
@@ -358,40 +552,49 @@ impl Registry {
                 desc.digest
             )));
         }
-        let mut file = tokio::fs::File::create(dest)
-            .await
-            .map_err(EngineError::io("create", dest))?;
+        if let Some(n) = resp.content_length().filter(|n| *n > limit) {
+            return Err(EngineError::Image(ImageError::TooLarge {
+                what: format!("{what} (it announces {n} bytes)"),
+                limit,
+                hint,
+            }));
+        }
+        let dest = target.dest;
+        let (guard, file) =
+            PartialFile::create(dest.clone()).map_err(EngineError::io("create", &dest))?;
+        let mut file = tokio::fs::File::from_std(file);
+        let mut meter = Meter::new(what.clone(), limit, hint).watching(target.space.clone());
         let mut hasher = sha2::Sha256::new();
-        let mut done = 0u64;
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| net_err(&self.host, e))?;
+            meter.add(chunk.len() as u64)?;
             hasher.update(&chunk);
-            done += chunk.len() as u64;
-            if desc.size > 0 && done > desc.size {
-                return Err(reg_err(format!(
-                    "blob {} is larger than its descriptor says",
-                    desc.digest
-                )));
-            }
             file.write_all(&chunk)
                 .await
-                .map_err(EngineError::io("write", dest))?;
-            progress(done);
+                .map_err(EngineError::io("write", &dest))?;
+            progress(meter.count());
         }
-        file.flush().await.map_err(EngineError::io("write", dest))?;
-        let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+        file.flush()
+            .await
+            .map_err(EngineError::io("write", &dest))?;
+        drop(file);
+        if desc.size > 0 && meter.count() != desc.size {
+            return Err(reg_err(format!(
+                "{what} ended after {} bytes; its descriptor says {}",
+                meter.count(),
+                desc.size
+            )));
+        }
+        let actual = Digest::from_hasher(hasher);
         if actual != desc.digest {
-            let _ = tokio::fs::remove_file(dest).await;
-            return Err(EngineError::Image(
-                crate::image::ImageError::DigestMismatch {
-                    what: format!("blob from {}", self.host),
-                    expected: desc.digest.clone(),
-                    actual,
-                },
-            ));
+            return Err(EngineError::Image(ImageError::DigestMismatch {
+                what: format!("blob from {}", self.host),
+                expected: desc.digest.to_string(),
+                actual: actual.to_string(),
+            }));
         }
-        Ok(())
+        Ok(guard)
     }
 
     async fn blob_exists(&self, repo: &str, digest: &str, scope: &str) -> Result<bool> {
@@ -448,7 +651,7 @@ impl Registry {
             .send(Method::PUT, &put_url, headers, scope, &body)
             .await?;
         if resp.status() != StatusCode::CREATED {
-            let text = resp.text().await.unwrap_or_default();
+            let text = error_text(resp).await;
             return Err(reg_err(format!(
                 "registry {} refused blob {digest}: {}",
                 self.host,
@@ -478,7 +681,7 @@ impl Registry {
             })
             .await?;
         if resp.status() != StatusCode::CREATED {
-            let text = resp.text().await.unwrap_or_default();
+            let text = error_text(resp).await;
             return Err(reg_err(format!(
                 "registry {} refused the manifest: {}",
                 self.host,
@@ -565,6 +768,8 @@ fn parse_challenge(header: &str) -> HashMap<String, String> {
     out
 }
 
+/// The first 12 hex digits of a digest we computed or stored, for progress
+/// lines only (never a file name).
 fn short(digest: &str) -> String {
     digest
         .trim_start_matches("sha256:")
@@ -581,6 +786,16 @@ fn progress(id: &str, status: &str, current: u64, total: u64) -> Progress {
         total,
         error: String::new(),
     }
+}
+
+/// Parses a manifest or index; a descriptor with a malformed digest (say
+/// `sha256:../../x`) refuses the whole document here.
+fn parse_manifest(host: &str, repo: &str, reference: &str, bytes: &[u8]) -> Result<Manifest> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        reg_err(format!(
+            "registry {host} sent an invalid manifest for {repo}:{reference}: {e}"
+        ))
+    })
 }
 
 fn registry_of(reference: &Reference) -> Result<String> {
@@ -601,7 +816,8 @@ impl Engine {
     ) -> Result<()> {
         let reference = Reference::parse(&req.image).map_err(|e| EngineError::Image(e.into()))?;
         let host = registry_of(&reference)?;
-        let registry = Registry::new(&host, &req.options.unwrap_or_default(), req.auth)?;
+        let registry = Registry::new(&host, &req.options.unwrap_or_default(), req.auth)?
+            .with_notices(tx.clone());
         let repo = reference.repository.clone();
         let scope = format!("repository:{repo}:pull");
         let wanted = reference
@@ -611,8 +827,7 @@ impl Engine {
             .unwrap_or_else(|| "latest".into());
         let (mut bytes, mut media_type, mut digest) =
             registry.get_document(&repo, &wanted, &scope).await?;
-        let mut manifest: Manifest = serde_json::from_slice(&bytes)
-            .map_err(|e| reg_err(format!("invalid manifest: {e}")))?;
+        let mut manifest = parse_manifest(&host, &repo, &wanted, &bytes)?;
         if manifest.schema_version == 1 {
             return Err(reg_err(
                 "schema 1 manifests are not supported; push the image again with a current tool",
@@ -643,87 +858,122 @@ impl Engine {
                         offered.join(", ")
                     ))
                 })?;
-            let chosen = pick.digest.clone();
+            let chosen = pick.digest.to_string();
             (bytes, media_type, digest) = registry.get_document(&repo, &chosen, &scope).await?;
-            manifest = serde_json::from_slice(&bytes)
-                .map_err(|e| reg_err(format!("invalid manifest: {e}")))?;
+            manifest = parse_manifest(&host, &repo, &chosen, &bytes)?;
         }
         let _ = (&bytes, &media_type);
-        if manifest.config.digest.is_empty() {
-            return Err(reg_err("the manifest has no config"));
-        }
+        let config_desc = manifest
+            .config
+            .as_ref()
+            .ok_or_else(|| reg_err("the manifest has no config"))?;
+        let space = self.images.space();
+        let limits = self.images.limits();
+        // Before writing anything: room for the config.
+        space.check(config_desc.size)?;
         // The config (small): fetch and verify.
         let work = self.images.temp_dir("pull")?;
-        let config_path = work.path().join("config");
-        registry
-            .fetch_blob(&repo, &manifest.config, &scope, &config_path, &mut |_| {})
+        let config_file = registry
+            .fetch_blob(
+                &repo,
+                config_desc,
+                &scope,
+                BlobTarget {
+                    dest: work.path().join("config"),
+                    cap: MAX_DOCUMENT,
+                    hint: " (the limit for image configs)",
+                    space: &space,
+                },
+                &mut |_| {},
+            )
             .await?;
-        let raw_config = tokio::fs::read(&config_path)
+        let raw_config = tokio::fs::read(config_file.path())
             .await
-            .map_err(EngineError::io("read", &config_path))?;
-        if raw_config.len() > MAX_DOCUMENT {
-            return Err(reg_err("image config too large"));
-        }
-        let config: crate::image::ImageConfig = serde_json::from_slice(&raw_config)
-            .map_err(|e| reg_err(format!("invalid image config: {e}")))?;
-        if config.rootfs.diff_ids.len() != manifest.layers.len() {
+            .map_err(EngineError::io("read", config_file.path()))?;
+        drop(config_file);
+        let diff_ids = crate::image::load::config_diff_ids(
+            &raw_config,
+            &format!("{} from {host}", config_desc.digest),
+        )?;
+        if diff_ids.len() != manifest.layers.len() {
             return Err(reg_err(
                 "the manifest and its config disagree on the number of layers",
             ));
         }
+        // Before downloading: room for the missing layers as declared.
+        let declared = manifest
+            .layers
+            .iter()
+            .zip(&diff_ids)
+            .filter(|(_, d)| !self.images.has_layer(d.as_str()))
+            .map(|(l, _)| l.size)
+            .fold(0, u64::saturating_add);
+        space.check(declared)?;
         for layer in &manifest.layers {
             let _ = tx
                 .send(progress(
-                    &short(&layer.digest),
+                    layer.digest.short(),
                     "Pulling fs layer",
                     0,
                     layer.size,
                 ))
                 .await;
         }
-        // Layers: download each missing one to the store's tmp, then unpack.
-        let mut fetched: Vec<(PathBuf, String, String)> = Vec::new();
-        for (layer, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
-            let id = short(&layer.digest);
-            if self.images.has_layer(diff_id) {
+        // Layers: download each missing one to the store's tmp (named by
+        // position), then unpack.
+        let mut fetched: Vec<(PartialFile, Digest, Digest)> = Vec::new();
+        for (n, (layer, diff_id)) in manifest.layers.iter().zip(&diff_ids).enumerate() {
+            let id = layer.digest.short().to_string();
+            if self.images.has_layer(diff_id.as_str()) {
                 let _ = tx
                     .send(progress(&id, "Already exists", layer.size, layer.size))
                     .await;
                 continue;
             }
-            let dest = work.path().join(id.clone());
             let txp = tx.clone();
             let total = layer.size;
             let idp = id.clone();
             let mut last = 0u64;
-            registry
-                .fetch_blob(&repo, layer, &scope, &dest, &mut |done| {
-                    if done - last >= 256 * 1024 || done == total {
-                        last = done;
-                        let _ = txp.try_send(progress(&idp, "Downloading", done, total));
-                    }
-                })
+            let file = registry
+                .fetch_blob(
+                    &repo,
+                    layer,
+                    &scope,
+                    BlobTarget {
+                        dest: work.path().join(format!("layer-{n}")),
+                        cap: limits.max_layer_size,
+                        hint: "; the daemon's --max-layer-size sets this limit",
+                        space: &space,
+                    },
+                    &mut |done| {
+                        if done - last >= 256 * 1024 || done == total {
+                            last = done;
+                            let _ = txp.try_send(progress(&idp, "Downloading", done, total));
+                        }
+                    },
+                )
                 .await?;
             let _ = tx
                 .send(progress(&id, "Download complete", total, total))
                 .await;
-            fetched.push((dest, layer.digest.clone(), diff_id.clone()));
+            fetched.push((file, layer.digest.clone(), diff_id.clone()));
         }
         let engine = self.clone();
         let tag = reference.tagged_name();
         let repo_digest = format!("{}@{digest}", reference.name());
         let image_id = tokio::task::spawn_blocking(move || -> Result<String> {
             let pin = engine.images.pin_layers();
-            for (path, blob_digest, diff_id) in &fetched {
+            for (file, blob_digest, diff_id) in &fetched {
                 engine
                     .images
-                    .add_layer(&pin, path, blob_digest, Some(diff_id))?;
+                    .add_layer(&pin, file.path(), blob_digest, Some(diff_id))?;
             }
             let tags: Vec<String> = tag.into_iter().collect();
             let id = engine
                 .images
                 .add_image(&raw_config, &tags, &[repo_digest])?;
             drop(pin);
+            drop(fetched);
             drop(work);
             Ok(id)
         })
@@ -752,7 +1002,8 @@ impl Engine {
         let reference = Reference::parse(&req.image).map_err(|e| EngineError::Image(e.into()))?;
         let host = registry_of(&reference)?;
         let image = self.images.resolve(&req.image)?;
-        let registry = Registry::new(&host, &req.options.unwrap_or_default(), req.auth)?;
+        let registry = Registry::new(&host, &req.options.unwrap_or_default(), req.auth)?
+            .with_notices(tx.clone());
         let repo = reference.repository.clone();
         let scope = format!("repository:{repo}:pull,push");
         let mut layers = Vec::new();
@@ -762,7 +1013,7 @@ impl Engine {
                     "layer {diff_id} of the image is missing from the store"
                 ))
             })?;
-            let path = self.images.blob_path(&rec.blob)?;
+            let path = self.images.recorded_blob_path(&rec.blob)?;
             let size = tokio::fs::metadata(&path)
                 .await
                 .map_err(EngineError::io("stat", &path))?
@@ -835,6 +1086,13 @@ impl Engine {
         let resp = registry
             .send(Method::GET, &url, HeaderMap::new(), "", &|| None)
             .await?;
+        let withheld = registry.withheld_note();
+        if !withheld.is_empty() {
+            return Err(reg_err(format!(
+                "login to {} not verified{withheld}",
+                req.registry
+            )));
+        }
         if resp.status().is_success() {
             Ok(())
         } else {
@@ -849,7 +1107,76 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_challenge;
+    use super::{parse_challenge, Registry};
+    use agent_common::proto::RegistryOptions;
+
+    #[test]
+    fn credentials_go_only_to_token_realms_on_the_registry_host() {
+        let allowed = |host: &str, insecure: bool, realm: &str| {
+            let options = RegistryOptions {
+                insecure_registries: if insecure {
+                    vec![host.to_string()]
+                } else {
+                    Vec::new()
+                },
+                ..RegistryOptions::default()
+            };
+            let r = Registry::new(host, &options, None).expect("registry");
+            r.credentials_allowed(&reqwest::Url::parse(realm).expect("url"))
+                .is_ok()
+        };
+        // https on the registry's own host, any port, any case.
+        assert!(allowed(
+            "registry.example:5000",
+            false,
+            "https://registry.example/token"
+        ));
+        assert!(allowed(
+            "registry.example",
+            false,
+            "https://REGISTRY.example:8443/t"
+        ));
+        // Another host, a look-alike, or plain http to a remote registry: no.
+        assert!(!allowed(
+            "registry.example",
+            false,
+            "https://auth.example/token"
+        ));
+        assert!(!allowed(
+            "registry.example",
+            false,
+            "https://registry.example.evil.com/t"
+        ));
+        assert!(!allowed(
+            "registry.example",
+            false,
+            "http://registry.example/token"
+        ));
+        assert!(!allowed(
+            "registry.example",
+            false,
+            "ftp://registry.example/token"
+        ));
+        // Plain http only for a loopback or insecure registry, same host.
+        assert!(allowed(
+            "127.0.0.1:5000",
+            false,
+            "http://127.0.0.1:9000/token"
+        ));
+        assert!(!allowed(
+            "127.0.0.1:5000",
+            false,
+            "http://127.0.0.2:9000/token"
+        ));
+        assert!(!allowed(
+            "127.0.0.1:5000",
+            false,
+            "http://localhost:9000/token"
+        ));
+        assert!(allowed("[::1]:5000", false, "http://[::1]:9000/token"));
+        assert!(allowed("reg.lan:5000", true, "http://reg.lan/token"));
+        assert!(!allowed("reg.lan:5000", true, "http://other.lan/token"));
+    }
 
     #[test]
     fn bearer_challenges_parse() {

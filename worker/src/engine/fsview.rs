@@ -126,7 +126,11 @@ impl Engine {
         Ok(filter_engine_paths(changes, &hidden))
     }
 
-    /// `export`: streams a tar of the container's merged file system.
+    /// `export`: streams a tar of the container's merged file system. A
+    /// running container is not paused: the view is archived by descriptor
+    /// ([`super::confined::append_tree`]), so what the container changes
+    /// meanwhile may or may not be in the archive, but no symlink it plants
+    /// is followed.
     pub fn export(self: &Arc<Self>, c: &Container, tx: mpsc::Sender<Vec<u8>>) -> Result<()> {
         let rec = c.record();
         let lowers = self.lowers_top_first(&rec.image)?;
@@ -143,8 +147,7 @@ impl Engine {
         let mut tar = tar::Builder::new(writer);
         tar.follow_symlinks(false);
         tar.mode(tar::HeaderMode::Complete);
-        let result = tar
-            .append_dir_all(".", &view.mountpoint)
+        let result = super::confined::append_tree(&mut tar, &view.mountpoint)
             .and_then(|_| tar.into_inner())
             .and_then(|mut w| w.flush());
         drop(view);

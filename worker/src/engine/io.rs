@@ -104,6 +104,21 @@ async fn read_from(path: &std::path::Path, offset: u64) -> Vec<u8> {
     buf
 }
 
+/// Opens a container's terminal from its recorded `/proc/PID/root/dev/pts/N`
+/// path, resolved inside the container's root; a character device only.
+fn open_container_tty(recorded: &str) -> Option<std::fs::File> {
+    let rest = recorded.strip_prefix("/proc/")?;
+    let (pid, path) = rest.split_once("/root")?;
+    let pid: u32 = pid.parse().ok()?;
+    match super::confined::open_container_device(pid, path) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::debug!("not resizing the terminal {recorded}: {e}");
+            None
+        }
+    }
+}
+
 /// Reads an open file from `offset` to its end.
 fn read_open(file: &mut std::fs::File, offset: u64) -> Vec<u8> {
     use std::io::{Read, Seek};
@@ -243,9 +258,12 @@ impl Engine {
                         stdin.lock().await.take();
                     }
                     Some(attach_input::Kind::Resize(size)) => {
-                        if let Some(path) = &tty_path {
-                            let _ = crate::runtime::set_winsize(
-                                std::path::Path::new(path),
+                        // The terminal is opened inside the container's root
+                        // (a symlink planted there never reaches a host file).
+                        if let Some(tty) = tty_path.as_deref().and_then(open_container_tty) {
+                            use std::os::fd::AsRawFd;
+                            let _ = crate::runtime::set_winsize_fd(
+                                tty.as_raw_fd(),
                                 size.rows.min(u16::MAX as u32) as u16,
                                 size.cols.min(u16::MAX as u32) as u16,
                             );
@@ -298,7 +316,13 @@ impl Engine {
 
     /// The exec helper's command line running `start` in the running
     /// container `c` (stdio left to the caller).
-    pub fn exec_helper_command(
+    ///
+    /// The user is resolved from the container's own `/etc/passwd` and
+    /// `/etc/group`, read inside its root by descriptor (a symlink to a host
+    /// file, a FIFO or `/dev/zero` there is refused, see
+    /// [`super::confined`]) on a blocking thread, within
+    /// [`super::confined::READ_TIMEOUT`].
+    pub async fn exec_helper_command(
         &self,
         c: &Container,
         start: &agent_common::proto::ExecStart,
@@ -321,9 +345,7 @@ impl Engine {
                 "no command given to exec".into(),
             ));
         }
-        let root = format!("/proc/{}/root", rec.state.pid);
-        let passwd = std::fs::read_to_string(format!("{root}/etc/passwd")).ok();
-        let group = std::fs::read_to_string(format!("{root}/etc/group")).ok();
+        let (passwd, group) = container_credentials(rec.state.pid as u32).await;
         let user = if start.user.is_empty() {
             rec.config.user.clone()
         } else {
@@ -381,7 +403,7 @@ impl Engine {
         mut input: Streaming<ExecInput>,
         tx: mpsc::Sender<OutputChunk>,
     ) -> Result<()> {
-        let mut cmd = self.exec_helper_command(&c, &start)?;
+        let mut cmd = self.exec_helper_command(&c, &start).await?;
         if start.tty {
             return self.exec_tty(cmd, input, tx).await;
         }
@@ -457,6 +479,30 @@ impl Engine {
             }
         });
         finish_exec(child, pump, tx).await
+    }
+}
+
+/// The running container `pid`'s `/etc/passwd` and `/etc/group`, each
+/// `None` when absent, refused (not a regular file, too large, a symlink
+/// out of reach) or not read within the timeout.
+async fn container_credentials(pid: u32) -> (Option<String>, Option<String>) {
+    use super::confined::{read_container_file, text_or_warn, MAX_READ, READ_TIMEOUT};
+    let read = tokio::task::spawn_blocking(move || {
+        let read = |path: &str| {
+            text_or_warn(
+                &format!("{path} of process {pid}"),
+                read_container_file(pid, path, MAX_READ),
+            )
+        };
+        (read("/etc/passwd"), read("/etc/group"))
+    });
+    match tokio::time::timeout(READ_TIMEOUT, read).await {
+        Ok(Ok(files)) => files,
+        Ok(Err(_)) => (None, None),
+        Err(_) => {
+            tracing::warn!("reading the credentials of process {pid} timed out");
+            (None, None)
+        }
     }
 }
 

@@ -7,8 +7,6 @@
 //! and records the exit status the shim left in `exit.json`.
 
 use std::fs;
-use std::os::unix::fs::FileTypeExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,18 +30,19 @@ const DEFAULT_STOP_TIMEOUT: i64 = 10;
 const HOSTS: &str = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n";
 
 /// Reads a file of the container's root filesystem from its layers without
-/// mounting it: the upper dir first, then the image layers top-down; a
-/// whiteout hides lower copies.
+/// mounting it: the upper dir first, then the image layers top-down, by
+/// descriptor ([`super::confined::read_layered_file`]): whiteouts and opaque
+/// directories hide lower copies, a symlink is not followed, only a regular
+/// file of at most [`super::confined::MAX_READ`] bytes is read. What is
+/// refused is logged and reads as absent.
 pub fn read_rootfs_file(upper: &Path, lowers_top_first: &[PathBuf], rel: &str) -> Option<String> {
-    for dir in std::iter::once(&upper.to_path_buf()).chain(lowers_top_first) {
-        let p = dir.join(rel);
-        match fs::symlink_metadata(&p) {
-            Ok(m) if m.file_type().is_char_device() && m.rdev() == 0 => return None,
-            Ok(m) if m.is_file() => return fs::read_to_string(&p).ok(),
-            _ => continue,
-        }
-    }
-    None
+    let mut layers = Vec::with_capacity(lowers_top_first.len() + 1);
+    layers.push(upper.to_path_buf());
+    layers.extend_from_slice(lowers_top_first);
+    super::confined::text_or_warn(
+        &format!("/{rel} of the container"),
+        super::confined::read_layered_file(&layers, rel, super::confined::MAX_READ),
+    )
 }
 
 fn host_resolv_conf() -> String {
@@ -195,8 +194,17 @@ impl Engine {
         let upper = dir.join("upper");
 
         // Credentials come from the container's own /etc/passwd and /etc/group.
-        let passwd = read_rootfs_file(&upper, &lowers, "etc/passwd");
-        let group = read_rootfs_file(&upper, &lowers, "etc/group");
+        let (passwd, group) = {
+            let (upper, lowers) = (upper.clone(), lowers.clone());
+            tokio::task::spawn_blocking(move || {
+                (
+                    read_rootfs_file(&upper, &lowers, "etc/passwd"),
+                    read_rootfs_file(&upper, &lowers, "etc/group"),
+                )
+            })
+            .await
+            .map_err(|e| EngineError::Internal(e.to_string()))?
+        };
         let (uid, gid, groups, home) = crate::runtime::init::resolve_user(
             &rec.config.user,
             passwd.as_deref(),

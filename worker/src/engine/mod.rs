@@ -9,6 +9,8 @@
 //!   disconnect, inspect, and the names the embedded DNS server answers
 //! - [`io`]: attach, logs, exec
 //! - [`fsview`]: diff, export, commit, top
+//! - [`confined`]: file access inside container roots, layers and volumes by
+//!   descriptor (never following what a container or an image planted)
 //! - [`api`]: the tonic service that maps engine.proto onto all of the above
 //!
 //! State lives under `<data-root>/containers/<id>/` (`config.v2.json` is the
@@ -16,6 +18,7 @@
 //! written through before it is acknowledged.
 
 pub mod api;
+pub mod confined;
 pub mod container;
 pub mod create;
 pub mod distribution;

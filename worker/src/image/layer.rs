@@ -244,6 +244,11 @@ struct Meta {
 /// diff_id. On error `dest` is left half-written: unpack into a temporary
 /// directory and rename it into place only on success.
 pub fn unpack_layer(reader: impl Read, dest: &Path) -> Result<UnpackedLayer> {
+    let (reader, tripped) = super::tar_guard::TarGuard::new(reader);
+    unpack_guarded(reader, dest).map_err(|e| tripped.explain(e))
+}
+
+fn unpack_guarded(reader: impl Read, dest: &Path) -> Result<UnpackedLayer> {
     std::fs::create_dir_all(dest).map_err(|e| ImageError::io("create directory", dest, e))?;
     let root = nix::fcntl::open(
         dest,

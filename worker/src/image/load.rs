@@ -10,12 +10,18 @@
 //! memory; symlinks and hardlinks between entries are resolved by name,
 //! confined to the archive. Every digest is checked: configs against the
 //! image id or blob name, blobs against their names or descriptors, and every
-//! layer's uncompressed stream against the config's diff_ids.
+//! layer's uncompressed stream against the config's diff_ids. Every digest a
+//! descriptor or config carries is a [`Digest`] from the moment it is parsed
+//! (a path-shaped one refuses the archive); spooled files are named by their
+//! position in the archive, each is held to the store's layer size limit and
+//! the free-space reserve, and the whole spool is removed when the load ends.
 
+use super::digest::Digest;
 use super::layer::{self, HashReader};
+use super::limits::{Capped, Meter, SpaceCheck, MAX_DOCUMENT};
 use super::reference::Reference;
-use super::store::{host_arch, ImageStore, LayerPin, TempDir};
-use super::{digest_hex, sha256_digest, ImageError, Result};
+use super::store::{host_arch, ImageStore, LayerPin, PartialFile, TempDir};
+use super::{ImageError, Result};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -24,12 +30,28 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 /// JSON files larger than this are refused (configs, manifests, indexes).
-const MAX_JSON: u64 = 16 << 20;
+const MAX_JSON: u64 = MAX_DOCUMENT;
 
 /// A spooled regular file.
 struct Spooled {
     path: PathBuf,
-    digest: String,
+    digest: Digest,
+}
+
+/// A digest this process computed (always well formed).
+fn computed(digest: &str) -> Result<Digest> {
+    Digest::parse(digest).map_err(|source| ImageError::BadDigest {
+        what: "computed digest".into(),
+        source,
+    })
+}
+
+/// Where archive files are copied to: by position, never by name or digest.
+struct Takes<'a> {
+    dir: &'a Path,
+    next: std::cell::Cell<usize>,
+    max: u64,
+    space: SpaceCheck,
 }
 
 /// Where the archive's files are read from.
@@ -107,7 +129,7 @@ impl Source {
     }
 
     /// Opens a file of the archive; returns it with its sha256 when known.
-    fn open(&self, path: &str) -> Result<(File, PathBuf, Option<String>)> {
+    fn open(&self, path: &str) -> Result<(File, PathBuf, Option<Digest>)> {
         match self {
             Source::Spool { files, .. } => {
                 let p = self.resolve(path)?;
@@ -126,7 +148,7 @@ impl Source {
     }
 
     /// Reads a small file; returns its bytes and digest.
-    fn read(&self, path: &str) -> Result<(Vec<u8>, String)> {
+    fn read(&self, path: &str) -> Result<(Vec<u8>, Digest)> {
         let (file, p, _) = self.open(path)?;
         let mut data = Vec::new();
         file.take(MAX_JSON + 1)
@@ -135,46 +157,53 @@ impl Source {
         if data.len() as u64 > MAX_JSON {
             return Err(bad(format!("{path} is larger than {MAX_JSON} bytes")));
         }
-        let digest = sha256_digest(&data);
+        let digest = Digest::of(&data);
         Ok((data, digest))
     }
 
     /// Reads a blob by digest and verifies it.
-    fn read_blob(&self, digest: &str) -> Result<Vec<u8>> {
-        let hex =
-            digest_hex(digest).ok_or_else(|| bad(format!("unsupported digest {digest:?}")))?;
+    fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
+        let hex = digest.hex();
         let (data, actual) = self.read(&format!("blobs/sha256/{hex}"))?;
-        if actual != digest {
+        if actual != *digest {
             return Err(ImageError::DigestMismatch {
                 what: format!("blob blobs/sha256/{hex}"),
                 expected: digest.to_string(),
-                actual,
+                actual: actual.to_string(),
             });
         }
         Ok(data)
     }
 
-    /// Puts a copy of the file (a hardlink when spooled) into `tmp` and
-    /// returns its path and sha256.
-    fn take(&self, path: &str, tmp: &Path) -> Result<(PathBuf, String)> {
-        let dest = tmp.join(format!("blob-{}", hex_name(path)));
+    /// Puts a copy of the file (a hardlink when spooled) into the takes'
+    /// directory, named by position, and returns its guard and sha256. The
+    /// copy is held to the layer size limit and the free-space reserve.
+    fn take(&self, path: &str, takes: &Takes<'_>) -> Result<(PartialFile, Digest)> {
+        let n = takes.next.get();
+        takes.next.set(n + 1);
+        let dest = takes.dir.join(format!("blob-{n}"));
         let (file, src, digest) = self.open(path)?;
         if let Some(digest) = digest {
-            let _ = fs::remove_file(&dest);
             if fs::hard_link(&src, &dest).is_ok() {
-                return Ok((dest, digest));
+                let guard = PartialFile::adopt(dest);
+                return Ok((guard, digest));
             }
         }
-        let mut hr = HashReader::new(file);
-        let mut out = File::create(&dest).map_err(|e| ImageError::io("create", &dest, e))?;
-        io::copy(&mut hr, &mut out).map_err(|e| ImageError::io("copy", &src, e))?;
+        let meter = Meter::new(
+            format!("{path} in the image archive"),
+            takes.max,
+            "; the daemon's --max-layer-size sets this limit",
+        )
+        .watching(takes.space.clone());
+        let (capped, tripped) = Capped::new(file, meter);
+        let mut hr = HashReader::new(capped);
+        let (guard, mut out) =
+            PartialFile::create(dest.clone()).map_err(|e| ImageError::io("create", &dest, e))?;
+        io::copy(&mut hr, &mut out)
+            .map_err(|e| tripped.explain(ImageError::io("copy", &src, e)))?;
         let (digest, _) = hr.finish().map_err(|e| ImageError::io("read", &src, e))?;
-        Ok((dest, digest))
+        Ok((guard, computed(&digest)?))
     }
-}
-
-fn hex_name(path: &str) -> String {
-    hex::encode(path.as_bytes()).chars().take(100).collect()
 }
 
 /// One entry of `manifest.json`.
@@ -193,7 +222,8 @@ struct DockerManifest {
 struct Descriptor {
     #[serde(default)]
     media_type: String,
-    digest: String,
+    /// Validated while the JSON is parsed: a path-shaped digest refuses the document.
+    digest: Digest,
     #[serde(default)]
     size: Option<u64>,
     #[serde(default)]
@@ -252,9 +282,27 @@ impl ImageStore {
     }
 
     fn spool(&self, reader: impl Read) -> Result<Source> {
+        let space = self.space();
+        space.check(0)?;
+        let max = self.limits().max_layer_size;
         let dir = self.temp_dir("load")?;
         let (reader, _) =
             layer::decompressed(reader).map_err(|e| bad(format!("failed to read archive: {e}")))?;
+        // Oversized long names and PAX headers stop before the tar crate
+        // reads them into memory.
+        let (reader, guard) = super::tar_guard::TarGuard::new(reader);
+        self.spool_tar(reader, dir, &space, max)
+            .map_err(|e| guard.explain(e))
+    }
+
+    /// Spools every regular file of the archive into `dir`, named by position.
+    fn spool_tar(
+        &self,
+        reader: impl Read,
+        dir: TempDir,
+        space: &SpaceCheck,
+        max: u64,
+    ) -> Result<Source> {
         let mut archive = tar::Archive::new(reader);
         let mut files = HashMap::new();
         let mut symlinks = HashMap::new();
@@ -275,15 +323,30 @@ impl ImageStore {
             match entry.header().entry_type() {
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
                     let path = dir.path().join(format!("f{n}"));
-                    let mut out =
-                        File::create(&path).map_err(|e| ImageError::io("create", &path, e))?;
-                    let mut hr = HashReader::new(&mut entry);
-                    io::copy(&mut hr, &mut out)
-                        .map_err(|e| bad(format!("failed to read {raw} from the archive: {e}")))?;
+                    let (guard, mut out) = PartialFile::create(path.clone())
+                        .map_err(|e| ImageError::io("create", &path, e))?;
+                    let meter = Meter::new(
+                        format!("{raw} in the image archive"),
+                        max,
+                        "; the daemon's --max-layer-size sets this limit",
+                    )
+                    .watching(space.clone());
+                    let (capped, tripped) = Capped::new(&mut entry, meter);
+                    let mut hr = HashReader::new(capped);
+                    io::copy(&mut hr, &mut out).map_err(|e| {
+                        tripped.explain(bad(format!("failed to read {raw} from the archive: {e}")))
+                    })?;
                     let (digest, _) = hr
                         .finish()
                         .map_err(|e| bad(format!("failed to read {raw}: {e}")))?;
-                    files.insert(name, Spooled { path, digest });
+                    let digest = computed(&digest)?;
+                    files.insert(
+                        name,
+                        Spooled {
+                            path: guard.keep(),
+                            digest,
+                        },
+                    );
                 }
                 tar::EntryType::Symlink => {
                     if let Some(t) = entry.link_name_bytes() {
@@ -316,11 +379,17 @@ impl ImageStore {
 
     fn load_source(&self, src: &Source, tag_as: Option<&str>) -> Result<Vec<String>> {
         let work = self.temp_dir("blobs")?;
+        let takes = Takes {
+            dir: work.path(),
+            next: std::cell::Cell::new(0),
+            max: self.limits().max_layer_size,
+            space: self.space(),
+        };
         let pin = self.pin_layers();
         if src.exists("manifest.json") {
-            self.load_docker(src, work.path(), &pin)
+            self.load_docker(src, &takes, &pin)
         } else if src.exists("index.json") {
-            self.load_oci(src, work.path(), tag_as, &pin)
+            self.load_oci(src, &takes, tag_as, &pin)
         } else {
             Err(bad(
                 "neither manifest.json (docker save) nor index.json (OCI layout) found in the archive",
@@ -328,7 +397,12 @@ impl ImageStore {
         }
     }
 
-    fn load_docker(&self, src: &Source, tmp: &Path, pin: &LayerPin<'_>) -> Result<Vec<String>> {
+    fn load_docker(
+        &self,
+        src: &Source,
+        tmp: &Takes<'_>,
+        pin: &LayerPin<'_>,
+    ) -> Result<Vec<String>> {
         let (data, _) = src.read("manifest.json")?;
         let manifests: Vec<DockerManifest> = serde_json::from_slice(&data)
             .map_err(|e| bad(format!("manifest.json is not valid: {e}")))?;
@@ -343,12 +417,12 @@ impl ImageStore {
             let named = name.strip_suffix(".json").unwrap_or(name);
             if named.len() == 64
                 && named.bytes().all(|b| b.is_ascii_hexdigit())
-                && format!("sha256:{named}") != id
+                && format!("sha256:{named}") != id.as_str()
             {
                 return Err(ImageError::DigestMismatch {
                     what: format!("image config {}", m.config),
                     expected: format!("sha256:{named}"),
-                    actual: id,
+                    actual: id.to_string(),
                 });
             }
             let diff_ids = config_diff_ids(&raw, &m.config)?;
@@ -360,22 +434,22 @@ impl ImageStore {
                 )));
             }
             for (path, diff_id) in m.layers.iter().zip(&diff_ids) {
-                if self.has_layer(diff_id) {
+                if self.has_layer(diff_id.as_str()) {
                     continue;
                 }
                 let (blob, digest) = src.take(path, tmp)?;
                 let last = path.rsplit('/').next().unwrap_or_default();
                 if path.contains("blobs/sha256/")
                     && last.len() == 64
-                    && format!("sha256:{last}") != digest
+                    && format!("sha256:{last}") != digest.as_str()
                 {
                     return Err(ImageError::DigestMismatch {
                         what: format!("layer blob {path}"),
                         expected: format!("sha256:{last}"),
-                        actual: digest,
+                        actual: digest.to_string(),
                     });
                 }
-                self.add_layer(pin, &blob, &digest, Some(diff_id))?;
+                self.add_layer(pin, blob.path(), &digest, Some(diff_id))?;
             }
             let tags = m.repo_tags.unwrap_or_default();
             let id = self.add_image(&raw, &tags, &[])?;
@@ -387,7 +461,7 @@ impl ImageStore {
     fn load_oci(
         &self,
         src: &Source,
-        tmp: &Path,
+        tmp: &Takes<'_>,
         tag_as: Option<&str>,
         pin: &LayerPin<'_>,
     ) -> Result<Vec<String>> {
@@ -474,7 +548,7 @@ impl ImageStore {
     fn load_oci_manifest(
         &self,
         src: &Source,
-        tmp: &Path,
+        tmp: &Takes<'_>,
         desc: &Descriptor,
         name: Option<&str>,
         pin: &LayerPin<'_>,
@@ -492,7 +566,7 @@ impl ImageStore {
         let manifest: OciManifest = serde_json::from_slice(&data)
             .map_err(|e| bad(format!("manifest {} is not valid: {e}", desc.digest)))?;
         let raw = src.read_blob(&manifest.config.digest)?;
-        let diff_ids = config_diff_ids(&raw, &manifest.config.digest)?;
+        let diff_ids = config_diff_ids(&raw, manifest.config.digest.as_str())?;
         if diff_ids.len() != manifest.layers.len() {
             return Err(bad(format!(
                 "manifest {}: the config lists {} layers but the manifest {}",
@@ -502,20 +576,19 @@ impl ImageStore {
             )));
         }
         for (l, diff_id) in manifest.layers.iter().zip(&diff_ids) {
-            if self.has_layer(diff_id) {
+            if self.has_layer(diff_id.as_str()) {
                 continue;
             }
-            let hex = digest_hex(&l.digest)
-                .ok_or_else(|| bad(format!("unsupported layer digest {:?}", l.digest)))?;
+            let hex = l.digest.hex();
             let (blob, digest) = src.take(&format!("blobs/sha256/{hex}"), tmp)?;
             if digest != l.digest {
                 return Err(ImageError::DigestMismatch {
                     what: format!("layer blob blobs/sha256/{hex}"),
-                    expected: l.digest.clone(),
-                    actual: digest,
+                    expected: l.digest.to_string(),
+                    actual: digest.to_string(),
                 });
             }
-            self.add_layer(pin, &blob, &digest, Some(diff_id))?;
+            self.add_layer(pin, blob.path(), &digest, Some(diff_id))?;
         }
         let tags: Vec<String> = name.map(str::to_string).into_iter().collect();
         let repo_digests = match name.and_then(|n| Reference::parse(n).ok()) {
@@ -527,15 +600,19 @@ impl ImageStore {
 }
 
 /// The diff_ids of a config, checked to be sha256 digests.
-fn config_diff_ids(raw: &[u8], what: &str) -> Result<Vec<String>> {
+pub(crate) fn config_diff_ids(raw: &[u8], what: &str) -> Result<Vec<Digest>> {
     let cfg: super::ImageConfig = serde_json::from_slice(raw)
         .map_err(|e| bad(format!("image config {what} is not valid: {e}")))?;
-    for d in &cfg.rootfs.diff_ids {
-        if digest_hex(d).is_none() {
-            return Err(bad(format!("image config {what} has a bad diff_id {d:?}")));
-        }
-    }
-    Ok(cfg.rootfs.diff_ids)
+    cfg.rootfs
+        .diff_ids
+        .iter()
+        .map(|d| {
+            Digest::parse(d).map_err(|source| ImageError::BadDigest {
+                what: format!("diff_id in image config {what}"),
+                source,
+            })
+        })
+        .collect()
 }
 
 /// The `name:tag` an OCI index entry names, if any.

@@ -9,19 +9,27 @@
 //! - [`layer`]: the confined layer extractor, overlay diffs and upper-dir layers.
 //! - [`load`] / [`save`]: `docker save` tarballs and OCI image layouts in and out.
 //! - [`changes`]: Dockerfile-style `--change` instructions for import and commit.
+//! - [`digest`]: the validated [`Digest`], the only thing that names a stored blob.
+//! - [`limits`]: size limits and the free-space reserve for arriving images.
+//! - [`tar_guard`]: refuses oversized tar extension headers before they are read into memory.
 //!
 //! This module does not mount anything: the engine assembles the overlay
 //! from [`ImageStore::layer_dirs`].
 
 pub mod changes;
 pub mod config;
+pub mod digest;
 pub mod layer;
+pub mod limits;
 pub mod load;
 pub mod reference;
 pub mod save;
 pub mod store;
+pub mod tar_guard;
 
 pub use config::{ImageConfig, RuntimeConfig};
+pub use digest::{Digest, InvalidDigest};
+pub use limits::Limits;
 pub use store::{Image, ImageStore};
 
 use std::path::PathBuf;
@@ -74,6 +82,38 @@ pub enum ImageError {
         entry: String,
         /// Why it was refused.
         reason: String,
+    },
+    /// A descriptor, record or reference carries something that is not a
+    /// `sha256:<64 hex>` digest.
+    #[error("refused {what}: {source}")]
+    BadDigest {
+        /// Where the digest came from.
+        what: String,
+        /// What is wrong with it.
+        #[source]
+        source: InvalidDigest,
+    },
+    /// Content larger than a limit (see [`limits`]).
+    #[error("refused {what}: it is larger than {} ({limit} bytes){hint}", limits::human(*limit))]
+    TooLarge {
+        /// What was being received.
+        what: String,
+        /// The limit, in bytes.
+        limit: u64,
+        /// Which limit that is and how to change it, starting with "; ".
+        hint: &'static str,
+    },
+    /// Writing more would leave less than the reserve free on the data root.
+    #[error("not enough free space on {}: {} available, {} more needed while keeping {} free (--min-free-space); free some space (e.g. flotilla image prune) and try again", path.display(), limits::human(*free), limits::human(*needed), limits::human(*reserve))]
+    NoSpace {
+        /// The store's root.
+        path: PathBuf,
+        /// Bytes available.
+        free: u64,
+        /// Bytes about to be written.
+        needed: u64,
+        /// Bytes that must stay free.
+        reserve: u64,
     },
     /// An archive or layout lacks something or has something malformed.
     #[error("failed to read image archive: {0}")]

@@ -84,7 +84,7 @@ impl ImageStore {
                 let hex = digest_hex(diff_id).unwrap_or_default().to_string();
                 let path = format!("blobs/sha256/{hex}");
                 if written.insert(hex.clone()) {
-                    let blob = self.blob_path(&rec.blob)?;
+                    let blob = self.recorded_blob_path(&rec.blob)?;
                     let file = File::open(&blob).map_err(|e| ImageError::io("open", &blob, e))?;
                     let (reader, _) =
                         layer::decompressed(file).map_err(|e| ImageError::io("read", &blob, e))?;

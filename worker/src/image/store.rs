@@ -22,7 +22,9 @@
 //! pass a `used_by` callback to `remove`/`prune`.
 
 use super::config::{self, History, ImageConfig, RootFs, RuntimeConfig};
+use super::digest::Digest;
 use super::layer::{self, Compression};
+use super::limits::{Capped, Limits, Meter, SpaceCheck};
 use super::reference::Reference;
 use super::{digest_hex, ImageError, Result};
 use agent_common::engine::{HistoryEntry, ImageSummary, PruneReport};
@@ -114,6 +116,8 @@ pub struct ImageStore {
     /// Held shared while layers are being added, exclusively while layers are
     /// deleted, so a load never records an image whose layer was just removed.
     gc: RwLock<()>,
+    /// Size limits and the free-space reserve for arriving images.
+    limits: RwLock<Limits>,
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -137,6 +141,48 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A file being written from untrusted input, removed on drop unless
+/// [`PartialFile::keep`] was called: every early return of a download or a
+/// spool leaves nothing behind. Moving the file away (e.g. into the blob
+/// store) before the drop is fine: removal then finds nothing.
+pub struct PartialFile {
+    path: PathBuf,
+    kept: bool,
+}
+
+impl PartialFile {
+    /// Creates `path` (which must not exist: `O_EXCL`, no symlink followed)
+    /// and returns the guard with the open file.
+    pub fn create(path: PathBuf) -> io::Result<(PartialFile, File)> {
+        let file = File::options().write(true).create_new(true).open(&path)?;
+        Ok((PartialFile { path, kept: false }, file))
+    }
+
+    /// Guards a file that already exists (e.g. a hard link just made).
+    pub fn adopt(path: PathBuf) -> PartialFile {
+        PartialFile { path, kept: false }
+    }
+
+    /// Where the file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Keeps the file: the guard no longer removes it.
+    pub fn keep(mut self) -> PathBuf {
+        self.kept = true;
+        std::mem::take(&mut self.path)
+    }
+}
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        if !self.kept {
+            let _ = fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -316,6 +362,7 @@ impl ImageStore {
             root: root.to_path_buf(),
             state: Mutex::new(st),
             gc: RwLock::new(()),
+            limits: RwLock::new(Limits::default()),
         })
     }
 
@@ -339,10 +386,37 @@ impl ImageStore {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn blob_path(&self, digest: &str) -> Result<PathBuf> {
-        let hex = digest_hex(digest)
-            .ok_or_else(|| ImageError::BadArchive(format!("bad digest {digest:?}")))?;
-        Ok(self.root.join("blobs/sha256").join(hex))
+    /// The limits arriving images are held to.
+    pub fn limits(&self) -> Limits {
+        *self.limits.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets the limits (the daemon's `--max-layer-size`, `--min-free-space`).
+    pub fn set_limits(&self, limits: Limits) {
+        *self.limits.write().unwrap_or_else(|p| p.into_inner()) = limits;
+    }
+
+    /// The free-space check for writes into the store.
+    pub fn space(&self) -> SpaceCheck {
+        SpaceCheck {
+            root: self.root.clone(),
+            reserve: self.limits().min_free_space,
+        }
+    }
+
+    /// Where the blob with this digest lives. Only a validated [`Digest`]
+    /// names a file here.
+    pub(crate) fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    /// [`ImageStore::blob_path`] for a digest read from the store's own records.
+    pub(crate) fn recorded_blob_path(&self, digest: &str) -> Result<PathBuf> {
+        let d = Digest::parse(digest).map_err(|source| ImageError::BadDigest {
+            what: "blob digest in a layer record".into(),
+            source,
+        })?;
+        Ok(self.blob_path(&d))
     }
 
     /// A fresh directory under `<root>/tmp`, removed when dropped.
@@ -357,8 +431,8 @@ impl ImageStore {
     }
 
     /// Moves a verified blob file into `blobs/sha256/`.
-    pub(crate) fn commit_blob(&self, tmp: &Path, digest: &str) -> Result<PathBuf> {
-        let dest = self.blob_path(digest)?;
+    pub(crate) fn commit_blob(&self, tmp: &Path, digest: &Digest) -> Result<PathBuf> {
+        let dest = self.blob_path(digest);
         if dest.exists() {
             let _ = fs::remove_file(tmp);
         } else {
@@ -383,14 +457,16 @@ impl ImageStore {
     /// [`ImageStore::temp_dir`]; it is moved, not copied) whose sha256 is
     /// `blob_digest` (the caller verified it). The blob may be plain, gzip or
     /// zstd. The uncompressed stream must hash to `expected_diff_id` when
-    /// given. Unpacks into `tmp/` and renames into `l/` only once complete.
-    /// Returns the diff_id.
+    /// given. Unpacks into `tmp/` and renames into `l/` only once complete;
+    /// the uncompressed stream is held to [`Limits::max_layer_size`] and the
+    /// free-space reserve (a decompression bomb stops there, and its partial
+    /// directory is removed). Returns the diff_id.
     pub fn add_layer(
         &self,
         _pin: &LayerPin<'_>,
         blob_tmp: &Path,
-        blob_digest: &str,
-        expected_diff_id: Option<&str>,
+        blob_digest: &Digest,
+        expected_diff_id: Option<&Digest>,
     ) -> Result<String> {
         self.add_layer_locked(blob_tmp, blob_digest, expected_diff_id)
     }
@@ -398,11 +474,11 @@ impl ImageStore {
     fn add_layer_locked(
         &self,
         blob_tmp: &Path,
-        blob_digest: &str,
-        expected_diff_id: Option<&str>,
+        blob_digest: &Digest,
+        expected_diff_id: Option<&Digest>,
     ) -> Result<String> {
         if let Some(d) = expected_diff_id {
-            if self.has_layer(d) {
+            if self.has_layer(d.as_str()) {
                 let _ = fs::remove_file(blob_tmp);
                 return Ok(d.to_string());
             }
@@ -412,9 +488,17 @@ impl ImageStore {
         let file = File::open(blob_tmp).map_err(io_err("open", blob_tmp))?;
         let (reader, compression) =
             layer::decompressed(file).map_err(io_err("read layer blob", blob_tmp))?;
-        let unpacked = layer::unpack_layer(reader, &dest)?;
+        let limits = self.limits();
+        let meter = Meter::new(
+            format!("layer {blob_digest}: its uncompressed content"),
+            limits.max_layer_size,
+            "; the daemon's --max-layer-size sets this limit",
+        )
+        .watching(self.space());
+        let (reader, tripped) = Capped::new(reader, meter);
+        let unpacked = layer::unpack_layer(reader, &dest).map_err(|e| tripped.explain(e))?;
         if let Some(expected) = expected_diff_id {
-            if unpacked.diff_id != expected {
+            if unpacked.diff_id != expected.as_str() {
                 return Err(ImageError::DigestMismatch {
                     what: format!(
                         "layer {blob_digest} (uncompressed) against diff_id in the image config"
@@ -483,7 +567,7 @@ impl ImageStore {
             .iter()
             .map(|t| normalize_tag(t))
             .collect::<Result<Vec<_>>>()?;
-        let blob = self.blob_path(&id)?;
+        let blob = self.blob_path(&Digest::of(raw_config));
         if !blob.exists() {
             write_atomic(&blob, raw_config)?;
         }
@@ -911,7 +995,7 @@ impl ImageStore {
             } else {
                 let _ = fs::remove_dir_all(&dir);
             }
-            if let Ok(p) = self.blob_path(&rec.blob) {
+            if let Ok(p) = self.recorded_blob_path(&rec.blob) {
                 let _ = fs::remove_file(p);
             }
             reclaimed += rec.size;
@@ -981,18 +1065,31 @@ impl ImageStore {
         let mut rc = RuntimeConfig::default();
         super::changes::apply_changes(&mut rc, changes)?;
         let _pin = self.pin_layers();
+        let space = self.space();
+        space.check(0)?;
         let work = self.temp_dir("import")?;
         let blob = work.path().join("blob");
         // One pass: decompress, keep the plain tar as the blob, hash it.
         let (reader, _) = layer::decompressed(reader)
             .map_err(|e| ImageError::BadArchive(format!("failed to read import stream: {e}")))?;
+        let meter = Meter::new(
+            "the imported tarball (uncompressed)",
+            self.limits().max_layer_size,
+            "; the daemon's --max-layer-size sets this limit",
+        )
+        .watching(space);
+        let (mut reader, tripped) = Capped::new(reader, meter);
         let mut file = File::create(&blob).map_err(io_err("create", &blob))?;
         let mut hw = layer::HashWriter::new(&mut file);
-        io::copy(&mut { reader }, &mut hw)
-            .map_err(|e| ImageError::BadArchive(format!("failed to read import stream: {e}")))?;
+        io::copy(&mut reader, &mut hw).map_err(|e| {
+            tripped.explain(ImageError::BadArchive(format!(
+                "failed to read import stream: {e}"
+            )))
+        })?;
         let (_, digest, _) = hw.finish();
         file.sync_all().map_err(io_err("sync", &blob))?;
         drop(file);
+        let digest = computed(digest)?;
         let diff_id = self.add_layer_locked(&blob, &digest, Some(&digest))?;
         let created = config::now_rfc3339();
         let cfg = ImageConfig {
@@ -1036,13 +1133,21 @@ impl ImageStore {
     ) -> Result<String> {
         let tag = reference.map(normalize_tag).transpose()?;
         let _pin = self.pin_layers();
+        let space = self.space();
+        space.check(0)?;
         let work = self.temp_dir("commit")?;
         let blob = work.path().join("blob");
         let file = File::create(&blob).map_err(io_err("create", &blob))?;
-        let mut w = io::BufWriter::new(file);
-        let (digest, _) = layer::write_upper_as_layer(upper_dir, &mut w)?;
-        w.flush().map_err(io_err("write", &blob))?;
+        // The container's own files: no size limit, but the reserve is kept.
+        let meter = Meter::new("the committed layer", u64::MAX, "").watching(space);
+        let (metered, tripped) = super::limits::Metered::new(file, meter);
+        let mut w = io::BufWriter::new(metered);
+        let (digest, _) =
+            layer::write_upper_as_layer(upper_dir, &mut w).map_err(|e| tripped.explain(e))?;
+        w.flush()
+            .map_err(|e| tripped.explain(ImageError::io("write", &blob, e)))?;
         drop(w);
+        let digest = computed(digest)?;
         let diff_id = self.add_layer_locked(&blob, &digest, Some(&digest))?;
         let created = config::now_rfc3339();
         let mut cfg = parent
@@ -1084,6 +1189,14 @@ impl ImageStore {
         })?;
         self.add_image(&raw, tag.as_slice(), &[])
     }
+}
+
+/// A digest this process computed (always well formed) as a [`Digest`].
+fn computed(digest: String) -> Result<Digest> {
+    Digest::parse(&digest).map_err(|source| ImageError::BadDigest {
+        what: "computed digest".into(),
+        source,
+    })
 }
 
 fn short(id: &str) -> &str {

@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -66,9 +68,11 @@ pub struct VolumeStore {
 }
 
 impl VolumeStore {
-    /// Opens (creating) `root`.
+    /// Opens (creating) `root`, the daemon's alone (0700).
     pub fn open(root: &Path) -> Result<VolumeStore> {
-        fs::create_dir_all(root).map_err(io("create", root))?;
+        fs::create_dir_all(root)
+            .and_then(|_| fs::set_permissions(root, fs::Permissions::from_mode(0o700)))
+            .map_err(io("create", root))?;
         Ok(VolumeStore {
             root: root.to_path_buf(),
             lock: Mutex::new(()),
@@ -102,8 +106,14 @@ impl VolumeStore {
         if let Ok(existing) = self.inspect(name) {
             return Ok((existing, false));
         }
+        // `NAME/` holds the metadata (0700); `NAME/_data` is the mount's
+        // root, 0755 as Docker makes it (seeding may give it the image's).
+        let dir = self.root.join(name);
         let data = self.data_path(name);
-        fs::create_dir_all(&data).map_err(io("create", &data))?;
+        fs::create_dir_all(&data)
+            .and_then(|_| fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)))
+            .and_then(|_| fs::set_permissions(&data, fs::Permissions::from_mode(0o755)))
+            .map_err(io("create", &data))?;
         let info = VolumeInfo {
             name: name.to_string(),
             driver: "local".into(),
@@ -115,7 +125,13 @@ impl VolumeStore {
         let meta = self.meta_path(name);
         let text = serde_json::to_vec_pretty(&info).unwrap_or_default();
         let tmp = meta.with_extension("tmp");
-        fs::write(&tmp, text)
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(&text))
             .and_then(|_| fs::rename(&tmp, &meta))
             .map_err(io("write", &meta))?;
         Ok((info, true))
