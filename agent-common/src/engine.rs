@@ -195,6 +195,21 @@ pub struct HostConfig {
     pub cpu_shares: i64,
     /// Maximum number of processes; 0 = unlimited.
     pub pids_limit: i64,
+    /// `--device`: host device nodes made available in the container.
+    pub devices: Vec<DeviceMapping>,
+    /// `--security-opt`: `seccomp=unconfined`, `seccomp=<profile JSON>` (the
+    /// client sends the file's content, as Docker's does), `no-new-privileges`.
+    pub security_opt: Vec<String>,
+}
+
+/// One `--device HOST[:CONTAINER][:PERMS]` (Docker's `DeviceMapping`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DeviceMapping {
+    pub path_on_host: String,
+    pub path_in_container: String,
+    /// A combination of r, w and m.
+    pub cgroup_permissions: String,
 }
 
 /// What `create` sends: configuration plus an optional name.

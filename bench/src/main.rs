@@ -23,6 +23,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod cluster;
+mod containment;
 mod scheduler;
 mod services;
 
@@ -59,6 +60,19 @@ enum Cmd {
         /// Directory with the flotilla and flotilla-worker binaries.
         #[arg(long, default_value = "target/release")]
         bin_dir: PathBuf,
+    },
+    /// What the seccomp filter and device rules cost a start: run --rm confined vs
+    /// seccomp=unconfined (vs a baseline build), and their in-process costs.
+    Containment {
+        /// Runs per contender.
+        #[arg(short = 'n', long, default_value_t = 30)]
+        runs: usize,
+        /// Directory with the flotilla and flotilla-worker binaries.
+        #[arg(long, default_value = "target/release")]
+        bin_dir: PathBuf,
+        /// Binaries built without seccomp and device rules, for a third column.
+        #[arg(long)]
+        baseline_bin_dir: Option<PathBuf>,
     },
     /// Three real managers: leader failover time and committed writes per second
     /// (set FLOTILLA_BIN_DIR to the release binaries).
@@ -550,6 +564,11 @@ fn main() -> Result<()> {
             megabytes,
             bin_dir,
         } => network(runs.max(1), megabytes.max(1), &bin_dir),
+        Cmd::Containment {
+            runs,
+            bin_dir,
+            baseline_bin_dir,
+        } => containment::run(runs.max(1), &bin_dir, baseline_bin_dir.as_deref()),
         Cmd::Cluster { runs, writes } => cluster::run(runs.max(1), writes.max(1)),
         Cmd::Services {
             replicas,

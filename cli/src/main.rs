@@ -332,6 +332,12 @@ pub struct RunArgs {
     /// Drop a Linux capability (e.g. CHOWN, or ALL).
     #[arg(long = "cap-drop", value_name = "CAP")]
     pub cap_drop: Vec<String>,
+    /// Add a host device (HOST[:CONTAINER][:PERMS], PERMS of r, w, m).
+    #[arg(long = "device", value_name = "DEVICE")]
+    pub devices: Vec<String>,
+    /// Security options: seccomp=unconfined, seccomp=FILE, no-new-privileges.
+    #[arg(long = "security-opt", value_name = "OPT")]
+    pub security_opt: Vec<String>,
     /// Set metadata on the container (KEY=VALUE or KEY).
     #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,

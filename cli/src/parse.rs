@@ -609,6 +609,61 @@ pub fn capability(input: &str) -> Result<String> {
     }
 }
 
+/// Parses `--device HOST[:CONTAINER][:PERMS]` into Docker's `DeviceMapping`.
+pub fn device(input: &str) -> Result<agent_common::engine::DeviceMapping> {
+    let bad = || {
+        ParseError(format!(
+            "invalid --device {input:?}: use HOST[:CONTAINER][:PERMS] with absolute paths and PERMS of r, w, m (e.g. /dev/fuse:/dev/fuse:rwm)"
+        ))
+    };
+    let perms_ok = |p: &str| !p.is_empty() && p.chars().all(|c| "rwm".contains(c));
+    let parts: Vec<&str> = input.split(':').collect();
+    let (host, container, perms) = match parts.as_slice() {
+        [h] => (*h, *h, "rwm"),
+        [h, p] if perms_ok(p) => (*h, *h, *p),
+        [h, c] => (*h, *c, "rwm"),
+        [h, c, p] => (*h, *c, *p),
+        _ => return Err(bad()),
+    };
+    if !host.starts_with('/')
+        || !container.starts_with('/')
+        || !perms_ok(perms)
+        || container.split('/').any(|c| c == "..")
+    {
+        return Err(bad());
+    }
+    Ok(agent_common::engine::DeviceMapping {
+        path_on_host: host.to_string(),
+        path_in_container: container.to_string(),
+        cgroup_permissions: perms.to_string(),
+    })
+}
+
+/// Parses a `--security-opt`. `seccomp=FILE` is sent as the file's JSON
+/// (read here, as Docker's client does); `read` reads a file.
+pub fn security_opt(input: &str, read: &dyn Fn(&str) -> std::io::Result<String>) -> Result<String> {
+    let (key, value) = match input.split_once(['=', ':']) {
+        Some((k, v)) => (k, Some(v)),
+        None => (input, None),
+    };
+    match (key, value) {
+        ("seccomp", Some("unconfined" | "builtin" | "default")) => Ok(input.to_string()),
+        ("seccomp", Some(file)) if !file.is_empty() => {
+            let text = read(file).map_err(|e| {
+                ParseError(format!("opening seccomp profile ({file}) failed: {e}"))
+            })?;
+            let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                ParseError(format!("the seccomp profile {file} is not valid JSON: {e}"))
+            })?;
+            Ok(format!("seccomp={json}"))
+        }
+        ("no-new-privileges", None | Some("true" | "false")) => Ok(input.to_string()),
+        _ => err(format!(
+            "invalid --security-opt {input:?}: use seccomp=unconfined, seccomp=FILE or no-new-privileges"
+        )),
+    }
+}
+
 /// Parses `--expose`/the container side of `-p`: `80`, `80/tcp`, `53/udp`,
 /// or a range `8000-8010/tcp`. Returns Docker's `ExposedPorts` keys.
 pub fn exposed_ports(input: &str) -> Result<Vec<String>> {
@@ -1043,5 +1098,56 @@ mod tests {
         );
         assert_eq!(registry_of("team/app"), None);
         assert_eq!(registry_of("busybox"), None);
+    }
+
+    #[test]
+    fn device_flags() {
+        let d = device("/dev/null").unwrap();
+        assert_eq!(
+            (d.path_in_container.as_str(), d.cgroup_permissions.as_str()),
+            ("/dev/null", "rwm")
+        );
+        assert_eq!(
+            device("/dev/null:/dev/n").unwrap().path_in_container,
+            "/dev/n"
+        );
+        assert_eq!(device("/dev/null:rw").unwrap().cgroup_permissions, "rw");
+        assert_eq!(
+            device("/dev/null:/dev/n:r").unwrap().cgroup_permissions,
+            "r"
+        );
+        for bad in [
+            "null",
+            "/dev/null:/dev/n:rx",
+            "/dev/null:../x",
+            "/a:/b:r:w",
+            "/dev/null:/dev/../x",
+        ] {
+            assert!(device(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn security_opts() {
+        let no_file =
+            |_: &str| -> std::io::Result<String> { Err(std::io::ErrorKind::NotFound.into()) };
+        assert_eq!(
+            security_opt("seccomp=unconfined", &no_file).unwrap(),
+            "seccomp=unconfined"
+        );
+        assert_eq!(
+            security_opt("no-new-privileges", &no_file).unwrap(),
+            "no-new-privileges"
+        );
+        let err = security_opt("seccomp=/x.json", &no_file).unwrap_err();
+        assert!(err.0.contains("opening seccomp profile"), "{}", err.0);
+        let file = |_: &str| Ok(r#"{ "defaultAction": "SCMP_ACT_ALLOW" }"#.to_string());
+        assert_eq!(
+            security_opt("seccomp=/p.json", &file).unwrap(),
+            r#"seccomp={"defaultAction":"SCMP_ACT_ALLOW"}"#
+        );
+        let not_json = |_: &str| Ok("nope".to_string());
+        assert!(security_opt("seccomp=/p.json", &not_json).is_err());
+        assert!(security_opt("apparmor=x", &no_file).is_err());
     }
 }

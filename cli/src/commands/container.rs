@@ -182,6 +182,16 @@ pub fn build_create(
             None => 0,
         },
         pids_limit: a.pids_limit.filter(|n| *n > 0).unwrap_or(0),
+        devices: a
+            .devices
+            .iter()
+            .map(|d| parse::device(d))
+            .collect::<parse::Result<_>>()?,
+        security_opt: a
+            .security_opt
+            .iter()
+            .map(|o| parse::security_opt(o, &|f| std::fs::read_to_string(f)))
+            .collect::<parse::Result<_>>()?,
     };
     let attach = !a.detach;
     let config = ContainerConfig {

@@ -179,7 +179,11 @@ fn validate(req: &CreateContainer) -> Result<()> {
             "pids limit must be -1 (unlimited), 0 (unset) or positive",
         ));
     }
-    capability_set(&hc.cap_add, &hc.cap_drop).map_err(|e| invalid(e.to_string()))?;
+    let caps = capability_set(&hc.cap_add, &hc.cap_drop).map_err(|e| invalid(e.to_string()))?;
+    crate::runtime::seccomp::for_container(&hc.security_opt, &caps).map_err(invalid)?;
+    for d in &hc.devices {
+        crate::runtime::devices::host_device(&super::lifecycle::device_spec(d)).map_err(invalid)?;
+    }
     if let Some(sig) = &req.config.stop_signal {
         parse_signal(sig)?;
     }

@@ -361,6 +361,11 @@ impl Engine {
         if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
             env.push(format!("HOSTNAME={}", rec.config.hostname));
         }
+        let caps = crate::runtime::spec::capability_set(
+            &rec.host_config.cap_add,
+            &rec.host_config.cap_drop,
+        )
+        .map_err(|e| EngineError::Internal(e.to_string()))?;
         let request = crate::runtime::exec::ExecRequest {
             pid: rec.state.pid as i32,
             cgroup: rec
@@ -378,11 +383,9 @@ impl Engine {
             gid,
             additional_gids: groups,
             tty: start.tty,
-            capabilities: crate::runtime::spec::capability_set(
-                &rec.host_config.cap_add,
-                &rec.host_config.cap_drop,
-            )
-            .map_err(|e| EngineError::Internal(e.to_string()))?,
+            seccomp: crate::runtime::seccomp::for_container(&rec.host_config.security_opt, &caps)
+                .map_err(EngineError::Internal)?,
+            capabilities: caps,
         };
         let json =
             serde_json::to_string(&request).map_err(|e| EngineError::Internal(e.to_string()))?;

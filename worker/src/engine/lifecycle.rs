@@ -432,6 +432,16 @@ impl Engine {
             cpu_shares: hc.cpu_shares,
             pids: hc.pids_limit,
         };
+        let caps = crate::runtime::spec::capability_set(&hc.cap_add, &hc.cap_drop)
+            .map_err(|e| EngineError::InvalidArgument(e.to_string()))?;
+        let seccomp = crate::runtime::seccomp::for_container(&hc.security_opt, &caps)
+            .map_err(EngineError::InvalidArgument)?;
+        let devices = hc
+            .devices
+            .iter()
+            .map(|d| crate::runtime::devices::host_device(&device_spec(d)))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(EngineError::InvalidArgument)?;
         let input = SpecInput {
             args: std::iter::once(rec.path.clone())
                 .chain(rec.args.clone())
@@ -450,6 +460,8 @@ impl Engine {
             limits,
             terminal: rec.config.tty,
             rootfs: dir.join("rootfs"),
+            devices,
+            seccomp,
         };
         let spec = spec::build(&input).map_err(|e| EngineError::InvalidArgument(e.to_string()))?;
         spec.save(dir.join("config.json"))
@@ -1057,4 +1069,19 @@ impl Engine {
             }
         }
     }
+}
+
+/// A `DeviceMapping` back in `--device` form (`HOST:CONTAINER:PERMS`).
+pub(crate) fn device_spec(d: &agent_common::engine::DeviceMapping) -> String {
+    let container = if d.path_in_container.is_empty() {
+        &d.path_on_host
+    } else {
+        &d.path_in_container
+    };
+    let perms = if d.cgroup_permissions.is_empty() {
+        "rwm"
+    } else {
+        &d.cgroup_permissions
+    };
+    format!("{}:{container}:{perms}", d.path_on_host)
 }

@@ -26,14 +26,23 @@ pub enum CgroupError {
         #[source]
         source: io::Error,
     },
+    #[error("failed to set the device rules of {0}: {1}")]
+    Devices(PathBuf, #[source] io::Error),
     #[error("the {0} cgroup controller is not available on this host (needed for {1})")]
     Missing(&'static str, &'static str),
 }
 
 type Result<T> = std::result::Result<T, CgroupError>;
 
-/// The controllers Flotilla uses.
-pub const CONTROLLERS: [&str; 4] = ["memory", "cpu", "pids", "freezer"];
+/// The controllers Flotilla uses. `devices` is a v1 controller; on v2 the
+/// same rules are a BPF program attached to the cgroup (see [`devices`]).
+///
+/// [`devices`]: super::devices
+pub const CONTROLLERS: [&str; 5] = ["memory", "cpu", "pids", "freezer", "devices"];
+
+/// Controllers every v2 cgroup has without enabling them in
+/// `cgroup.subtree_control`.
+const V2_BUILTIN: [&str; 2] = ["freezer", "devices"];
 
 /// Where each controller lives on this host.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -100,7 +109,9 @@ impl Layout {
             return Some(Driver::V1(mount.clone()));
         }
         let unified = self.unified.as_ref()?;
-        if controller == "freezer" || self.unified_controllers.iter().any(|c| c == controller) {
+        if V2_BUILTIN.contains(&controller)
+            || self.unified_controllers.iter().any(|c| c == controller)
+        {
             return Some(Driver::V2(unified.clone()));
         }
         None
@@ -178,7 +189,7 @@ impl ContainerCgroup {
     /// the controllers in the parents' `cgroup.subtree_control`.
     pub fn create(&self, limits: &Limits) -> Result<()> {
         for (controller, dir) in &self.dirs {
-            if Self::is_v2(dir) && controller != "freezer" {
+            if Self::is_v2(dir) && !V2_BUILTIN.contains(&controller.as_str()) {
                 if let Some(parent) = dir.parent() {
                     let root = parent.parent().unwrap_or(parent);
                     fs::create_dir_all(parent)
@@ -194,8 +205,45 @@ impl ContainerCgroup {
                 }
             }
             fs::create_dir_all(dir).map_err(|e| CgroupError::Create(dir.clone(), e))?;
+            if controller == "devices" && !Self::is_v2(dir) {
+                // Deny first, before any process joins; the v2 program is
+                // attached at start (a second one could only narrow it).
+                super::devices::apply_v1(dir, &super::devices::default_rules(), true)
+                    .map_err(|e| CgroupError::Devices(dir.clone(), e))?;
+            }
         }
         self.apply(limits)
+    }
+
+    /// Installs the device allow-list of a container about to start (the
+    /// defaults and `--device` additions; empty means the defaults). On v1
+    /// everything but the defaults was denied at [`create`](Self::create)
+    /// and the additions are written now; on v2 the program for the whole
+    /// list is attached now.
+    pub fn allow_devices(&self, rules: &[super::devices::DeviceRule]) -> Result<()> {
+        let Some(dir) = self.dir("devices") else {
+            return Ok(());
+        };
+        let defaults;
+        let rules = if rules.is_empty() {
+            defaults = super::devices::default_rules();
+            &defaults
+        } else {
+            rules
+        };
+        let result = if Self::is_v2(dir) {
+            super::devices::apply_v2(dir, rules)
+        } else {
+            // The defaults went in at creation; only additions are written now.
+            let defaults = super::devices::default_rules();
+            let extra: Vec<_> = rules
+                .iter()
+                .filter(|r| !defaults.contains(r))
+                .cloned()
+                .collect();
+            super::devices::apply_v1(dir, &extra, false)
+        };
+        result.map_err(|e| CgroupError::Devices(dir.to_path_buf(), e))
     }
 
     /// Writes limits into existing directories.

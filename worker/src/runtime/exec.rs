@@ -37,6 +37,9 @@ pub struct ExecRequest {
     /// Stdio is a terminal: make it the controlling terminal of a new session.
     #[serde(default)]
     pub tty: bool,
+    /// The container's resolved seccomp profile (`None`: unconfined).
+    #[serde(default)]
+    pub seccomp: Option<super::seccomp::Profile>,
 }
 
 /// Entry point of the helper. Returns its exit code.
@@ -59,6 +62,17 @@ pub fn main(request_json: &str) -> i32 {
 
 fn run(req: &ExecRequest) -> Result<i32, (i32, String)> {
     let e125 = |what: &str, e: &dyn std::fmt::Display| (125, format!("{what}: {e}"));
+    // The child enters the container's PID namespace as the worker binary
+    // with the daemon's pipes: not dumpable, so the container's processes
+    // cannot open its /proc/PID/exe, fd/ or mem before it execs (the runc
+    // CVE-2019-5736 class). Inherited by the fork; execve resets it.
+    nix::sys::prctl::set_dumpable(false).map_err(|e| e125("PR_SET_DUMPABLE", &e))?;
+    let seccomp = req
+        .seccomp
+        .as_ref()
+        .map(super::seccomp::compile)
+        .transpose()
+        .map_err(|e| e125("seccomp", &e))?;
     // Open every namespace first: after entering the mount namespace,
     // /proc/PID would name a process of the container's PID namespace.
     let kinds = [
@@ -105,7 +119,7 @@ fn run(req: &ExecRequest) -> Result<i32, (i32, String)> {
     match unsafe { nix::unistd::fork() }.map_err(|e| e125("fork", &e))? {
         nix::unistd::ForkResult::Child => {
             drop(console_parent);
-            let (code, message) = exec_child(req, console_child);
+            let (code, message) = exec_child(req, console_child, seccomp.as_ref());
             eprintln!("{message}");
             std::process::exit(code);
         }
@@ -206,7 +220,11 @@ fn wait_child(child: nix::unistd::Pid) -> Result<i32, (i32, String)> {
     }
 }
 
-fn exec_child(req: &ExecRequest, console: Option<std::os::fd::OwnedFd>) -> (i32, String) {
+fn exec_child(
+    req: &ExecRequest,
+    console: Option<std::os::fd::OwnedFd>,
+    seccomp: Option<&super::seccomp::Compiled>,
+) -> (i32, String) {
     use oci_spec::runtime::{Capability, LinuxCapabilitiesBuilder, ProcessBuilder, UserBuilder};
     if let Some(sock) = console {
         let _ = nix::unistd::setsid();
@@ -267,6 +285,11 @@ fn exec_child(req: &ExecRequest, console: Option<std::os::fd::OwnedFd>) -> (i32,
     let args: Vec<CString> = req.args.iter().map(to_c).collect();
     let env: Vec<CString> = req.env.iter().map(to_c).collect();
     super::reset_signals();
+    if let Some(filter) = seccomp {
+        if let Err(e) = super::seccomp::install(filter) {
+            return (125, format!("failed to install the seccomp filter: {e}"));
+        }
+    }
     let err = nix::unistd::execve(&c_exe, &args, &env).unwrap_err();
     super::init::exec_failure_message(arg0, err)
 }

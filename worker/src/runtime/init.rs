@@ -26,7 +26,7 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+use nix::sys::stat::{makedev, Mode, SFlag};
 use nix::unistd::{chdir, pivot_root, sethostname, Gid, Uid};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
@@ -117,8 +117,23 @@ fn setup_and_exec(
         .map(|r| r.path().clone())
         .ok_or_else(|| fail(EXIT_ENGINE_ERROR, "the spec has no root"))?;
     mount_rootfs(cfg, &root)?;
+    // Every mount destination is resolved through this fd by the kernel
+    // (openat2 RESOLVE_IN_ROOT) and mounted on /proc/self/fd/N: a symlink in
+    // the image, even one swapped in concurrently through a shared volume,
+    // cannot point a mount outside the rootfs (the CVE-2021-30465 class).
+    let root_fd = nix::fcntl::open(
+        &root,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(engine("failed to open the rootfs"))?;
     for m in spec.mounts().as_deref().unwrap_or_default() {
-        mount_one(&root, m)?;
+        mount_one(&root_fd, m)?;
+    }
+    if let Some(devices) = linux.and_then(|l| l.devices().as_ref()) {
+        for d in devices {
+            create_device_node(&root_fd, d)?;
+        }
     }
     let ptmx = root.join("dev/ptmx");
     if root.join("dev/pts").is_dir() && !ptmx.exists() {
@@ -204,6 +219,11 @@ fn setup_and_exec(
     // Look the executable up before dropping privileges, as Docker reports
     // missing binaries rather than permission errors on $PATH directories.
     let exe = find_executable(arg0, &env)?;
+    let seccomp = linux
+        .and_then(|l| l.seccomp().as_ref())
+        .map(|s| super::seccomp::from_oci(s).and_then(|p| super::seccomp::compile(&p)))
+        .transpose()
+        .map_err(engine("seccomp"))?;
     super::drop_privileges(process).map_err(engine("failed to set the process credentials"))?;
     // Changing credentials cleared the parent-death signal the sandbox set.
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
@@ -222,6 +242,10 @@ fn setup_and_exec(
         .collect::<Result<_, _>>()
         .map_err(engine("invalid environment variable"))?;
     super::reset_signals();
+    // Last: from here on only the profile's syscalls work.
+    if let Some(filter) = &seccomp {
+        super::seccomp::install(filter).map_err(engine("failed to install the seccomp filter"))?;
+    }
     if cfg.init {
         super::run_as_init(&c_exe, &c_args, &c_env, sync_fd);
     }
@@ -328,50 +352,6 @@ fn mount_rootfs(cfg: &ShimConfig, root: &Path) -> Result<(), Failure> {
     })
 }
 
-/// Resolves `path` inside `root` the way the container will see it: symlinks
-/// are followed relative to `root`, and `..` never climbs above it.
-pub fn resolve_in_root(root: &Path, path: &str) -> PathBuf {
-    let mut resolved = PathBuf::new();
-    let mut pending: Vec<std::ffi::OsString> = Path::new(path)
-        .components()
-        .rev()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_os_string()),
-            Component::ParentDir => Some("..".into()),
-            _ => None,
-        })
-        .collect();
-    let mut links = 0;
-    while let Some(part) = pending.pop() {
-        if part == ".." {
-            resolved.pop();
-            continue;
-        }
-        let candidate = root.join(&resolved).join(&part);
-        match fs::symlink_metadata(&candidate) {
-            Ok(meta) if meta.file_type().is_symlink() && links < 40 => {
-                links += 1;
-                let Ok(target) = fs::read_link(&candidate) else {
-                    resolved.push(&part);
-                    continue;
-                };
-                if target.is_absolute() {
-                    resolved = PathBuf::new();
-                }
-                for c in target.components().rev() {
-                    match c {
-                        Component::Normal(n) => pending.push(n.to_os_string()),
-                        Component::ParentDir => pending.push("..".into()),
-                        _ => {}
-                    }
-                }
-            }
-            _ => resolved.push(&part),
-        }
-    }
-    root.join(resolved)
-}
-
 fn mount_flags(options: &[String]) -> (MsFlags, Vec<String>, bool) {
     let mut flags = MsFlags::empty();
     let mut data = Vec::new();
@@ -395,13 +375,144 @@ fn mount_flags(options: &[String]) -> (MsFlags, Vec<String>, bool) {
     (flags, data, readonly)
 }
 
-fn mount_one(root: &Path, m: &oci_spec::runtime::Mount) -> Result<(), Failure> {
+/// `openat2(dir, path, flags, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`:
+/// symlinks and `..` in `path` are resolved as if `dir` were `/`.
+pub fn openat2_in_root(
+    dir: &OwnedFd,
+    path: &Path,
+    flags: nix::fcntl::OFlag,
+) -> nix::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let c_path =
+        CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| nix::Error::EINVAL)?;
+    // SAFETY: open_how is a plain struct of integers; zero is valid for all.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | nix::fcntl::OFlag::O_CLOEXEC).bits() as u64;
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: openat2 reads the path and `how` for the duration of the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            c_path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(nix::Error::last());
+    }
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// What to create at a mount destination that does not exist yet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum MountPoint {
+    Dir,
+    File,
+}
+
+/// Opens (O_PATH) the mount destination `dest` inside the rootfs, creating
+/// missing directories (and the last component as `kind`) with `*at` calls
+/// on the fd of the parent, each step resolved inside the root by the kernel.
+/// A dangling symlink on the way is followed inside the root (its target is
+/// created there), as runc does.
+fn open_mount_point(root: &OwnedFd, dest: &str, kind: MountPoint) -> nix::Result<OwnedFd> {
+    let mut path = PathBuf::from(dest);
+    for _ in 0..40 {
+        match open_or_create(root, &path, kind)? {
+            Ok(fd) => return Ok(fd),
+            Err(redirect) => path = redirect,
+        }
+    }
+    Err(nix::Error::ELOOP)
+}
+
+/// One walk of [`open_mount_point`]: the fd, or the path to walk instead
+/// when a dangling symlink was met.
+fn open_or_create(
+    root: &OwnedFd,
+    path: &Path,
+    kind: MountPoint,
+) -> nix::Result<Result<OwnedFd, PathBuf>> {
+    use nix::fcntl::OFlag;
+    if let Ok(fd) = openat2_in_root(root, path, OFlag::O_PATH) {
+        return Ok(Ok(fd));
+    }
+    let parts: Vec<Component> = path
+        .components()
+        .filter(|c| matches!(c, Component::Normal(_) | Component::ParentDir))
+        .collect();
+    let mut dir = openat2_in_root(root, Path::new("/"), OFlag::O_PATH | OFlag::O_DIRECTORY)?;
+    let mut so_far = PathBuf::from("/");
+    for (i, part) in parts.iter().enumerate() {
+        so_far.push(part);
+        match openat2_in_root(root, &so_far, OFlag::O_PATH) {
+            Ok(fd) => {
+                dir = fd;
+                continue;
+            }
+            Err(nix::Error::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+        let Component::Normal(name) = part else {
+            return Err(nix::Error::ENOENT);
+        };
+        // Not there, or a symlink to something that is not there.
+        match nix::sys::stat::fstatat(&dir, *name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFLNK => {
+                let target = nix::fcntl::readlinkat(&dir, *name)?;
+                let mut next = so_far.parent().unwrap_or(Path::new("/")).join(target);
+                for rest in &parts[i + 1..] {
+                    next.push(rest);
+                }
+                return Ok(Err(next));
+            }
+            Ok(_) => return Err(nix::Error::ENOENT),
+            Err(nix::Error::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+        if i + 1 == parts.len() && kind == MountPoint::File {
+            let f = nix::fcntl::openat(
+                &dir,
+                *name,
+                OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_WRONLY
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o644),
+            )?;
+            drop(f);
+        } else {
+            match nix::sys::stat::mkdirat(&dir, *name, Mode::from_bits_truncate(0o755)) {
+                Ok(()) | Err(nix::Error::EEXIST) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        dir = openat2_in_root(root, &so_far, OFlag::O_PATH)?;
+    }
+    Ok(Ok(dir))
+}
+
+/// The path through which the kernel mounts on an O_PATH fd.
+fn fd_path(fd: &OwnedFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+fn mount_one(root: &OwnedFd, m: &oci_spec::runtime::Mount) -> Result<(), Failure> {
     let dest = m.destination().to_string_lossy().to_string();
-    let target = resolve_in_root(root, &dest);
     let typ = m.typ().clone().unwrap_or_default();
     let source = m.source().clone().unwrap_or_default();
     let (flags, data, readonly) = mount_flags(m.options().as_deref().unwrap_or_default());
     let is_bind = flags.contains(MsFlags::MS_BIND) || typ == "bind";
+    let mount_point_err = |e: nix::Error| {
+        fail(
+            EXIT_ENGINE_ERROR,
+            format!("failed to create mount point {dest}: {e}"),
+        )
+    };
     if is_bind {
         let meta = fs::metadata(&source).map_err(|e| {
             fail(
@@ -409,27 +520,15 @@ fn mount_one(root: &Path, m: &oci_spec::runtime::Mount) -> Result<(), Failure> {
                 format!("bind source {} for {dest}: {e}", source.display()),
             )
         })?;
-        if meta.is_dir() {
-            fs::create_dir_all(&target)
+        let kind = if meta.is_dir() {
+            MountPoint::Dir
         } else {
-            if let Some(parent) = target.parent() {
-                let _ = fs::create_dir_all(parent);
-            }
-            if target.exists() {
-                Ok(())
-            } else {
-                fs::File::create(&target).map(|_| ())
-            }
-        }
-        .map_err(|e| {
-            fail(
-                EXIT_ENGINE_ERROR,
-                format!("failed to create mount point {dest}: {e}"),
-            )
-        })?;
+            MountPoint::File
+        };
+        let target = open_mount_point(root, &dest, kind).map_err(mount_point_err)?;
         mount(
             Some(&source),
-            &target,
+            fd_path(&target).as_str(),
             None::<&str>,
             MsFlags::MS_BIND | MsFlags::MS_REC,
             None::<&str>,
@@ -447,9 +546,11 @@ fn mount_one(root: &Path, m: &oci_spec::runtime::Mount) -> Result<(), Failure> {
             } else {
                 MsFlags::empty()
             };
+            // Reopen: the old fd is the directory under the new mount.
+            let mounted = open_mount_point(root, &dest, kind).map_err(mount_point_err)?;
             mount(
                 None::<&str>,
-                &target,
+                fd_path(&mounted).as_str(),
                 None::<&str>,
                 MsFlags::MS_BIND | MsFlags::MS_REMOUNT | ro | extra,
                 None::<&str>,
@@ -463,12 +564,8 @@ fn mount_one(root: &Path, m: &oci_spec::runtime::Mount) -> Result<(), Failure> {
         }
         return Ok(());
     }
-    fs::create_dir_all(&target).map_err(|e| {
-        fail(
-            EXIT_ENGINE_ERROR,
-            format!("failed to create mount point {dest}: {e}"),
-        )
-    })?;
+    let target = open_mount_point(root, &dest, MountPoint::Dir).map_err(mount_point_err)?;
+    let target_path = fd_path(&target);
     let ro = if readonly {
         MsFlags::MS_RDONLY
     } else {
@@ -477,7 +574,7 @@ fn mount_one(root: &Path, m: &oci_spec::runtime::Mount) -> Result<(), Failure> {
     let data = data.join(",");
     let result = mount(
         Some(&source),
-        &target,
+        target_path.as_str(),
         Some(typ.as_str()),
         flags | ro,
         if data.is_empty() {
@@ -493,15 +590,16 @@ fn mount_one(root: &Path, m: &oci_spec::runtime::Mount) -> Result<(), Failure> {
         Err(nix::Error::EPERM | nix::Error::EBUSY) if typ == "sysfs" => {
             mount(
                 Some("/sys"),
-                &target,
+                target_path.as_str(),
                 None::<&str>,
                 MsFlags::MS_BIND | MsFlags::MS_REC,
                 None::<&str>,
             )
             .and_then(|_| {
+                let mounted = open_mount_point(root, &dest, MountPoint::Dir)?;
                 mount(
                     None::<&str>,
-                    &target,
+                    fd_path(&mounted).as_str(),
                     None::<&str>,
                     MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
                     None::<&str>,
@@ -517,13 +615,22 @@ fn mount_one(root: &Path, m: &oci_spec::runtime::Mount) -> Result<(), Failure> {
         }
     }
     if dest == "/dev" {
-        create_devices(&target)?;
+        let dev = open_mount_point(root, &dest, MountPoint::Dir).map_err(mount_point_err)?;
+        create_devices(&dev)?;
     }
     Ok(())
 }
 
-/// The OCI runtime's implicit devices and the /dev symlinks.
-fn create_devices(dev: &Path) -> Result<(), Failure> {
+/// The OCI runtime's implicit devices and the /dev symlinks, created in the
+/// freshly mounted /dev (`dev` is its fd).
+fn create_devices(dev: &OwnedFd) -> Result<(), Failure> {
+    let dev = nix::fcntl::openat(
+        dev,
+        ".",
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(engine("failed to open /dev"))?;
     let devices: [(&str, u64, u64); 6] = [
         ("null", 1, 3),
         ("zero", 1, 5),
@@ -533,9 +640,9 @@ fn create_devices(dev: &Path) -> Result<(), Failure> {
         ("tty", 5, 0),
     ];
     for (name, major, minor) in devices {
-        let path = dev.join(name);
-        mknod(
-            &path,
+        nix::sys::stat::mknodat(
+            &dev,
+            name,
             SFlag::S_IFCHR,
             Mode::from_bits_truncate(0o666),
             makedev(major, minor),
@@ -547,7 +654,12 @@ fn create_devices(dev: &Path) -> Result<(), Failure> {
             )
         })?;
         // mknod is subject to the umask; set the mode exactly.
-        let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o666));
+        let _ = nix::sys::stat::fchmodat(
+            &dev,
+            name,
+            Mode::from_bits_truncate(0o666),
+            nix::sys::stat::FchmodatFlags::NoFollowSymlink,
+        );
     }
     for (link, target) in [
         ("fd", "/proc/self/fd"),
@@ -556,13 +668,72 @@ fn create_devices(dev: &Path) -> Result<(), Failure> {
         ("stderr", "/proc/self/fd/2"),
         ("core", "/proc/kcore"),
     ] {
-        symlink(target, dev.join(link)).map_err(|e| {
+        nix::unistd::symlinkat(target, &dev, link).map_err(|e| {
             fail(
                 EXIT_ENGINE_ERROR,
                 format!("failed to link /dev/{link}: {e}"),
             )
         })?;
     }
+    Ok(())
+}
+
+/// A `--device` node (`linux.devices` of the spec), created inside the
+/// rootfs with the host node's type, numbers, mode and owner.
+fn create_device_node(root: &OwnedFd, d: &oci_spec::runtime::LinuxDevice) -> Result<(), Failure> {
+    use oci_spec::runtime::LinuxDeviceType;
+    let path = d.path().to_string_lossy().to_string();
+    let err = |what: &str, e: nix::Error| {
+        fail(
+            EXIT_ENGINE_ERROR,
+            format!("failed to {what} device {path}: {e}"),
+        )
+    };
+    let p = Path::new(&path);
+    let (Some(parent), Some(name)) = (p.parent(), p.file_name()) else {
+        return Err(fail(
+            EXIT_ENGINE_ERROR,
+            format!("invalid device path {path:?}"),
+        ));
+    };
+    let dir = open_mount_point(root, &parent.to_string_lossy(), MountPoint::Dir)
+        .map_err(|e| err("create the directory of", e))?;
+    let dir = nix::fcntl::openat(
+        &dir,
+        ".",
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| err("open the directory of", e))?;
+    let kind = match d.typ() {
+        LinuxDeviceType::B => SFlag::S_IFBLK,
+        _ => SFlag::S_IFCHR,
+    };
+    let mode = Mode::from_bits_truncate(d.file_mode().unwrap_or(0o666));
+    // A file the image has there is replaced, as Docker does.
+    let _ = nix::unistd::unlinkat(&dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir);
+    nix::sys::stat::mknodat(
+        &dir,
+        name,
+        kind,
+        mode,
+        makedev(d.major() as u64, d.minor() as u64),
+    )
+    .map_err(|e| err("create", e))?;
+    let _ = nix::sys::stat::fchmodat(
+        &dir,
+        name,
+        mode,
+        nix::sys::stat::FchmodatFlags::NoFollowSymlink,
+    );
+    nix::unistd::fchownat(
+        &dir,
+        name,
+        d.uid().map(Uid::from_raw),
+        d.gid().map(Gid::from_raw),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| err("set the owner of", e))?;
     Ok(())
 }
 
@@ -719,15 +890,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn resolve_in_root_confines_symlinks() {
+    fn mount_points_are_opened_and_created_inside_the_root() {
+        use std::os::unix::fs::MetadataExt;
         let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path();
+        let root = tmp.path().join("root");
+        let host = tmp.path().join("host");
         fs::create_dir_all(root.join("real")).unwrap();
+        fs::create_dir_all(&host).unwrap();
+        // Absolute and climbing symlinks, a dangling one naming a host path, a loop.
         symlink("/etc", root.join("abs")).unwrap();
         symlink("../../..", root.join("real/up")).unwrap();
-        assert_eq!(resolve_in_root(root, "/abs/hosts"), root.join("etc/hosts"));
-        assert_eq!(resolve_in_root(root, "/real/up/x"), root.join("x"));
-        assert_eq!(resolve_in_root(root, "/../../x"), root.join("x"));
+        symlink(&host, root.join("dangling")).unwrap();
+        symlink("/loop", root.join("loop")).unwrap();
+        let root_fd = nix::fcntl::open(
+            &root,
+            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY,
+            Mode::empty(),
+        )
+        .unwrap();
+        let ino = |fd: &OwnedFd| nix::sys::stat::fstat(fd).unwrap().st_ino;
+        let fd = open_mount_point(&root_fd, "/abs/hosts", MountPoint::File).unwrap();
+        assert_eq!(
+            ino(&fd),
+            fs::metadata(root.join("etc/hosts")).unwrap().ino()
+        );
+        let fd = open_mount_point(&root_fd, "/real/up/x", MountPoint::Dir).unwrap();
+        assert_eq!(ino(&fd), fs::metadata(root.join("x")).unwrap().ino());
+        let fd = open_mount_point(&root_fd, "/dangling/sub", MountPoint::Dir).unwrap();
+        let inside = root.join(host.strip_prefix("/").unwrap()).join("sub");
+        assert_eq!(ino(&fd), fs::metadata(&inside).unwrap().ino());
+        assert_eq!(
+            fs::read_dir(&host).unwrap().count(),
+            0,
+            "nothing on the host"
+        );
+        assert!(open_mount_point(&root_fd, "/loop/x", MountPoint::Dir).is_err());
     }
 
     #[test]

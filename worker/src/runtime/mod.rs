@@ -18,8 +18,11 @@
 #![allow(unsafe_code)]
 
 pub mod cgroups;
+pub mod devices;
 pub mod exec;
 pub mod init;
+pub mod seccomp;
+mod seccomp_tables;
 pub mod shim;
 pub mod spec;
 

@@ -310,6 +310,11 @@ fn child_main(req: &SandboxRequest, ends: ChildEnds) -> ! {
     // If the shim dies (killed by hand, OOM), the container must not live on
     // unwatched: it is killed with it.
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    // Until it execs the container's command this process is the worker
+    // binary holding the daemon's pipes: not dumpable, so that nothing in the
+    // container can open its /proc/PID/exe, fd/ or mem (the runc
+    // CVE-2019-5736 class). execve makes the new image dumpable again.
+    let _ = nix::sys::prctl::set_dumpable(false);
     let _ = nix::unistd::dup2_stdout(&ends.out_w);
     let _ = nix::unistd::dup2_stderr(&ends.err_w);
     if let Ok(null) = File::open("/dev/null") {
@@ -458,6 +463,10 @@ fn run(
 ) -> Result<(), StartFailure> {
     req.cgroup
         .apply(&super::spec::limits_of(spec))
+        .and_then(|_| {
+            req.cgroup
+                .allow_devices(&super::spec::device_rules_of(spec))
+        })
         .map_err(|e| StartFailure {
             exit_code: 125,
             message: e.to_string(),

@@ -14,6 +14,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use super::cgroups::Limits;
+use super::devices::{DeviceNode, DeviceRule};
+use super::seccomp::Profile;
 
 /// Docker's default capability set (moby `daemon/pkg/oci/caps/defaults.go`).
 pub const DEFAULT_CAPABILITIES: [&str; 14] = [
@@ -105,6 +107,10 @@ pub struct SpecInput {
     pub terminal: bool,
     /// Path of the (empty) directory the rootfs is mounted on.
     pub rootfs: PathBuf,
+    /// `--device` nodes to create and allow.
+    pub devices: Vec<DeviceNode>,
+    /// The resolved seccomp profile; `None` is unconfined.
+    pub seccomp: Option<Profile>,
 }
 
 /// Normalises a capability name: `net_admin` → `CAP_NET_ADMIN`.
@@ -315,7 +321,49 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
         );
     }
 
-    let linux = LinuxBuilder::default()
+    // Devices: deny all, Docker's defaults, then `--device` additions.
+    let mut device_rules = vec![serde_json::json!({"allow": false, "access": "rwm"})];
+    for r in super::devices::default_rules()
+        .into_iter()
+        .chain(input.devices.iter().map(DeviceNode::rule))
+    {
+        device_rules.push(serde_json::json!({
+            "allow": true,
+            "type": r.kind.to_string(),
+            "major": r.major,
+            "minor": r.minor,
+            "access": r.access,
+        }));
+    }
+    let device_rules = serde_json::from_value(serde_json::Value::Array(device_rules))
+        .map_err(|e| SpecError::Build(e.to_string()))?;
+    resources = resources.devices::<Vec<oci_spec::runtime::LinuxDeviceCgroup>>(device_rules);
+    let nodes: Vec<oci_spec::runtime::LinuxDevice> = input
+        .devices
+        .iter()
+        .map(|d| {
+            serde_json::from_value(serde_json::json!({
+                "path": d.path,
+                "type": d.kind.to_string(),
+                "major": d.major,
+                "minor": d.minor,
+                "fileMode": d.mode,
+                "uid": d.uid,
+                "gid": d.gid,
+            }))
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| SpecError::Build(e.to_string()))?;
+
+    let mut linux = LinuxBuilder::default();
+    if !nodes.is_empty() {
+        linux = linux.devices(nodes);
+    }
+    if let Some(profile) = &input.seccomp {
+        linux = linux
+            .seccomp(super::seccomp::to_oci(profile).map_err(|e| SpecError::Build(e.to_string()))?);
+    }
+    let linux = linux
         .namespaces(namespaces)
         .masked_paths(
             MASKED_PATHS
@@ -349,6 +397,33 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
         spec = spec.hostname(input.hostname.clone());
     }
     spec.build().map_err(b)
+}
+
+/// The device allow-list of a spec (`linux.resources.devices`, allow entries).
+pub fn device_rules_of(spec: &Spec) -> Vec<DeviceRule> {
+    let Some(list) = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .and_then(|r| r.devices().as_ref())
+    else {
+        return Vec::new();
+    };
+    list.iter()
+        .filter(|d| d.allow())
+        .map(|d| {
+            let kind = d
+                .typ()
+                .map_or('a', |t| t.as_str().chars().next().unwrap_or('a'));
+            let num = |n: Option<i64>| n.filter(|n| *n >= 0).map(|n| n as u32);
+            DeviceRule::new(
+                kind,
+                num(d.major()),
+                num(d.minor()),
+                d.access().as_deref().unwrap_or("rwm"),
+            )
+        })
+        .collect()
 }
 
 /// The resource limits a spec asks for, in Docker's units.
@@ -431,9 +506,16 @@ mod tests {
             },
             terminal: false,
             rootfs: "/tmp/rootfs".into(),
+            devices: vec![super::super::devices::host_device("/dev/null:/dev/mynull").unwrap()],
+            seccomp: None,
         };
         let spec = build(&input).unwrap();
         assert_eq!(limits_of(&spec), input.limits);
+        let rules = device_rules_of(&spec);
+        assert_eq!(&rules[..11], &super::super::devices::default_rules()[..]);
+        assert_eq!(rules[11].v1_line(), "c 1:3 rwm");
+        let node = &spec.linux().as_ref().unwrap().devices().as_ref().unwrap()[0];
+        assert_eq!(node.path(), std::path::Path::new("/dev/mynull"));
         assert_eq!(spec.hostname().as_deref(), Some("abc"));
         assert_eq!(
             spec.process().as_ref().unwrap().no_new_privileges(),
