@@ -57,21 +57,75 @@ pub struct ManagerStatus {
     pub reachability: String,
     /// Its cluster address.
     pub addr: String,
+    /// A Raft voter (counted for the quorum); `false`: a learner that is
+    /// still joining (replicated to, not counted).
+    #[serde(default = "yes")]
+    pub voter: bool,
+    /// Entries behind the leader's log, when the leader knows it (only
+    /// reported when it is more than a moment's worth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<u64>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl ManagerStatus {
-    /// The MANAGER STATUS column of `node ls`: Leader, Reachable, Unreachable.
-    pub fn column(&self) -> &'static str {
+    /// The MANAGER STATUS column of `node ls`: Leader, Reachable,
+    /// Unreachable, `Lagging (N behind)` for a reachable manager catching
+    /// up, `Joining` for a member that does not vote yet.
+    pub fn column(&self) -> String {
         if self.leader {
-            "Leader"
+            "Leader".into()
+        } else if !self.voter {
+            match self.reachability.as_str() {
+                "unreachable" => "Joining (unreachable)".into(),
+                _ => "Joining".into(),
+            }
         } else if self.reachability == "reachable" {
-            "Reachable"
+            match self.lag {
+                Some(n) => format!("Lagging ({n} behind)"),
+                None => "Reachable".into(),
+            }
         } else if self.reachability == "unreachable" {
-            "Unreachable"
+            "Unreachable".into()
         } else {
-            "Unknown"
+            "Unknown".into()
         }
     }
+
+    /// A voter that could vote for and replicate a write now: reachable
+    /// (or the leader) and not lagging.
+    pub fn healthy_voter(&self) -> bool {
+        self.voter && (self.leader || (self.reachability == "reachable" && self.lag.is_none()))
+    }
+}
+
+/// A warning for `node ls` / `cluster info` when the cluster cannot lose
+/// another manager: `None` when it can (or when it has a single manager,
+/// which never could). `managers` is the leader's view.
+pub fn quorum_warning(managers: &[ManagerStatus]) -> Option<String> {
+    let voters = managers.iter().filter(|m| m.voter).count();
+    // Only the leader knows who is reachable (a view without it says
+    // "unknown" and warns about nothing).
+    if voters < 2 || managers.iter().any(|m| m.reachability == "unknown") {
+        return None;
+    }
+    let healthy = managers.iter().filter(|m| m.healthy_voter()).count();
+    let quorum = voters / 2 + 1;
+    if healthy > quorum {
+        return None;
+    }
+    Some(if healthy == quorum {
+        format!(
+            "WARNING: {healthy} of {voters} managers are reachable and up to date, exactly a quorum: the cluster cannot lose another manager"
+        )
+    } else {
+        format!(
+            "WARNING: only {healthy} of {voters} managers are reachable and up to date, a quorum needs {quorum}: writes may fail until managers come back"
+        )
+    })
 }
 
 /// What `cluster info` shows.
