@@ -250,3 +250,55 @@ pub struct ServiceLogLine {
     /// When it was written (ns since the epoch).
     pub time_nanos: i64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{quorum_warning, ManagerStatus};
+
+    fn m(leader: bool, voter: bool, reach: &str, lag: Option<u64>) -> ManagerStatus {
+        ManagerStatus {
+            leader,
+            voter,
+            reachability: reach.into(),
+            lag,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_lagging_or_joining_manager_is_never_called_reachable() {
+        assert_eq!(m(false, true, "reachable", None).column(), "Reachable");
+        assert_eq!(
+            m(false, true, "reachable", Some(1200)).column(),
+            "Lagging (1200 behind)"
+        );
+        assert_eq!(m(false, false, "reachable", None).column(), "Joining");
+        assert_eq!(m(true, true, "reachable", None).column(), "Leader");
+        assert_eq!(m(false, true, "unreachable", None).column(), "Unreachable");
+    }
+
+    #[test]
+    fn warns_when_the_cluster_cannot_lose_another_manager() {
+        let healthy = vec![
+            m(true, true, "reachable", None),
+            m(false, true, "reachable", None),
+            m(false, true, "reachable", None),
+        ];
+        assert_eq!(quorum_warning(&healthy), None);
+        let mut one_lagging = healthy.clone();
+        one_lagging[2].lag = Some(5000);
+        let w = quorum_warning(&one_lagging).expect("a warning");
+        assert!(w.contains("cannot lose another manager"), "{w}");
+        let mut one_down = healthy.clone();
+        one_down[1].reachability = "unreachable".into();
+        one_down[2].lag = Some(100);
+        let w = quorum_warning(&one_down).expect("a warning");
+        assert!(w.contains("a quorum needs 2"), "{w}");
+        // A learner does not count; a single manager is not warned about;
+        // a view without the leader's knowledge says nothing.
+        assert_eq!(quorum_warning(&[m(true, true, "reachable", None)]), None);
+        let mut unknown = healthy.clone();
+        unknown[1].reachability = "unknown".into();
+        assert_eq!(quorum_warning(&unknown), None);
+    }
+}

@@ -49,28 +49,55 @@ async fn write_mix(
         if i % 50 == 0 {
             eprintln!("write {i} at {:?}", start.elapsed());
         }
-        if i % big_every == 0 {
-            // About `big_bytes` of labels, changing every time.
-            let mut labels = BTreeMap::new();
-            let value: String = format!("{i:08}").repeat(1000 / 8 + 1);
-            for k in 0..big_bytes / 1024 {
-                labels.insert(format!("label-{k:04}"), value.clone());
+        // A write may fail when an election happens under it (a loaded
+        // machine): re-read and try again, the test is about catching up.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let res = if i % big_every == 0 {
+                // About `big_bytes` of labels, changing every time.
+                let mut labels = BTreeMap::new();
+                let value: String = format!("{i:08}").repeat(1000 / 8 + 1);
+                for k in 0..big_bytes / 1024 {
+                    labels.insert(format!("label-{k:04}"), value.clone());
+                }
+                node.labels = labels;
+                store.put(node.clone()).await.map(|n| node = n)
+            } else {
+                store
+                    .create(Service {
+                        name: format!("svc-{}-{i}", manager::store::new_id()),
+                        image: "busybox".into(),
+                        replicas: 1,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|_| ())
+            };
+            match res {
+                Ok(()) => break,
+                Err(e) if tries < 5 && !e.is_conflict() => {
+                    eprintln!("write {i} failed ({e}); retrying");
+                    node = store
+                        .read_linearizable(|tx| tx.get_by_name::<Node>("labelled"))
+                        .await
+                        .unwrap_or_default()
+                        .unwrap_or(node);
+                }
+                Err(e) if tries < 5 => {
+                    eprintln!("write {i} conflicted ({e}) after a retry; re-reading");
+                    node = store
+                        .view(|tx| tx.get_by_name::<Node>("labelled"))
+                        .unwrap_or(node);
+                }
+                Err(e) => return Err(e.into()),
             }
-            node.labels = labels;
-            node = store.put(node).await?;
-        } else {
-            store
-                .create(Service {
-                    name: format!("svc-{}-{i}", manager::store::new_id()),
-                    image: "busybox".into(),
-                    replicas: 1,
-                    ..Default::default()
-                })
-                .await?;
         }
     }
     Ok(())
 }
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Logs to the test's output with `FLOTILLA_LOG=manager=info` (or any filter).
 fn logs() {
@@ -86,8 +113,11 @@ async fn follower_catches_up_then_survives_the_other_failing(
     options: RaftOptions,
     writes: usize,
     big_every: usize,
+    compacted: bool,
 ) -> anyhow::Result<()> {
     logs();
+    // One scenario at a time: each loads the machine on its own.
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir()?;
     let mut c = LocalCluster::start(dir.path(), 3, options).await?;
     let leader = c
@@ -97,11 +127,23 @@ async fn follower_catches_up_then_survives_the_other_failing(
     let followers: Vec<NodeId> = c.running().into_iter().filter(|i| *i != leader).collect();
     let (lagging, other) = (followers[0], followers[1]);
 
+    let had = applied(&c, lagging);
     c.stop(lagging).await;
     let start = Instant::now();
     write_mix(&c, leader, writes, big_every, 100 * 1024).await?;
     let target = applied(&c, leader);
     eprintln!("{writes} writes with follower {lagging} down took {:?}", start.elapsed());
+    if compacted {
+        // The leader purged the entries the follower misses: only a
+        // snapshot can bring it back.
+        poll_until("the leader to purge its log", Duration::from_secs(30), || {
+            c.node(leader)
+                .metrics()
+                .purged
+                .is_some_and(|p| p.index > had + 1)
+        })
+        .await;
+    }
 
     let start = Instant::now();
     c.restart(lagging).await?;
@@ -147,5 +189,19 @@ async fn follower_catches_up_then_survives_the_other_failing(
 /// node objects (and small ones) catches up from the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn follower_down_during_large_writes_catches_up_from_the_log() -> anyhow::Result<()> {
-    follower_catches_up_then_survives_the_other_failing(RaftOptions::fast_failover(), 200, 4).await
+    follower_catches_up_then_survives_the_other_failing(RaftOptions::fast_failover(), 200, 4, false)
+        .await
+}
+
+/// The same when the leader compacted its log past the follower's last
+/// entry: it catches up from a snapshot, streamed in chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn follower_behind_the_compacted_log_catches_up_from_a_snapshot() -> anyhow::Result<()> {
+    let options = RaftOptions {
+        snapshot_after_logs: 40,
+        keep_logs_after_snapshot: 10,
+        snapshot_chunk_bytes: 256 * 1024,
+        ..RaftOptions::fast_failover()
+    };
+    follower_catches_up_then_survives_the_other_failing(options, 120, 4, true).await
 }

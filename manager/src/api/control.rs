@@ -750,3 +750,33 @@ fn check_node_labels(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::{check_node_labels, MAX_LABEL_VALUE_BYTES, MAX_NODE_LABELS};
+
+    #[test]
+    fn oversized_label_sets_are_refused_with_the_limit() {
+        let mut labels: BTreeMap<String, String> = (0..10)
+            .map(|i| (format!("k{i}"), "v".repeat(100)))
+            .collect();
+        assert!(check_node_labels("n1", &labels).is_ok());
+        labels.insert("big".into(), "x".repeat(MAX_LABEL_VALUE_BYTES + 1));
+        let e = check_node_labels("n1", &labels).unwrap_err();
+        assert!(e.message().contains("at most 4096"), "{}", e.message());
+        labels.remove("big");
+        // Many values, each within its limit, together too much.
+        for i in 0..40 {
+            labels.insert(format!("many-{i}"), "y".repeat(MAX_LABEL_VALUE_BYTES));
+        }
+        let e = check_node_labels("n1", &labels).unwrap_err();
+        assert!(e.message().contains("keys and values together"), "{}", e.message());
+        let many: BTreeMap<String, String> = (0..=MAX_NODE_LABELS)
+            .map(|i| (format!("k{i}"), String::new()))
+            .collect();
+        let e = check_node_labels("n1", &many).unwrap_err();
+        assert!(e.message().contains("--label-rm"), "{}", e.message());
+    }
+}

@@ -565,6 +565,14 @@ pub fn spawn_background(m: &Arc<Manager>) -> Membership {
             }
         });
     }
+    // Raft stopped (a storage error: e.g. a full disk): exit with a clear
+    // message, so the supervisor restarts the manager once it can write
+    // again, instead of running on answering "Raft has stopped" and being
+    // counted as a reachable manager.
+    {
+        let m = Arc::clone(m);
+        tokio::spawn(async move { exit_when_raft_stops(&m).await });
+    }
     // Become a voter if this member is not one (a new or interrupted join).
     {
         let m = Arc::clone(m);
@@ -608,6 +616,31 @@ pub fn spawn_background(m: &Arc<Manager>) -> Membership {
         tokio::spawn(async move { crate::api::session::monitor_liveness(m).await });
     }
     membership
+}
+
+/// Watch Raft; when it stops on its own (not at shutdown), exit 1 with why.
+async fn exit_when_raft_stops(m: &Manager) {
+    let mut metrics = m.raft.raft().metrics();
+    loop {
+        let stopped = metrics.borrow().running_state.clone();
+        if let Err(fatal) = stopped {
+            if matches!(fatal, openraft::error::Fatal::Stopped) {
+                return;
+            }
+            tracing::error!(
+                data_root = %m.files.dir().display(),
+                "Raft stopped on this manager: {fatal}; exiting so that it is restarted (if the disk is full, free space under the data root first; the other managers go on without it)"
+            );
+            eprintln!(
+                "flotilla-manager: Raft stopped on this manager ({fatal}); exiting. If the disk holding {} is full, free space and start the manager again.",
+                m.files.dir().display()
+            );
+            std::process::exit(1);
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// The deadline of one request to become a voter (queued behind other
