@@ -176,7 +176,7 @@ fn main() {
         _ => {}
     }
     let debug = args.debug;
-        // openraft logs every failed replication RPC at ERROR; the transport
+    // openraft logs every failed replication RPC at ERROR; the transport
     // logs each peer's trouble once per episode instead (docs/raft.md).
     worker::daemon::run_daemon(
         "flotilla-manager",

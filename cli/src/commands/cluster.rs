@@ -224,8 +224,10 @@ pub async fn node(ctx: &mut Ctx, g: NodeGroup) -> Result<i32> {
                 )?
             );
             if a.format.is_none() {
-                let managers: Vec<ManagerStatus> =
-                    nodes.iter().filter_map(|n| n.manager_status.clone()).collect();
+                let managers: Vec<ManagerStatus> = nodes
+                    .iter()
+                    .filter_map(|n| n.manager_status.clone())
+                    .collect();
                 if let Some(w) = agent_common::cluster::quorum_warning(&managers) {
                     eprintln!("{w}");
                 }

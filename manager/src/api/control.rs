@@ -706,7 +706,7 @@ fn manager_status(member: &crate::raft::MemberInfo, raft: &RaftInfo) -> ManagerS
 }
 
 /// At most this many labels on a node.
-pub const MAX_NODE_LABELS: usize = 128;
+pub const MAX_NODE_LABELS: usize = 4096;
 /// At most this many bytes in a node label's key.
 pub const MAX_LABEL_KEY_BYTES: usize = 256;
 /// At most this many bytes in a node label's value.
@@ -772,7 +772,11 @@ mod tests {
             labels.insert(format!("many-{i}"), "y".repeat(MAX_LABEL_VALUE_BYTES));
         }
         let e = check_node_labels("n1", &labels).unwrap_err();
-        assert!(e.message().contains("keys and values together"), "{}", e.message());
+        assert!(
+            e.message().contains("keys and values together"),
+            "{}",
+            e.message()
+        );
         let many: BTreeMap<String, String> = (0..=MAX_NODE_LABELS)
             .map(|i| (format!("k{i}"), String::new()))
             .collect();

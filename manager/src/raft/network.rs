@@ -21,11 +21,11 @@ use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::{LogId, Vote};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use openraft::{LogId, Vote};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::watch;
@@ -204,9 +204,12 @@ pub struct PeerConnection {
 pub struct PeerState {
     append: tokio::sync::Mutex<Option<BackgroundAppend>>,
     /// The highest log id the peer acknowledged holding, under which vote.
-    confirmed: Mutex<Option<(Vote<NodeId>, Option<LogId<NodeId>>)>>,
+    confirmed: Mutex<Option<Confirmed>>,
     episode: Mutex<Episode>,
 }
+
+/// Under which vote the peer acknowledged holding the log up to which id.
+type Confirmed = (Vote<NodeId>, Option<LogId<NodeId>>);
 
 /// An AppendEntries request with entries, sent on its own task so that
 /// openraft's heartbeat-sized timeout does not abandon it half-way.
@@ -220,7 +223,8 @@ struct BackgroundAppend {
     done: watch::Receiver<Option<Arc<AppendOutcome>>>,
 }
 
-type AppendResult = Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, ManagerNode, RaftError<NodeId>>>;
+type AppendResult =
+    Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, ManagerNode, RaftError<NodeId>>>;
 
 /// How a background AppendEntries ended (kept to answer openraft's retry).
 enum AppendOutcome {
@@ -524,7 +528,11 @@ impl PeerConnection {
     /// Note what a successful answer proves the peer holds (for this
     /// leader's vote).
     fn confirm(&self, vote: &Vote<NodeId>, upto: Option<LogId<NodeId>>) {
-        let mut c = self.peer.confirmed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut c = self
+            .peer
+            .confirmed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         match &mut *c {
             Some((v, l)) if v == vote => *l = (*l).max(upto),
             _ => *c = Some((*vote, upto)),
@@ -534,7 +542,11 @@ impl PeerConnection {
     /// True if the peer is known to hold the log up to `prev` (a success
     /// under the same vote covered it).
     fn confirmed(&self, vote: &Vote<NodeId>, prev: Option<LogId<NodeId>>) -> bool {
-        let c = self.peer.confirmed.lock().unwrap_or_else(|p| p.into_inner());
+        let c = self
+            .peer
+            .confirmed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         // openraft never takes "matching nothing" as progress.
         prev.is_some() && matches!(&*c, Some((v, l)) if v == vote && *l >= prev)
     }
@@ -619,7 +631,10 @@ impl PeerConnection {
                     Err(answer) => return answer,
                 }
             } else {
-                done.wait_for(|o| o.is_some()).await.ok().and_then(|o| o.clone())
+                done.wait_for(|o| o.is_some())
+                    .await
+                    .ok()
+                    .and_then(|o| o.clone())
             };
             let bg = slot.take();
             if let (Some(bg), Some(outcome), true) = (bg, outcome, same) {

@@ -74,7 +74,9 @@ impl ElectionGuard {
                 if at.is_some_and(|t| t.elapsed() >= LAG_HOLD) {
                     *at = None;
                     raft.runtime_config().elect(true);
-                    tracing::info!("no sign of lagging behind the leader for {LAG_HOLD:?}: elections back on");
+                    tracing::info!(
+                        "no sign of lagging behind the leader for {LAG_HOLD:?}: elections back on"
+                    );
                 }
             }
         });
