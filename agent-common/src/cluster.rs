@@ -60,21 +60,75 @@ pub struct ManagerStatus {
     pub reachability: String,
     /// Its cluster address.
     pub addr: String,
+    /// A Raft voter (counted for the quorum); `false`: a learner that is
+    /// still joining (replicated to, not counted).
+    #[serde(default = "yes")]
+    pub voter: bool,
+    /// Entries behind the leader's log, when the leader knows it (only
+    /// reported when it is more than a moment's worth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<u64>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl ManagerStatus {
-    /// The MANAGER STATUS column of `node ls`: Leader, Reachable, Unreachable.
-    pub fn column(&self) -> &'static str {
+    /// The MANAGER STATUS column of `node ls`: Leader, Reachable,
+    /// Unreachable, `Lagging (N behind)` for a reachable manager catching
+    /// up, `Joining` for a member that does not vote yet.
+    pub fn column(&self) -> String {
         if self.leader {
-            "Leader"
+            "Leader".into()
+        } else if !self.voter {
+            match self.reachability.as_str() {
+                "unreachable" => "Joining (unreachable)".into(),
+                _ => "Joining".into(),
+            }
         } else if self.reachability == "reachable" {
-            "Reachable"
+            match self.lag {
+                Some(n) => format!("Lagging ({n} behind)"),
+                None => "Reachable".into(),
+            }
         } else if self.reachability == "unreachable" {
-            "Unreachable"
+            "Unreachable".into()
         } else {
-            "Unknown"
+            "Unknown".into()
         }
     }
+
+    /// A voter that could vote for and replicate a write now: reachable
+    /// (or the leader) and not lagging.
+    pub fn healthy_voter(&self) -> bool {
+        self.voter && (self.leader || (self.reachability == "reachable" && self.lag.is_none()))
+    }
+}
+
+/// A warning for `node ls` / `cluster info` when the cluster cannot lose
+/// another manager: `None` when it can (or when it has a single manager,
+/// which never could). `managers` is the leader's view.
+pub fn quorum_warning(managers: &[ManagerStatus]) -> Option<String> {
+    let voters = managers.iter().filter(|m| m.voter).count();
+    // Only the leader knows who is reachable (a view without it says
+    // "unknown" and warns about nothing).
+    if voters < 2 || managers.iter().any(|m| m.reachability == "unknown") {
+        return None;
+    }
+    let healthy = managers.iter().filter(|m| m.healthy_voter()).count();
+    let quorum = voters / 2 + 1;
+    if healthy > quorum {
+        return None;
+    }
+    Some(if healthy == quorum {
+        format!(
+            "WARNING: {healthy} of {voters} managers are reachable and up to date, exactly a quorum: the cluster cannot lose another manager"
+        )
+    } else {
+        format!(
+            "WARNING: only {healthy} of {voters} managers are reachable and up to date, a quorum needs {quorum}: writes may fail until managers come back"
+        )
+    })
 }
 
 /// What `cluster info` shows.
@@ -198,4 +252,56 @@ pub struct ServiceLogLine {
     pub text: String,
     /// When it was written (ns since the epoch).
     pub time_nanos: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{quorum_warning, ManagerStatus};
+
+    fn m(leader: bool, voter: bool, reach: &str, lag: Option<u64>) -> ManagerStatus {
+        ManagerStatus {
+            leader,
+            voter,
+            reachability: reach.into(),
+            lag,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_lagging_or_joining_manager_is_never_called_reachable() {
+        assert_eq!(m(false, true, "reachable", None).column(), "Reachable");
+        assert_eq!(
+            m(false, true, "reachable", Some(1200)).column(),
+            "Lagging (1200 behind)"
+        );
+        assert_eq!(m(false, false, "reachable", None).column(), "Joining");
+        assert_eq!(m(true, true, "reachable", None).column(), "Leader");
+        assert_eq!(m(false, true, "unreachable", None).column(), "Unreachable");
+    }
+
+    #[test]
+    fn warns_when_the_cluster_cannot_lose_another_manager() {
+        let healthy = vec![
+            m(true, true, "reachable", None),
+            m(false, true, "reachable", None),
+            m(false, true, "reachable", None),
+        ];
+        assert_eq!(quorum_warning(&healthy), None);
+        let mut one_lagging = healthy.clone();
+        one_lagging[2].lag = Some(5000);
+        let w = quorum_warning(&one_lagging).expect("a warning");
+        assert!(w.contains("cannot lose another manager"), "{w}");
+        let mut one_down = healthy.clone();
+        one_down[1].reachability = "unreachable".into();
+        one_down[2].lag = Some(100);
+        let w = quorum_warning(&one_down).expect("a warning");
+        assert!(w.contains("a quorum needs 2"), "{w}");
+        // A learner does not count; a single manager is not warned about;
+        // a view without the leader's knowledge says nothing.
+        assert_eq!(quorum_warning(&[m(true, true, "reachable", None)]), None);
+        let mut unknown = healthy.clone();
+        unknown[1].reachability = "unknown".into();
+        assert_eq!(quorum_warning(&unknown), None);
+    }
 }

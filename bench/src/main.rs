@@ -22,6 +22,7 @@ use agent_common::proto::{ContainerRef, CreateContainerRequest, RemoveContainerR
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod catch_up;
 mod cluster;
 mod containment;
 mod scheduler;
@@ -96,6 +97,16 @@ enum Cmd {
         /// Only measure the creation (bench/swarm-compare.sh).
         #[arg(long = "create-only")]
         create_only: bool,
+    },
+    /// Raft catch-up in process: a follower that missed N entries, and the
+    /// leader's writes/s while it catches up.
+    CatchUp {
+        /// Entries the follower misses, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [1000, 10000])]
+        missed: Vec<usize>,
+        /// Writes measured (with the follower up, and while it catches up).
+        #[arg(long, default_value_t = 1000)]
+        writes: usize,
     },
     /// Scheduler placement decisions per second, in process, on synthetic clusters.
     Scheduler {
@@ -575,6 +586,7 @@ fn main() -> Result<()> {
             heartbeat,
             create_only,
         } => services::run(replicas.max(1), &heartbeat, create_only),
+        Cmd::CatchUp { missed, writes } => catch_up::run(&missed, writes.max(1)),
         Cmd::Scheduler {
             nodes,
             tasks,

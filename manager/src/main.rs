@@ -227,7 +227,14 @@ fn main() {
         _ => {}
     }
     let debug = args.debug;
-    worker::daemon::run_daemon("flotilla-manager", debug, "openraft=error", run(args));
+    // openraft logs every failed replication RPC at ERROR; the transport
+    // logs each peer's trouble once per episode instead (docs/raft.md).
+    worker::daemon::run_daemon(
+        "flotilla-manager",
+        debug,
+        "openraft=error,openraft::replication=off,openraft::core::raft_core=off",
+        run(args),
+    );
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -340,6 +347,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Managers run tasks too: the worker agent of this node.
     worker::agent::spawn(agent_engine, membership);
     announce(&m, &args).await;
+    if matches!(args.command, Some(Command::Join { .. })) {
+        // Ready only once this manager votes (it counts for the quorum).
+        daemon::wait_until_voter(&m).await;
+    }
     tracing::info!(
         node = %m.node_id,
         cluster_addr = %m.cluster_addr,

@@ -5,7 +5,7 @@
 use super::Ctx;
 use crate::client::RpcResult;
 use crate::format::{self, OutputFormat};
-use agent_common::cluster::{ClusterInfo, NodeView};
+use agent_common::cluster::{ClusterInfo, ManagerStatus, NodeView};
 use agent_common::control_proto::{
     ClientCertRequest, Empty, JoinTokenRequest, NodeRef, ReadRequest, RemoveNodeRequest,
     RevokeClientCertRequest, UpdateNodeRequest,
@@ -273,7 +273,7 @@ pub async fn node(ctx: &mut Ctx, g: NodeGroup) -> Result<i32> {
                     availability_word(n.availability).into(),
                     n.manager_status
                         .as_ref()
-                        .map(|m| m.column().to_string())
+                        .map(|m| m.column())
                         .unwrap_or_default(),
                 ]
             };
@@ -287,6 +287,15 @@ pub async fn node(ctx: &mut Ctx, g: NodeGroup) -> Result<i32> {
                     &|s: &str| s.to_uppercase(),
                 )?
             );
+            if a.format.is_none() {
+                let managers: Vec<ManagerStatus> = nodes
+                    .iter()
+                    .filter_map(|n| n.manager_status.clone())
+                    .collect();
+                if let Some(w) = agent_common::cluster::quorum_warning(&managers) {
+                    eprintln!("{w}");
+                }
+            }
             Ok(0)
         }
         NodeGroup::Inspect(a) => {
@@ -494,9 +503,20 @@ pub async fn cluster(ctx: &mut Ctx, g: ClusterGroup) -> Result<i32> {
                         "Raft:\t\tterm {}, last index {}, applied index {}",
                         info.raft_term, info.raft_last_index, info.raft_applied_index
                     );
-                    println!("Managers:\t{}", info.managers.len());
-                    for m in &info.managers {
+                    let voters = info.managers.iter().filter(|m| m.voter).count();
+                    println!(
+                        "Managers:\t{} voters, {} joining (learners)",
+                        voters,
+                        info.managers.len() - voters
+                    );
+                    for m in info.managers.iter().filter(|m| m.voter) {
                         println!("  {}\t{}", m.addr, m.column());
+                    }
+                    for m in info.managers.iter().filter(|m| !m.voter) {
+                        println!("  {}\t{} (not voting yet)", m.addr, m.column());
+                    }
+                    if let Some(w) = agent_common::cluster::quorum_warning(&info.managers) {
+                        println!("{w}");
                     }
                     let by: Vec<String> = info
                         .nodes_by_status

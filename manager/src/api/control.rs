@@ -115,18 +115,7 @@ impl ControlApi {
         let manager_status = (n.role == ObjRole::Manager || n.raft_id != 0)
             .then(|| raft.member(n.raft_id))
             .flatten()
-            .map(|member| ManagerStatus {
-                raft_id: member.id,
-                leader: member.leader,
-                reachability: if member.leader || member.reachable {
-                    "reachable".into()
-                } else if raft.leader_view {
-                    "unreachable".into()
-                } else {
-                    "unknown".into()
-                },
-                addr: member.node.api_addr.clone(),
-            });
+            .map(|member| manager_status(member, raft));
         NodeView {
             id: n.meta.id.clone(),
             version: n.meta.version,
@@ -399,7 +388,7 @@ impl Control for ControlApi {
                         )));
                     }
                 }
-                Ok(())
+                check_node_labels(&n.hostname, &n.labels)
             })
             .await?;
         let raft = self.raft_view().await;
@@ -549,18 +538,7 @@ impl Control for ControlApi {
         let managers = raft
             .members
             .iter()
-            .map(|mem| ManagerStatus {
-                raft_id: mem.id,
-                leader: mem.leader,
-                reachability: if mem.leader || mem.reachable {
-                    "reachable".into()
-                } else if raft.leader_view {
-                    "unreachable".into()
-                } else {
-                    "unknown".into()
-                },
-                addr: mem.node.api_addr.clone(),
-            })
+            .map(|mem| manager_status(mem, &raft))
             .collect();
         let leader = raft.leader_id.and_then(|l| raft.member(l));
         let info = ClusterInfo {
@@ -949,5 +927,112 @@ fn status_word(s: NodeStatus) -> &'static str {
         NodeStatus::Ready => "ready",
         NodeStatus::Down => "down",
         NodeStatus::Unknown => "unknown",
+    }
+}
+
+/// A Raft member as `node ls` and `cluster info` show it: voter or still
+/// joining, reachable from the leader, and how far behind the leader's log
+/// when that is more than a moment's worth.
+fn manager_status(member: &crate::raft::MemberInfo, raft: &RaftInfo) -> ManagerStatus {
+    let lag = match (raft.leader_view, member.leader, raft.last_log_index) {
+        (true, false, Some(last)) => {
+            let behind = last.saturating_sub(member.matched_index.unwrap_or(0));
+            (behind > crate::raft::LAGGING_ENTRIES).then_some(behind)
+        }
+        _ => None,
+    };
+    ManagerStatus {
+        raft_id: member.id,
+        leader: member.leader,
+        reachability: if member.leader || member.reachable {
+            "reachable".into()
+        } else if raft.leader_view {
+            "unreachable".into()
+        } else {
+            "unknown".into()
+        },
+        addr: member.node.api_addr.clone(),
+        voter: member.voter,
+        lag,
+    }
+}
+
+/// At most this many labels on a node.
+pub const MAX_NODE_LABELS: usize = 4096;
+/// At most this many bytes in a node label's key.
+pub const MAX_LABEL_KEY_BYTES: usize = 256;
+/// At most this many bytes in a node label's value.
+pub const MAX_LABEL_VALUE_BYTES: usize = 4096;
+/// At most this many bytes of keys and values together on a node: a node
+/// travels whole in each Raft entry that changes it (docs/raft.md).
+pub const MAX_NODE_LABEL_BYTES: usize = 64 * 1024;
+
+/// Refuse a label set beyond the limits above, saying which and by how much.
+fn check_node_labels(
+    node: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Result<(), Status> {
+    if labels.len() > MAX_NODE_LABELS {
+        return Err(Status::invalid_argument(format!(
+            "node {node} would have {} labels, at most {MAX_NODE_LABELS} are allowed: remove some with --label-rm",
+            labels.len()
+        )));
+    }
+    let mut total = 0;
+    for (k, v) in labels {
+        if k.len() > MAX_LABEL_KEY_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "label key {}… is {} bytes, at most {MAX_LABEL_KEY_BYTES} are allowed",
+                k.chars().take(32).collect::<String>(),
+                k.len()
+            )));
+        }
+        if v.len() > MAX_LABEL_VALUE_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "the value of label {k:?} is {} bytes, at most {MAX_LABEL_VALUE_BYTES} are allowed",
+                v.len()
+            )));
+        }
+        total += k.len() + v.len();
+    }
+    if total > MAX_NODE_LABEL_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "node {node}'s labels would take {total} bytes, at most {MAX_NODE_LABEL_BYTES} are allowed (keys and values together): remove some with --label-rm"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::{check_node_labels, MAX_LABEL_VALUE_BYTES, MAX_NODE_LABELS};
+
+    #[test]
+    fn oversized_label_sets_are_refused_with_the_limit() {
+        let mut labels: BTreeMap<String, String> = (0..10)
+            .map(|i| (format!("k{i}"), "v".repeat(100)))
+            .collect();
+        assert!(check_node_labels("n1", &labels).is_ok());
+        labels.insert("big".into(), "x".repeat(MAX_LABEL_VALUE_BYTES + 1));
+        let e = check_node_labels("n1", &labels).unwrap_err();
+        assert!(e.message().contains("at most 4096"), "{}", e.message());
+        labels.remove("big");
+        // Many values, each within its limit, together too much.
+        for i in 0..40 {
+            labels.insert(format!("many-{i}"), "y".repeat(MAX_LABEL_VALUE_BYTES));
+        }
+        let e = check_node_labels("n1", &labels).unwrap_err();
+        assert!(
+            e.message().contains("keys and values together"),
+            "{}",
+            e.message()
+        );
+        let many: BTreeMap<String, String> = (0..=MAX_NODE_LABELS)
+            .map(|i| (format!("k{i}"), String::new()))
+            .collect();
+        let e = check_node_labels("n1", &many).unwrap_err();
+        assert!(e.message().contains("--label-rm"), "{}", e.message());
     }
 }

@@ -3,7 +3,7 @@
 
 use tonic::Status;
 
-use crate::store::{Refusal, StoreError};
+use crate::store::{ProposeError, Refusal, StoreError};
 
 pub mod control;
 pub mod dispatcher;
@@ -19,9 +19,13 @@ pub(crate) fn store_status(e: StoreError) -> Status {
         StoreError::Refused(Refusal::AlreadyExists { .. })
         | StoreError::Refused(Refusal::NameInUse { .. }) => Status::already_exists(e.to_string()),
         StoreError::Refused(_) => Status::invalid_argument(e.to_string()),
-        StoreError::Propose(_) => Status::unavailable(format!(
-            "the cluster could not commit the change (no quorum of managers?): {e}"
+        StoreError::Propose(ProposeError::Unavailable(why)) => {
+            Status::unavailable(format!("the managers could not serve the request: {why}"))
+        }
+        StoreError::Propose(ProposeError::Indeterminate(why)) => Status::unavailable(format!(
+            "the write may or may not have committed ({why}): read it back before retrying"
         )),
+        StoreError::Propose(p) => Status::unavailable(p.to_string()),
         _ => Status::internal(e.to_string()),
     }
 }

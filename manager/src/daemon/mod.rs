@@ -245,11 +245,7 @@ pub fn stored_role(node: &Node) -> NodeRole {
 /// so the lease, not the detection, dominates failover: these values put the
 /// first write on a new leader at about half a second (bench/README.md).
 fn raft_options() -> RaftOptions {
-    RaftOptions {
-        heartbeat_interval: Duration::from_millis(50),
-        election_timeout: (Duration::from_millis(200), Duration::from_millis(400)),
-        ..RaftOptions::default()
-    }
+    RaftOptions::fast_failover()
 }
 
 async fn open_raft(
@@ -577,6 +573,14 @@ pub fn spawn_background(m: &Arc<Manager>) -> Membership {
             }
         });
     }
+    // Raft stopped (a storage error: e.g. a full disk): exit with a clear
+    // message, so the supervisor restarts the manager once it can write
+    // again, instead of running on answering "Raft has stopped" and being
+    // counted as a reachable manager.
+    {
+        let m = Arc::clone(m);
+        tokio::spawn(async move { exit_when_raft_stops(&m).await });
+    }
     // Become a voter if this member is not one (a new or interrupted join).
     {
         let m = Arc::clone(m);
@@ -622,6 +626,62 @@ pub fn spawn_background(m: &Arc<Manager>) -> Membership {
     membership
 }
 
+/// Watch Raft; when it stops on its own (not at shutdown), exit 1 with why.
+async fn exit_when_raft_stops(m: &Manager) {
+    let mut metrics = m.raft.raft().metrics();
+    loop {
+        let stopped = metrics.borrow().running_state.clone();
+        if let Err(fatal) = stopped {
+            if matches!(fatal, openraft::error::Fatal::Stopped) {
+                return;
+            }
+            tracing::error!(
+                data_root = %m.files.dir().display(),
+                "Raft stopped on this manager: {fatal}; exiting so that it is restarted (if the disk is full, free space under the data root first; the other managers go on without it)"
+            );
+            eprintln!(
+                "flotilla-manager: Raft stopped on this manager ({fatal}); exiting. If the disk holding {} is full, free space and start the manager again.",
+                m.files.dir().display()
+            );
+            std::process::exit(1);
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The deadline of one request to become a voter (queued behind other
+/// joins, a catch-up of up to 30 s, two commits).
+const JOIN_RAFT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Wait until this manager is a Raft voter (after `join`, before saying
+/// it is ready), logging every 10 s while it is not.
+pub async fn wait_until_voter(m: &Manager) {
+    let raft_id = m.raft.id();
+    let start = Instant::now();
+    let mut next_log = Duration::from_secs(10);
+    loop {
+        let metrics = m.raft.metrics();
+        if metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|id| id == raft_id)
+        {
+            return;
+        }
+        if start.elapsed() >= next_log {
+            tracing::info!(
+                "waiting to become a Raft voter ({}s so far)",
+                start.elapsed().as_secs()
+            );
+            next_log += Duration::from_secs(10);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Keeps this node's Raft participation in line with its recorded role:
 /// a manager that is not a voter asks to become one (after a join, an
 /// interrupted join, or a promotion); a node demoted to worker restarts
@@ -630,6 +690,7 @@ async fn ensure_voter(m: &Arc<Manager>) {
     let raft_id = m.raft.id();
     let mut delay = Duration::from_millis(200);
     let mut logged = false;
+    let mut last_log = Instant::now();
     loop {
         let role = m.record.lock().map(|r| r.role.clone()).unwrap_or_default();
         let metrics = m.raft.metrics();
@@ -660,21 +721,30 @@ async fn ensure_voter(m: &Arc<Manager>) {
             let Ok(mut client) = m.clients.dispatcher(addr) else {
                 continue;
             };
-            let req = agent_common::dispatcher_proto::JoinRaftRequest {
+            let mut req = tonic::Request::new(agent_common::dispatcher_proto::JoinRaftRequest {
                 raft_id,
                 addr: m.cluster_addr.clone(),
-            };
+            });
+            // Each step has a deadline: the leader may queue the request
+            // behind other joins and wait for this member to catch up.
+            req.set_timeout(JOIN_RAFT_TIMEOUT);
             match client.join_raft(req).await {
                 Ok(_) => {
                     tracing::info!("joined Raft as a voter through {addr}");
                     joined = true;
                     break;
                 }
-                Err(s) if !logged => {
+                Err(s) => {
+                    // The first failure, then one line a minute while it lasts.
+                    if !logged || last_log.elapsed() >= Duration::from_secs(60) {
+                        tracing::warn!(
+                            "asking {addr} to add this manager to Raft as a voter failed (retrying until it is one): {}",
+                            s.message()
+                        );
+                        last_log = Instant::now();
+                    }
                     logged = true;
-                    tracing::info!("asking {addr} to add this manager to Raft: {}", s.message())
                 }
-                Err(_) => {}
             }
         }
         if joined {

@@ -34,6 +34,9 @@ use super::typ::Raft;
 use super::{ManagerNode, NodeId};
 use crate::store::{Batch, BatchOutcome, ProposeError};
 
+/// Why a request found no leader.
+const NO_LEADER: &str = "no leader is known: no quorum of managers is reachable from this manager (or an election is under way); see `flotilla node ls --local` (this manager's copy, possibly stale)";
+
 /// How long to wait before retrying when no usable leader is known.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
@@ -185,10 +188,35 @@ pub(crate) async fn lead_read_index(
                 leader_id: f.leader_id,
             })
         }
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => {
+            Err(ForwardError::Unavailable {
+                reason: no_quorum(raft, &q.got),
+            })
+        }
         Ok(Err(e)) => Err(ForwardError::Unavailable {
             reason: e.to_string(),
         }),
     }
+}
+
+/// What to tell a user whose read or write found no quorum: which voters
+/// the leader heard from, out of which, and where to look.
+pub(crate) fn no_quorum(raft: &Raft, got: &std::collections::BTreeSet<NodeId>) -> String {
+    let m = raft.metrics().borrow().clone();
+    let voters: Vec<String> = m
+        .membership_config
+        .membership()
+        .voter_ids()
+        .map(|v| v.to_string())
+        .collect();
+    let heard: Vec<String> = got.iter().map(|v| v.to_string()).collect();
+    format!(
+        "no quorum of managers is reachable: the leader (manager {}) hears from managers [{}] of the voters [{}], a quorum needs {}; bring managers back, and see `flotilla node ls --local` (this manager's copy, possibly stale)",
+        m.id,
+        heard.join(", "),
+        voters.join(", "),
+        voters.len() / 2 + 1
+    )
 }
 
 /// Call forwarding `rpc` on the member at `addr` with `req` (JSON), bounded
@@ -315,7 +343,7 @@ impl Forwarder {
     /// has applied it too (so the writer reads its own write here).
     pub async fn propose(&self, batch: Batch) -> Result<BatchOutcome, ProposeError> {
         let deadline = Instant::now() + self.write_timeout;
-        let mut last = String::from("no leader is known");
+        let mut last = String::from(NO_LEADER);
         loop {
             let now = Instant::now();
             if now >= deadline {
@@ -382,7 +410,7 @@ impl Forwarder {
                     }
                 }
                 (Some(l), None) => last = format!("leader {l} has no address in the membership"),
-                (None, _) => last = "no leader is known".into(),
+                (None, _) => last = NO_LEADER.into(),
             }
             self.pause(leader.id, deadline).await;
         }
@@ -393,13 +421,13 @@ impl Forwarder {
     /// leader's read index and a wait for the local apply.
     pub async fn ensure_linearizable(&self) -> Result<(), ProposeError> {
         let deadline = Instant::now() + self.write_timeout;
-        let mut last = String::from("no leader is known");
+        let mut last = String::from(NO_LEADER);
         loop {
             let now = Instant::now();
             if now >= deadline {
                 return Err(ProposeError::Unavailable(
                     format!(
-                        "no leader confirmed a read index within {:?}: {last}",
+                        "no leader confirmed a read within {:?}: {last}",
                         self.write_timeout
                     )
                     .into(),
@@ -414,6 +442,9 @@ impl Forwarder {
                         Ok(Ok(_)) => return Ok(()),
                         Ok(Err(RaftError::Fatal(f))) => {
                             return Err(ProposeError::Fatal(Box::new(f)))
+                        }
+                        Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => {
+                            last = no_quorum(&self.raft, &q.got)
                         }
                         Ok(Err(RaftError::APIError(e))) => last = e.to_string(),
                     }
@@ -433,7 +464,7 @@ impl Forwarder {
                     }
                 }
                 (Some(l), None) => last = format!("leader {l} has no address in the membership"),
-                (None, _) => last = "no leader is known".into(),
+                (None, _) => last = NO_LEADER.into(),
             }
             self.pause(leader.id, deadline).await;
         }

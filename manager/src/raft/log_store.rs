@@ -204,13 +204,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut rows = Vec::new();
-        for e in entries {
-            let bytes =
-                serde_json::to_vec(&e).map_err(|e| StorageIOError::write_logs(io_err(e)))?;
-            rows.push((e.log_id.index, bytes));
-        }
-        let res = self.write_rows(rows).await;
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        // Encode on the blocking pool with the write: a catch-up batch is
+        // megabytes of JSON.
+        let res = self
+            .write(move |tx| {
+                let mut t = tx.open_table(LOG).map_err(io_err)?;
+                for e in &entries {
+                    let bytes = serde_json::to_vec(e).map_err(io_err)?;
+                    t.insert(e.log_id.index, bytes.as_slice()).map_err(io_err)?;
+                }
+                Ok(())
+            })
+            .await;
         match res {
             Ok(()) => {
                 // The entries are on disk: only now tell openraft.

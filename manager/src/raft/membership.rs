@@ -15,9 +15,10 @@
 //! from [`ClusterInfo`] / [`Membership::reachable_voters`].
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::metrics::WaitError;
 use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
@@ -191,6 +192,9 @@ pub struct Membership {
     fwd: Forwarder,
     catch_up_timeout: Duration,
     reachable_within: Duration,
+    /// Membership changes run one at a time on the leader (openraft refuses
+    /// a change while another is half-way): concurrent joins queue here.
+    queue: Arc<tokio::sync::Mutex<()>>,
 }
 
 fn client_write_err(
@@ -221,6 +225,7 @@ impl Membership {
             fwd,
             catch_up_timeout,
             reachable_within,
+            queue: Arc::default(),
         }
     }
 
@@ -392,8 +397,14 @@ impl Membership {
             return Err(MembershipError::NotLeader { leader_id: leader });
         }
         match req {
-            MembershipRequest::Add { id, node } => self.lead_add(id, node).await?,
-            MembershipRequest::Remove { id, force } => self.lead_remove(id, force).await?,
+            MembershipRequest::Add { id, node } => {
+                let _turn = self.queue.lock().await;
+                self.lead_add(id, node).await?
+            }
+            MembershipRequest::Remove { id, force } => {
+                let _turn = self.queue.lock().await;
+                self.lead_remove(id, force).await?
+            }
             MembershipRequest::Info => {
                 let committed = self
                     .fwd
@@ -415,17 +426,35 @@ impl Membership {
         changes: ChangeMembers<NodeId, ManagerNode>,
         retain: bool,
     ) -> Result<u64, MembershipError> {
-        // Joint then uniform configuration: two commits.
+        // Joint then uniform configuration: two commits. A change still
+        // half-way (one started by an earlier leader, or the uniform step of
+        // the previous one) is waited out: retried until the deadline.
         let timeout = self.fwd.write_timeout * 2;
-        match tokio::time::timeout(timeout, self.fwd.raft.change_membership(changes, retain)).await
-        {
-            Err(_) => Err(MembershipError::Unavailable {
-                reason: format!(
-                    "the membership change did not commit within {timeout:?} (it may still)"
-                ),
-            }),
-            Ok(Ok(resp)) => Ok(resp.log_id.index),
-            Ok(Err(e)) => Err(client_write_err(e)),
+        let deadline = Instant::now() + timeout;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let res = tokio::time::timeout(
+                remaining,
+                self.fwd.raft.change_membership(changes.clone(), retain),
+            )
+            .await;
+            match res {
+                Err(_) => {
+                    return Err(MembershipError::Unavailable {
+                        reason: format!(
+                            "the membership change did not commit within {timeout:?} (it may still)"
+                        ),
+                    })
+                }
+                Ok(Ok(resp)) => return Ok(resp.log_id.index),
+                Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    ChangeMembershipError::InProgress(p),
+                )))) if Instant::now() + Duration::from_millis(50) < deadline => {
+                    tracing::debug!("waiting for a membership change in progress: {p}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Ok(Err(e)) => return Err(client_write_err(e)),
+            }
         }
     }
 
@@ -450,19 +479,30 @@ impl Membership {
         let target = match known {
             Some(_) => m.last_log_index.unwrap_or(0),
             None => {
-                let added = tokio::time::timeout(
-                    self.fwd.write_timeout,
-                    self.fwd.raft.add_learner(id, node.clone(), false),
-                )
-                .await
-                .map_err(|_| MembershipError::Unavailable {
-                    reason: format!(
-                        "adding manager {id} as a learner did not commit within {:?}",
-                        self.fwd.write_timeout
-                    ),
-                })?
-                .map_err(client_write_err)?;
-                added.log_id.index
+                let deadline = Instant::now() + self.fwd.write_timeout;
+                loop {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    let added = tokio::time::timeout(
+                        remaining,
+                        self.fwd.raft.add_learner(id, node.clone(), false),
+                    )
+                    .await
+                    .map_err(|_| MembershipError::Unavailable {
+                        reason: format!(
+                            "adding manager {id} as a learner did not commit within {:?}",
+                            self.fwd.write_timeout
+                        ),
+                    })?;
+                    match added {
+                        Ok(added) => break added.log_id.index,
+                        Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                            ChangeMembershipError::InProgress(_),
+                        ))) if Instant::now() + Duration::from_millis(50) < deadline => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(e) => return Err(client_write_err(e)),
+                    }
+                }
             }
         };
         let me = self.fwd.id;

@@ -44,10 +44,14 @@ use serde::{Deserialize, Serialize};
 pub use forward::ForwardError;
 pub use log_store::LogStore;
 pub use membership::{ClusterInfo, MemberInfo, Membership, MembershipError};
-pub use network::{BoxError, Connector, GrpcNetwork, PlainConnector};
+pub use network::{AppendLimits, BoxError, Connector, GrpcNetwork, PlainConnector};
 pub use node::{RaftNode, RaftNodeError, RaftOptions, RaftProposer, LOG_FILE, STORE_FILE};
 pub use recovery::{force_new_cluster, ForcedCluster};
 pub use service::RaftService;
+
+/// A member more than this many entries behind the leader's log is
+/// lagging: `node ls` says so, and it starts no elections while it is.
+pub const LAGGING_ENTRIES: u64 = service::LAG_ENTRIES;
 pub use state_machine::StateMachine;
 
 use crate::store::{Batch, BatchOutcome};

@@ -18,9 +18,9 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use super::forward::Forwarder;
 use super::membership::{ClusterInfo, Membership, MembershipError};
-use super::network::{Connector, GrpcNetwork};
+use super::network::{AppendLimits, Connector, GrpcNetwork};
 use super::pb::raft_server::RaftServer;
-use super::service::RaftService;
+use super::service::{ElectionGuard, RaftService};
 use super::typ::{Raft, RaftMetrics, StorageError};
 use super::{LogStore, ManagerNode, NodeId, StateMachine};
 use crate::store::{
@@ -54,6 +54,16 @@ pub struct RaftOptions {
     /// A member that answered the leader within this window counts as
     /// reachable (leader heartbeats every `heartbeat_interval`).
     pub reachable_within: Duration,
+    /// At most this many entries per AppendEntries request.
+    pub max_append_entries: u64,
+    /// Size and deadline of AppendEntries requests (independent of the
+    /// heartbeat: see [`AppendLimits`]).
+    pub append_limits: AppendLimits,
+    /// Snapshots are sent in chunks of at most this many bytes.
+    pub snapshot_chunk_bytes: u64,
+    /// The deadline of sending one snapshot chunk (for the last one:
+    /// sending and installing the snapshot).
+    pub snapshot_chunk_timeout: Duration,
 }
 
 impl Default for RaftOptions {
@@ -66,11 +76,26 @@ impl Default for RaftOptions {
             write_timeout: Duration::from_secs(5),
             catch_up_timeout: Duration::from_secs(30),
             reachable_within: Duration::from_secs(2),
+            max_append_entries: 256,
+            append_limits: AppendLimits::default(),
+            snapshot_chunk_bytes: 1024 * 1024,
+            snapshot_chunk_timeout: Duration::from_secs(10),
         }
     }
 }
 
 impl RaftOptions {
+    /// The daemon's timing: a 50 ms heartbeat and a 200–400 ms election
+    /// timeout, so a new leader takes over well within a second of the old
+    /// one failing. The rest as [`RaftOptions::default`].
+    pub fn fast_failover() -> RaftOptions {
+        RaftOptions {
+            heartbeat_interval: Duration::from_millis(50),
+            election_timeout: (Duration::from_millis(200), Duration::from_millis(400)),
+            ..RaftOptions::default()
+        }
+    }
+
     fn config(&self) -> Result<Config, RaftNodeError> {
         let c = Config {
             cluster_name: "flotilla".into(),
@@ -79,6 +104,9 @@ impl RaftOptions {
             election_timeout_max: self.election_timeout.1.as_millis() as u64,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_after_logs),
             max_in_snapshot_log_to_keep: self.keep_logs_after_snapshot,
+            max_payload_entries: self.max_append_entries,
+            snapshot_max_chunk_size: self.snapshot_chunk_bytes,
+            install_snapshot_timeout: self.snapshot_chunk_timeout.as_millis() as u64,
             ..Default::default()
         };
         c.validate().map_err(|e| RaftNodeError::Config(Box::new(e)))
@@ -161,6 +189,7 @@ pub struct RaftNode {
     store: Store,
     membership: Membership,
     write_timeout: Duration,
+    guard: ElectionGuard,
     server: Option<Server>,
 }
 
@@ -188,7 +217,7 @@ impl RaftNode {
         let store =
             Store::open(data_dir.join(STORE_FILE), Durability::Eventual).map_err(open_err)?;
         let sm = StateMachine::new(store.clone());
-        let network = GrpcNetwork::new(connector);
+        let network = GrpcNetwork::with_limits(connector, options.append_limits);
         let raft = Raft::new(id, config, network.clone(), log, sm)
             .await
             .map_err(|e| RaftNodeError::Start(Box::new(e)))?;
@@ -204,6 +233,15 @@ impl RaftNode {
             options.reachable_within,
         );
         let proposer = Arc::new(RaftProposer { fwd });
+        let restarted = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .count()
+            > 1;
+        let guard = ElectionGuard::new(raft.clone(), restarted);
         Ok(RaftNode {
             id,
             node,
@@ -211,6 +249,7 @@ impl RaftNode {
             raft,
             membership,
             write_timeout: options.write_timeout,
+            guard,
             server: None,
         })
     }
@@ -262,6 +301,7 @@ impl RaftNode {
             self.raft.clone(),
             self.membership.clone(),
             self.write_timeout,
+            self.guard.clone(),
         )
         .into_server()
     }
