@@ -21,6 +21,12 @@ pub const APPLETS: &[&str] = &[
 /// Writes the busybox rootfs tarball to `dest` (bin/busybox, applet symlinks, /etc/passwd and
 /// /etc/group with root and nobody, empty proc sys dev tmp root; all owned by 0:0, mtime 0).
 pub fn busybox_rootfs_tar(dest: &Path) {
+    busybox_rootfs_tar_with(dest, |_| {});
+}
+
+/// Like [`busybox_rootfs_tar`], then `extra` appends entries of its own (tar entries no
+/// Flotilla code wrote: device nodes, symlinks, more applets) before the archive is finished.
+pub fn busybox_rootfs_tar_with(dest: &Path, extra: impl FnOnce(&mut tar::Builder<std::fs::File>)) {
     assert!(
         Path::new(BUSYBOX).is_file(),
         "{BUSYBOX} missing: install Debian's busybox-static"
@@ -71,6 +77,7 @@ pub fn busybox_rootfs_tar(dest: &Path) {
         tar.append_data(&mut h, path, text.as_bytes())
             .expect("append file");
     }
+    extra(&mut tar);
     tar.into_inner()
         .expect("finish rootfs tar")
         .sync_all()

@@ -23,7 +23,7 @@ pub mod registry;
 
 pub use bins::bin;
 pub use daemon::{code, Daemon, DaemonBuilder};
-pub use image::{busybox_image, busybox_image_with, busybox_rootfs_tar};
+pub use image::{busybox_image, busybox_image_with, busybox_rootfs_tar, busybox_rootfs_tar_with};
 pub use poll::{poll_for, poll_until};
 
 /// Directory of the cgroup that process `pid` is in for `controller` (v1; on a pure v2 host

@@ -10,11 +10,8 @@ use std::path::{Path, PathBuf};
 
 use cluster_tests::Daemon;
 
-/// Applets the images below link (busybox-static has them all).
-const APPLETS: &[&str] = &[
-    "sh", "cat", "grep", "echo", "true", "unshare", "mknod", "stat", "head", "ls", "test", "id",
-    "sleep",
-];
+/// Applets the tests below need beyond the shared busybox image's.
+const MORE_APPLETS: &[&str] = &["unshare", "mknod"];
 
 /// One entry of the test image beyond busybox and its applets.
 enum Extra<'a> {
@@ -24,70 +21,41 @@ enum Extra<'a> {
     Dir(&'a str),
 }
 
-/// Writes a rootfs tarball: busybox, the applets, /etc/passwd and /etc/group, the usual empty
-/// directories, then `extras` (tar entries no Flotilla code wrote: device nodes, symlinks).
+/// Writes the shared busybox rootfs tarball plus [`MORE_APPLETS`] and `extras`.
 fn rootfs_tar(dest: &Path, extras: &[Extra]) {
-    let file = std::fs::File::create(dest).expect("create tar");
-    let mut tar = tar::Builder::new(file);
-    let header = |kind: tar::EntryType, mode: u32, size: u64| {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h.set_size(size);
-        h
-    };
-    for (dir, mode) in [
-        ("bin", 0o755),
-        ("dev", 0o755),
-        ("etc", 0o755),
-        ("proc", 0o555),
-        ("sys", 0o555),
-        ("tmp", 0o1777),
-    ] {
-        let mut h = header(tar::EntryType::Directory, mode, 0);
-        tar.append_data(&mut h, dir, std::io::empty()).unwrap();
-    }
-    let busybox = std::fs::read("/bin/busybox").expect("Debian's busybox-static");
-    let mut h = header(tar::EntryType::Regular, 0o755, busybox.len() as u64);
-    tar.append_data(&mut h, "bin/busybox", busybox.as_slice())
-        .unwrap();
-    for applet in APPLETS {
-        let mut h = header(tar::EntryType::Symlink, 0o777, 0);
-        tar.append_link(&mut h, format!("bin/{applet}"), "busybox")
-            .unwrap();
-    }
-    for (path, text) in [
-        (
-            "etc/passwd",
-            "root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n",
-        ),
-        ("etc/group", "root:x:0:\nnogroup:x:65534:\n"),
-    ] {
-        let mut h = header(tar::EntryType::Regular, 0o644, text.len() as u64);
-        tar.append_data(&mut h, path, text.as_bytes()).unwrap();
-    }
-    for extra in extras {
-        match extra {
-            Extra::CharDev(path, major, minor) => {
-                let mut h = header(tar::EntryType::Char, 0o666, 0);
-                h.set_device_major(*major).unwrap();
-                h.set_device_minor(*minor).unwrap();
-                tar.append_data(&mut h, path, std::io::empty()).unwrap();
-            }
-            Extra::Symlink(path, target) => {
-                let mut h = header(tar::EntryType::Symlink, 0o777, 0);
-                tar.append_link(&mut h, path, target).unwrap();
-            }
-            Extra::Dir(path) => {
-                let mut h = header(tar::EntryType::Directory, 0o755, 0);
-                tar.append_data(&mut h, path, std::io::empty()).unwrap();
+    cluster_tests::busybox_rootfs_tar_with(dest, |tar| {
+        let header = |kind: tar::EntryType, mode: u32| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_mode(mode);
+            h.set_mtime(0);
+            h.set_size(0);
+            h
+        };
+        for applet in MORE_APPLETS {
+            let mut h = header(tar::EntryType::Symlink, 0o777);
+            tar.append_link(&mut h, format!("bin/{applet}"), "busybox")
+                .unwrap();
+        }
+        for extra in extras {
+            match extra {
+                Extra::CharDev(path, major, minor) => {
+                    let mut h = header(tar::EntryType::Char, 0o666);
+                    h.set_device_major(*major).unwrap();
+                    h.set_device_minor(*minor).unwrap();
+                    tar.append_data(&mut h, path, std::io::empty()).unwrap();
+                }
+                Extra::Symlink(path, target) => {
+                    let mut h = header(tar::EntryType::Symlink, 0o777);
+                    tar.append_link(&mut h, path, target).unwrap();
+                }
+                Extra::Dir(path) => {
+                    let mut h = header(tar::EntryType::Directory, 0o755);
+                    tar.append_data(&mut h, path, std::io::empty()).unwrap();
+                }
             }
         }
-    }
-    tar.into_inner().unwrap().sync_all().unwrap();
+    });
 }
 
 /// Imports an image made of busybox plus `extras` as `name`.
