@@ -400,6 +400,34 @@ impl ClusterLab {
         }
     }
 
+    /// Runs a `flotilla-worker join` on `host` expected to fail, returning its
+    /// error output.
+    pub fn failing_worker_join(&self, host: &str, token: &str, via: &str) -> String {
+        let h = self.lab.host(host);
+        let dir = h.dir().join("failed-join");
+        let sock = format!("unix://{}/w.sock", dir.display());
+        let data = dir.join("data").display().to_string();
+        let out = h.run(
+            bin("flotilla-worker"),
+            &[
+                "-H",
+                &sock,
+                "--data-root",
+                &data,
+                "--sandbox-pool",
+                "0",
+                "join",
+                "--token",
+                token,
+                "--advertise-addr",
+                &h.addr().to_string(),
+                &self.node(via).addr,
+            ],
+        );
+        assert!(!out.status.success(), "join with {token} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
     /// The current join token of `role`, from the manager on `host`.
     pub fn token(&self, host: &str, role: &str) -> String {
         self.cli(host, &["join-token", "-q", role])

@@ -74,34 +74,6 @@ fn three_managers_and_two_workers_join_and_are_listed() {
     });
 }
 
-/// Runs a `flotilla-worker join` on `host` expected to fail, returning its
-/// error output.
-fn failing_worker_join(c: &ClusterLab, host: &str, token: &str, via: &str) -> String {
-    let h = c.lab.host(host);
-    let dir = h.dir().join("failed-join");
-    let sock = format!("unix://{}/w.sock", dir.display());
-    let data = dir.join("data").display().to_string();
-    let out = h.run(
-        cluster_tests::bin("flotilla-worker"),
-        &[
-            "-H",
-            &sock,
-            "--data-root",
-            &data,
-            "--sandbox-pool",
-            "0",
-            "join",
-            "--token",
-            token,
-            "--advertise-addr",
-            &h.addr().to_string(),
-            &c.node(via).addr,
-        ],
-    );
-    assert!(!out.status.success(), "join with {token} succeeded");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 #[test]
 fn wrong_and_rotated_tokens_are_refused() {
     let _serial = cluster_tests::cluster::serial();
@@ -113,7 +85,7 @@ fn wrong_and_rotated_tokens_are_refused() {
     assert_ne!(worker, manager);
 
     // A manager token for a worker, and the reverse.
-    let e = failing_worker_join(&c, "w1", &manager, "m1");
+    let e = c.failing_worker_join("w1", &manager, "m1");
     assert!(e.contains("manager join token"), "{e}");
     let h = c.lab.host("w1");
     let out = h.run(
@@ -136,16 +108,16 @@ fn wrong_and_rotated_tokens_are_refused() {
     assert!(e.contains("worker join token"), "{e}");
 
     // Garbage, a wrong secret, and a token pinning another CA.
-    let e = failing_worker_join(&c, "w1", "SWMTKN-1-abc", "m1");
+    let e = c.failing_worker_join("w1", "SWMTKN-1-abc", "m1");
     assert!(e.contains("FLTKN"), "{e}");
     let mut fields: Vec<String> = worker.split('-').map(String::from).collect();
     let good_secret = fields[4].clone();
     fields[4] = "0".repeat(25);
-    let e = failing_worker_join(&c, "w1", &fields.join("-"), "m1");
+    let e = c.failing_worker_join("w1", &fields.join("-"), "m1");
     assert!(e.contains("invalid join token"), "{e}");
     fields[4] = good_secret;
     fields[3] = "ab".repeat(32);
-    let e = failing_worker_join(&c, "w1", &fields.join("-"), "m1");
+    let e = c.failing_worker_join("w1", &fields.join("-"), "m1");
     assert!(e.to_lowercase().contains("pin"), "{e}");
 
     // Rotation: the old token stops working, the new one works.
@@ -158,7 +130,7 @@ fn wrong_and_rotated_tokens_are_refused() {
     );
     let rotated = c.token("m1", "worker");
     assert_ne!(rotated, worker);
-    let e = failing_worker_join(&c, "w1", &worker, "m1");
+    let e = c.failing_worker_join("w1", &worker, "m1");
     assert!(e.contains("invalid join token"), "{e}");
     assert_eq!(
         c.token("m1", "manager"),

@@ -413,34 +413,6 @@ fn closed_stdout_ends_quietly() {
     assert!(!err.contains("panicked"), "no panic message: {err}");
 }
 
-/// Runs `flotilla-worker join` on `host` with `token` through `via`,
-/// expecting it to fail; returns its error output.
-fn failing_join(c: &ClusterLab, host: &str, token: &str, via: &str) -> String {
-    let h = c.lab.host(host);
-    let dir = h.dir().join("failed-join");
-    let sock = format!("unix://{}/w.sock", dir.display());
-    let data = dir.join("data").display().to_string();
-    let out = h.run(
-        cluster_tests::bin("flotilla-worker"),
-        &[
-            "-H",
-            &sock,
-            "--data-root",
-            &data,
-            "--sandbox-pool",
-            "0",
-            "join",
-            "--token",
-            token,
-            "--advertise-addr",
-            &h.addr().to_string(),
-            &c.node(via).addr,
-        ],
-    );
-    assert!(!out.status.success(), "join with {token} succeeded");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 /// A join token of another cluster is refused in words, not with a dump of
 /// rustls structures.
 #[test]
@@ -450,7 +422,7 @@ fn a_token_of_another_cluster_says_so() {
     c.init("m1");
     c.init("m2");
     let token = c.token("m1", "worker");
-    let err = failing_join(&c, "w1", &token, "m2");
+    let err = c.failing_worker_join("w1", &token, "m2");
     assert!(err.contains("belongs to another cluster"), "{err}");
     assert!(err.contains("CA digest"), "{err}");
     assert!(
